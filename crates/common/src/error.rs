@@ -1,0 +1,148 @@
+//! AWS call failures, with what a caller needs to decide: retry later, or give up.
+
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+/// A failed AWS call, after the SDK's own retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct AwsError {
+    pub operation: &'static str,
+    /// The service's error code, such as `NoSuchKey` or `ThrottlingException`.
+    pub code: Option<String>,
+    pub message: String,
+    /// Whether trying again later may succeed (throttling, 5xx, timeouts, network).
+    pub transient: bool,
+}
+
+/// Error codes that mean "not now" rather than "never".
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionConflict",
+    "TransactionInProgressException",
+    "InternalServerError",
+    "ServiceException",
+    "EC2ThrottledException",
+];
+
+impl AwsError {
+    pub fn from_sdk<E, R>(operation: &'static str, err: aws_sdk_s3::error::SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        use aws_sdk_s3::error::SdkError;
+        let code = err.code().map(str::to_string);
+        let transient = match &err {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => code.as_deref().is_some_and(is_transient_code),
+            _ => false,
+        };
+        AwsError {
+            operation,
+            code,
+            message: DisplayErrorContext(&err).to_string(),
+            transient,
+        }
+    }
+
+    /// An error the caller builds itself, such as a DynamoDB item that is not what it should be.
+    pub fn permanent(operation: &'static str, message: impl Into<String>) -> Self {
+        AwsError {
+            operation,
+            code: None,
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    pub fn code_is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+pub fn is_transient_code(code: &str) -> bool {
+    TRANSIENT_CODES.contains(&code)
+}
+
+/// One `impl From<$error> for lambda_runtime::Diagnostic` per function crate, so that
+/// Step Functions sees each error's stable name (`$error::error_type`) as `errorType`.
+#[macro_export]
+macro_rules! diagnostic {
+    ($error:ty) => {
+        impl From<$error> for ::lambda_runtime::Diagnostic {
+            fn from(err: $error) -> Self {
+                ::lambda_runtime::Diagnostic {
+                    error_type: err.error_type().to_string(),
+                    error_message: err.to_string(),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::operation::get_object_tagging::GetObjectTaggingError;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    #[tokio::test]
+    async fn throttling_is_transient_and_access_denied_is_not() {
+        let throttled = mock!(aws_sdk_s3::Client::get_object_tagging)
+            .sequence()
+            .http_status(
+                503,
+                Some("<Error><Code>SlowDown</Code><Message>slow</Message></Error>".into()),
+            )
+            .build();
+        let denied = mock!(aws_sdk_s3::Client::get_object_tagging)
+            .sequence()
+            .http_status(
+                403,
+                Some("<Error><Code>AccessDenied</Code><Message>no</Message></Error>".into()),
+            )
+            .build();
+        let client = mock_client!(
+            aws_sdk_s3,
+            RuleMode::Sequential,
+            [&throttled, &denied],
+            |c| c.retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        );
+
+        let err: aws_sdk_s3::error::SdkError<GetObjectTaggingError, _> = client
+            .get_object_tagging()
+            .bucket("b")
+            .key("k")
+            .send()
+            .await
+            .unwrap_err();
+        let err = AwsError::from_sdk("GetObjectTagging", err);
+        assert!(err.transient, "{err:?}");
+
+        let err = AwsError::from_sdk(
+            "GetObjectTagging",
+            client
+                .get_object_tagging()
+                .bucket("b")
+                .key("k")
+                .send()
+                .await
+                .unwrap_err(),
+        );
+        assert!(!err.transient, "{err:?}");
+        assert!(err.to_string().starts_with("GetObjectTagging: "), "{err}");
+    }
+}

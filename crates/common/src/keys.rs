@@ -1,0 +1,216 @@
+//! Key rules: which keys a run takes, where each one goes, and how keys travel in requests.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::run::{Location, RunSpec};
+
+/// Characters left as they are in an `x-amz-copy-source` value: RFC 3986's unreserved
+/// characters and the `/` separating bucket and key segments. Everything else,
+/// `+`, `%`, `?`, `#`, spaces and non-ASCII included, is percent-encoded, because the
+/// SDK sends the header as given (awslabs/aws-sdk-rust#1357) and S3 decodes it.
+const COPY_SOURCE_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The `x-amz-copy-source` value for `key` in `bucket`.
+pub fn copy_source(bucket: &str, key: &str) -> String {
+    format!("{}/{}", bucket, utf8_percent_encode(key, COPY_SOURCE_KEEP))
+}
+
+/// A key handed to a run that lies outside the run's source prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key:?} is not under the run's source prefix {prefix:?}")]
+pub struct OutsidePrefix {
+    pub key: String,
+    pub prefix: String,
+}
+
+impl RunSpec {
+    /// Whether the run moves this key: under the source prefix, not a folder marker,
+    /// and ending with one of the suffixes (compared on the end of the key, exactly).
+    pub fn selects(&self, key: &str) -> bool {
+        key.starts_with(&self.source.prefix)
+            && !key.ends_with('/')
+            && self
+                .suffixes
+                .as_slice()
+                .iter()
+                .any(|s| key.ends_with(s.as_str()))
+    }
+
+    /// Where `key` goes: the destination prefix followed by the part of the key after
+    /// the source prefix. Only the leading prefix is rewritten, so the mapping is
+    /// injective and never leaves the destination prefix.
+    pub fn destination_key(&self, key: &str) -> Result<String, OutsidePrefix> {
+        map_key(&self.source, &self.destination, key)
+    }
+}
+
+fn map_key(source: &Location, destination: &Location, key: &str) -> Result<String, OutsidePrefix> {
+    let rest = key
+        .strip_prefix(&source.prefix)
+        .ok_or_else(|| OutsidePrefix {
+            key: key.to_string(),
+            prefix: source.prefix.clone(),
+        })?;
+    Ok(format!("{}{}", destination.prefix, rest))
+}
+
+/// Splits keys into slave batches of at most `max_keys` keys and at most
+/// `max_payload_bytes` of JSON-encoded keys, so every async invocation stays under
+/// Lambda's payload limit whatever the keys look like.
+pub fn batches<'a>(
+    keys: &'a [String],
+    max_keys: usize,
+    max_payload_bytes: usize,
+) -> Vec<&'a [String]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, key) in keys.iter().enumerate() {
+        // A JSON string costs its escaped length, two quotes and a comma.
+        let cost = json_string_len(key) + 3;
+        let count = i - start;
+        if count > 0 && (count == max_keys || bytes + cost > max_payload_bytes) {
+            out.push(&keys[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < keys.len() {
+        out.push(&keys[start..]);
+    }
+    out
+}
+
+fn json_string_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Suffixes;
+    use proptest::prelude::*;
+
+    fn spec(src: &str, dst: &str, suffixes: &[&str]) -> RunSpec {
+        RunSpec::new(
+            Location::new("bucket", src).unwrap(),
+            Location::new("bucket", dst).unwrap(),
+            Suffixes::new(suffixes.iter().map(|s| s.to_string()).collect()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn selection_matches_the_end_of_the_key_not_a_substring() {
+        let s = spec("raw/", "refined/", &[".csv"]);
+        assert!(s.selects("raw/a.csv"));
+        assert!(s.selects("raw/deep/er/b.csv"));
+        assert!(
+            !s.selects("raw/a.csv.bak"),
+            "the original matched '.csv' anywhere"
+        );
+        assert!(!s.selects("raw/a.CSV"), "suffixes are compared exactly");
+        assert!(
+            !s.selects("raw/folder.csv/"),
+            "folder markers are not files"
+        );
+        assert!(!s.selects("other/a.csv"));
+    }
+
+    #[test]
+    fn several_suffixes_and_the_empty_suffix() {
+        let s = spec("raw/", "refined/", &[".csv", ".txt"]);
+        assert!(s.selects("raw/a.txt") && s.selects("raw/a.csv") && !s.selects("raw/a.json"));
+        let all = spec("raw/", "refined/", &[""]);
+        assert!(all.selects("raw/anything") && !all.selects("raw/dir/"));
+    }
+
+    #[test]
+    fn only_the_leading_prefix_is_rewritten() {
+        let s = spec("raw/", "refined/", &[".csv"]);
+        assert_eq!(
+            s.destination_key("raw/raw/x-raw/raw.csv").unwrap(),
+            "refined/raw/x-raw/raw.csv"
+        );
+        let s = spec("raw", "refined", &[".csv"]);
+        assert_eq!(s.destination_key("raw/raw.csv").unwrap(), "refined/raw.csv");
+    }
+
+    #[test]
+    fn keys_outside_the_prefix_are_refused() {
+        let s = spec("raw/", "refined/", &[".csv"]);
+        let err = s.destination_key("elsewhere/a.csv").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key \"elsewhere/a.csv\" is not under the run's source prefix \"raw/\""
+        );
+    }
+
+    #[test]
+    fn copy_source_encodes_everything_s3_would_misread() {
+        assert_eq!(
+            copy_source("b", "raw/a b+c%d=e.csv"),
+            "b/raw/a%20b%2Bc%25d%3De.csv"
+        );
+        assert_eq!(copy_source("b", "raw/é?#.csv"), "b/raw/%C3%A9%3F%23.csv");
+        assert_eq!(
+            copy_source("b", "raw/a-b_c.d~e/f.csv"),
+            "b/raw/a-b_c.d~e/f.csv"
+        );
+    }
+
+    #[test]
+    fn batches_respect_count_and_payload_size() {
+        let keys: Vec<String> = (0..10).map(|i| format!("raw/{i}.csv")).collect();
+        let sizes: Vec<usize> = batches(&keys, 4, 1 << 20).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        // Each key costs 12 bytes: "raw/0.csv" is 9 characters plus quotes and comma.
+        let sizes: Vec<usize> = batches(&keys, 100, 30).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 2, 2]);
+        assert!(batches(&[], 4, 100).is_empty());
+        let huge = vec!["x".repeat(500)];
+        assert_eq!(
+            batches(&huge, 4, 100).len(),
+            1,
+            "a key larger than the budget still travels alone"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn mapped_keys_stay_under_the_destination_and_are_distinct(
+            a in "[a-z/ +%=é.]{0,20}", b in "[a-z/ +%=é.]{0,20}",
+        ) {
+            let s = spec("raw/", "refined/", &[""]);
+            let (ka, kb) = (format!("raw/{a}"), format!("raw/{b}"));
+            let (da, db) = (s.destination_key(&ka).unwrap(), s.destination_key(&kb).unwrap());
+            prop_assert!(da.starts_with("refined/"));
+            prop_assert_eq!(da == db, ka == kb);
+        }
+
+        #[test]
+        fn batches_keep_every_key_in_order(n in 0usize..300, max_keys in 1usize..50, budget in 1usize..400) {
+            let keys: Vec<String> = (0..n).map(|i| format!("raw/{}\"{}.csv", "k".repeat(i % 7), i)).collect();
+            let out = batches(&keys, max_keys, budget);
+            let flat: Vec<String> = out.iter().flat_map(|b| b.iter().cloned()).collect();
+            prop_assert_eq!(&flat, &keys);
+            for b in out {
+                prop_assert!(!b.is_empty() && b.len() <= max_keys);
+                let bytes: usize = b.iter().map(|k| json_string_len(k) + 3).sum();
+                prop_assert!(b.len() == 1 || bytes <= budget);
+            }
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The run model: what a run is, what the functions receive and what they answer.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::config::RunDefaults;
+
+/// A problem with an event, named precisely enough for the user to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid event: {0}")]
+pub struct EventError(pub String);
+
+/// Parses an event, naming the field that is wrong; unknown fields are refused so that
+/// a misspelt `source_prefx` cannot silently fall back to the default prefix.
+pub fn parse_event<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, EventError> {
+    serde_json::from_value(payload).map_err(|e| EventError(e.to_string()))
+}
+
+/// The id of one run: the Step Functions execution name.
+///
+/// It follows the execution-name rules (1 to 80 characters, none of whitespace,
+/// brackets, wildcards or `"#%\^|~`$&,;:/`), which also keeps `#` free for the
+/// status table's key layout.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn parse(raw: &str) -> Result<Self, EventError> {
+        const FORBIDDEN: &str = "<>{}[]?*\"#%\\^|~`$&,;:/";
+        if raw.is_empty() || raw.chars().count() > 80 {
+            return Err(EventError(format!(
+                "run_id {raw:?} must be 1 to 80 characters"
+            )));
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || FORBIDDEN.contains(*c))
+        {
+            return Err(EventError(format!(
+                "run_id {raw:?} contains {c:?}, which an execution name cannot contain"
+            )));
+        }
+        Ok(RunId(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = EventError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        RunId::parse(&raw)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A bucket and a key prefix in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl Location {
+    /// Checks the bucket name against S3's naming rules and the prefix against its key limit.
+    pub fn new(bucket: &str, prefix: &str) -> Result<Self, String> {
+        let valid_chars = bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        let valid_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !(3..=63).contains(&bucket.len()) || !valid_chars || !valid_ends {
+            return Err(format!("{bucket:?} is not a valid S3 bucket name"));
+        }
+        if prefix.len() >= 1024 {
+            return Err(format!("prefix {prefix:?} is longer than an S3 key may be"));
+        }
+        Ok(Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// Whether some key could be under both locations. Moving between overlapping
+    /// locations would list its own output.
+    pub fn overlaps(&self, other: &Location) -> bool {
+        self.bucket == other.bucket
+            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Which keys a run takes: those ending with one of these suffixes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Suffixes(Vec<String>);
+
+impl Default for Suffixes {
+    fn default() -> Self {
+        Suffixes(vec![".csv".into()])
+    }
+}
+
+impl Suffixes {
+    pub fn new(list: Vec<String>) -> Result<Self, String> {
+        if list.is_empty() {
+            return Err(
+                "the suffix list is empty; give at least one suffix (\"\" selects every file)"
+                    .into(),
+            );
+        }
+        Ok(Suffixes(list))
+    }
+
+    /// A comma-separated list, as in the `SUFFIXES` variable.
+    pub fn parse_list(raw: &str) -> Result<Self, String> {
+        let list = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        Self::new(list)
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<String>> for Suffixes {
+    type Error = String;
+    fn try_from(list: Vec<String>) -> Result<Self, String> {
+        Suffixes::new(list)
+    }
+}
+
+impl From<Suffixes> for Vec<String> {
+    fn from(s: Suffixes) -> Self {
+        s.0
+    }
+}
+
+/// Everything that defines what a run moves. Fixed when the run starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub source: Location,
+    pub destination: Location,
+    pub suffixes: Suffixes,
+}
+
+impl RunSpec {
+    pub fn new(
+        source: Location,
+        destination: Location,
+        suffixes: Suffixes,
+    ) -> Result<Self, EventError> {
+        if source.overlaps(&destination) {
+            return Err(EventError(format!(
+                "source {source} and destination {destination} overlap; a run would move its own output"
+            )));
+        }
+        Ok(RunSpec {
+            source,
+            destination,
+            suffixes,
+        })
+    }
+}
+
+/// What `master` receives. Everything but `run_id` falls back to the function's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterEvent {
+    pub run_id: Option<String>,
+    pub source_bucket: Option<String>,
+    pub source_prefix: Option<String>,
+    pub destination_bucket: Option<String>,
+    pub destination_prefix: Option<String>,
+    pub suffixes: Option<Vec<String>>,
+}
+
+impl MasterEvent {
+    /// The run this event asks for, with the function's defaults filled in.
+    pub fn resolve(self, defaults: &RunDefaults) -> Result<(RunId, RunSpec), EventError> {
+        let run_id = RunId::parse(
+            &self
+                .run_id
+                .ok_or_else(|| EventError("run_id is missing".into()))?,
+        )?;
+        let source_bucket = self
+            .source_bucket
+            .or_else(|| defaults.source_bucket.clone())
+            .ok_or_else(|| {
+                EventError("source_bucket is missing and SOURCE_BUCKET is not set".into())
+            })?;
+        let source_prefix = self
+            .source_prefix
+            .unwrap_or_else(|| defaults.source_prefix.clone());
+        let source = Location::new(&source_bucket, &source_prefix)
+            .map_err(|e| EventError(format!("source: {e}")))?;
+        let destination_bucket = self
+            .destination_bucket
+            .or_else(|| defaults.destination_bucket.clone())
+            .unwrap_or(source_bucket);
+        let destination_prefix = self
+            .destination_prefix
+            .unwrap_or_else(|| defaults.destination_prefix.clone());
+        let destination = Location::new(&destination_bucket, &destination_prefix)
+            .map_err(|e| EventError(format!("destination: {e}")))?;
+        let suffixes = match self.suffixes {
+            Some(list) => Suffixes::new(list).map_err(|e| EventError(format!("suffixes: {e}")))?,
+            None => defaults.suffixes.clone(),
+        };
+        Ok((run_id, RunSpec::new(source, destination, suffixes)?))
+    }
+}
+
+/// What `master` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterOutput {
+    pub run_id: RunId,
+    /// False when master stopped before its deadline: call it again with the same event.
+    pub listing_complete: bool,
+    /// Files selected so far in the whole run.
+    pub selected: u64,
+    /// Slave invocations made by this call.
+    pub invocations: u64,
+}
+
+/// What `slave` receives: keys that master recorded for the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaveEvent {
+    pub run_id: RunId,
+    pub keys: Vec<String>,
+}
+
+/// What `slave` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaveOutput {
+    pub completed: u64,
+    pub failed: u64,
+    /// Keys that an earlier delivery of the same batch had already completed.
+    pub already_done: u64,
+    pub bytes: u64,
+}
+
+/// What `status` receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusEvent {
+    pub run_id: RunId,
+}
+
+/// A run's result, as `status` reports it and hands to the activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub source: String,
+    pub destination: String,
+    pub files: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn defaults() -> RunDefaults {
+        RunDefaults {
+            source_bucket: Some("data-bucket".into()),
+            source_prefix: "raw/".into(),
+            destination_bucket: None,
+            destination_prefix: "refined/".into(),
+            suffixes: Suffixes::default(),
+        }
+    }
+
+    #[test]
+    fn an_event_with_only_a_run_id_takes_the_defaults() {
+        let event: MasterEvent = parse_event(json!({"run_id": "exec-1"})).unwrap();
+        let (run, spec) = event.resolve(&defaults()).unwrap();
+        assert_eq!(run.as_str(), "exec-1");
+        assert_eq!(spec.source, Location::new("data-bucket", "raw/").unwrap());
+        assert_eq!(
+            spec.destination,
+            Location::new("data-bucket", "refined/").unwrap()
+        );
+        assert_eq!(spec.suffixes.as_slice(), [".csv"]);
+    }
+
+    #[test]
+    fn the_event_overrides_every_default() {
+        let event: MasterEvent = parse_event(json!({
+            "run_id": "r", "source_bucket": "in-bucket", "source_prefix": "a/",
+            "destination_bucket": "out-bucket", "destination_prefix": "", "suffixes": [".txt", ".gz"]
+        }))
+        .unwrap();
+        let (_, spec) = event.resolve(&defaults()).unwrap();
+        assert_eq!(spec.source.to_string(), "s3://in-bucket/a/");
+        assert_eq!(spec.destination.to_string(), "s3://out-bucket/");
+        assert_eq!(spec.suffixes.as_slice(), [".txt", ".gz"]);
+    }
+
+    #[test]
+    fn misspelt_fields_are_refused_by_name() {
+        let err =
+            parse_event::<MasterEvent>(json!({"run_id": "r", "source_prefx": "x/"})).unwrap_err();
+        assert!(err.0.contains("unknown field `source_prefx`"), "{err}");
+        let err =
+            parse_event::<SlaveEvent>(json!({"run_id": "r", "keys": "raw/a.csv"})).unwrap_err();
+        assert!(err.0.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn run_ids_follow_execution_name_rules() {
+        assert!(RunId::parse("2026-11-25_nightly.run-7").is_ok());
+        for bad in ["", "has space", "a#b", "a/b", "x:y", &"n".repeat(81)] {
+            let err = RunId::parse(bad).unwrap_err();
+            assert!(err.0.contains("run_id"), "{bad}: {err}");
+        }
+        let err = parse_event::<StatusEvent>(json!({"run_id": "a#b"})).unwrap_err();
+        assert!(err.0.contains("'#'"), "{err}");
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let err = MasterEvent::default().resolve(&defaults()).unwrap_err();
+        assert_eq!(err.0, "run_id is missing");
+        let no_bucket = RunDefaults {
+            source_bucket: None,
+            ..defaults()
+        };
+        let event = MasterEvent {
+            run_id: Some("r".into()),
+            ..Default::default()
+        };
+        let err = event.resolve(&no_bucket).unwrap_err();
+        assert!(err.0.contains("source_bucket is missing"), "{err}");
+    }
+
+    #[test]
+    fn bad_buckets_and_empty_suffix_lists_are_refused() {
+        let event = MasterEvent {
+            run_id: Some("r".into()),
+            source_bucket: Some("Bad_Bucket".into()),
+            ..Default::default()
+        };
+        assert!(
+            event
+                .resolve(&defaults())
+                .unwrap_err()
+                .0
+                .contains("not a valid S3 bucket name")
+        );
+        let event = MasterEvent {
+            run_id: Some("r".into()),
+            suffixes: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(
+            event
+                .resolve(&defaults())
+                .unwrap_err()
+                .0
+                .contains("suffix list is empty")
+        );
+    }
+
+    #[test]
+    fn overlapping_source_and_destination_are_refused() {
+        for (src, dst) in [
+            ("raw/", "raw/refined/"),
+            ("", "refined/"),
+            ("raw/", "raw/"),
+            ("data/raw/", "data/"),
+        ] {
+            let event = MasterEvent {
+                run_id: Some("r".into()),
+                source_prefix: Some(src.into()),
+                destination_prefix: Some(dst.into()),
+                ..Default::default()
+            };
+            let err = event.resolve(&defaults()).unwrap_err();
+            assert!(err.0.contains("overlap"), "{src} -> {dst}: {err}");
+        }
+        let event = MasterEvent {
+            run_id: Some("r".into()),
+            source_prefix: Some("".into()),
+            destination_bucket: Some("other-bucket".into()),
+            ..Default::default()
+        };
+        assert!(event.resolve(&defaults()).is_ok());
+    }
+}
