@@ -5,6 +5,7 @@ pub mod aws;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod lambda;
 pub mod progress;
 pub mod run;
 pub mod store;

@@ -1,1 +1,273 @@
-pub fn placeholder() {}
+//! `master`: lists a run's source prefix, records every selected file as `started`, and
+//! hands the files to `slave` in batches of asynchronous invocations.
+//!
+//! Listing progress lives on the run item, not in the event: `recorded_through` is the
+//! listing position up to which files are recorded and counted, `handed_through` the
+//! position up to which they have been handed to slaves. A call resumes from there, so
+//! a retried or continued call never records a file twice (which could reset a
+//! completed file to `started`) and never leaves a recorded file without a slave.
+
+use std::time::SystemTime;
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use common::keys::batches;
+use common::lambda::remaining;
+use common::run::{MasterEvent, MasterOutput, SlaveEvent, parse_event};
+use common::store::ListedFile;
+use common::{
+    AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
+    StoreError,
+};
+use futures::{StreamExt, TryStreamExt, stream};
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tracing::info;
+
+/// Payload budget for the keys of one async invocation: Lambda accepts 256 KB; the rest
+/// is left for the JSON around the keys.
+const PAYLOAD_BUDGET: usize = 200 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    InvalidEvent(#[from] EventError),
+    #[error("listing s3://{bucket}/{prefix} failed: {source}")]
+    Listing {
+        bucket: String,
+        prefix: String,
+        source: AwsError,
+    },
+    #[error("status table: {0}")]
+    Store(#[from] StoreError),
+    #[error("invoking the slave function failed: {0}")]
+    Invoke(AwsError),
+}
+
+impl Error {
+    /// The stable `errorType` Step Functions sees.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "ConfigError",
+            Error::InvalidEvent(_) | Error::Store(StoreError::SpecMismatch { .. }) => {
+                "InvalidEvent"
+            }
+            Error::Listing { .. } => "ListingFailed",
+            Error::Store(StoreError::ProgressConflict { .. }) => "ListingConflict",
+            Error::Store(_) => "StatusTableError",
+            Error::Invoke(_) => "SlaveInvokeFailed",
+        }
+    }
+}
+
+common::diagnostic!(Error);
+
+pub struct Master {
+    s3: aws_sdk_s3::Client,
+    lambda: aws_sdk_lambda::Client,
+    store: Store,
+    config: Config,
+    settings: MasterSettings,
+}
+
+/// One page of the listing, with the files the run selects from it.
+struct Page {
+    selected: Vec<ListedFile>,
+    last_key: Option<String>,
+    next_token: Option<String>,
+}
+
+/// Where this call has got to.
+struct Cursor {
+    recorded_through: Option<String>,
+    selected: u64,
+    invocations: u64,
+}
+
+impl Master {
+    /// Reads the configuration and builds the clients, once per cold start.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let config = Config::from_env()?;
+        let settings = MasterSettings::from_env()?;
+        let clients = Clients::from_env(&config).await;
+        Ok(Self::new(&clients, config, settings))
+    }
+
+    pub fn new(clients: &Clients, config: Config, settings: MasterSettings) -> Self {
+        Master {
+            s3: clients.s3.clone(),
+            lambda: clients.lambda.clone(),
+            store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
+            config,
+            settings,
+        }
+    }
+
+    /// Handles one event. With a `deadline`, stops between pages once less than the
+    /// configured margin is left and answers `listing_complete: false`; calling again
+    /// with the same event resumes.
+    #[tracing::instrument(skip_all)]
+    pub async fn handle(
+        &self,
+        payload: Value,
+        deadline: Option<SystemTime>,
+    ) -> Result<MasterOutput, Error> {
+        let event: MasterEvent = parse_event(payload)?;
+        let (run, spec) = event.resolve(&self.config.defaults)?;
+        let record = self.store.start_run(&run, &spec).await?;
+        let mut cursor = Cursor {
+            recorded_through: record.recorded_through,
+            selected: record.selected,
+            invocations: 0,
+        };
+        let output = |cursor: &Cursor, listing_complete| MasterOutput {
+            run_id: run.clone(),
+            listing_complete,
+            selected: cursor.selected,
+            invocations: cursor.invocations,
+        };
+        if record.listing_complete {
+            return Ok(output(&cursor, true));
+        }
+        info!(run_id = %run, source = %spec.source, destination = %spec.destination,
+              resume_after = record.handed_through.as_deref().unwrap_or(""), "listing");
+
+        let mut page = self.list(&spec, record.handed_through, None).await?;
+        loop {
+            // The next page is fetched while this one is recorded and handed out.
+            let next = async {
+                match &page.next_token {
+                    Some(token) => Some(self.list(&spec, None, Some(token.clone())).await),
+                    None => None,
+                }
+            };
+            let (handed, next) =
+                tokio::join!(self.hand_page(&run, &spec, &page, &mut cursor), next);
+            handed?;
+            let Some(next) = next else {
+                self.store.complete_listing(&run).await?;
+                info!(run_id = %run, selected = cursor.selected, invocations = cursor.invocations, "listing complete");
+                return Ok(output(&cursor, true));
+            };
+            if deadline.is_some_and(|d| remaining(d) < self.settings.deadline_margin) {
+                info!(run_id = %run, selected = cursor.selected, "deadline near; returning a continuation");
+                return Ok(output(&cursor, false));
+            }
+            page = next?;
+        }
+    }
+
+    async fn list(
+        &self,
+        spec: &RunSpec,
+        start_after: Option<String>,
+        token: Option<String>,
+    ) -> Result<Page, Error> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(&spec.source.bucket)
+            .prefix(&spec.source.prefix)
+            .set_start_after(start_after)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| Error::Listing {
+                bucket: spec.source.bucket.clone(),
+                prefix: spec.source.prefix.clone(),
+                source: AwsError::from_sdk("ListObjectsV2", e),
+            })?;
+        let objects = out.contents.unwrap_or_default();
+        let last_key = objects.last().and_then(|o| o.key.clone());
+        let selected = objects
+            .into_iter()
+            .filter_map(|o| {
+                let key = o.key?;
+                spec.selects(&key).then(|| ListedFile {
+                    key,
+                    size: o.size.unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag.unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(Page {
+            selected,
+            last_key,
+            next_token: out
+                .next_continuation_token
+                .filter(|_| out.is_truncated == Some(true)),
+        })
+    }
+
+    /// Records the page's files not yet recorded, then hands all its files to slaves.
+    async fn hand_page(
+        &self,
+        run: &RunId,
+        spec: &RunSpec,
+        page: &Page,
+        cursor: &mut Cursor,
+    ) -> Result<(), Error> {
+        let Some(last_key) = &page.last_key else {
+            return Ok(());
+        };
+        let recorded = cursor.recorded_through.as_deref();
+        if recorded.is_none_or(|r| last_key.as_str() > r) {
+            // Listing order is key order, so the files not yet recorded are a tail of the page.
+            let split = page
+                .selected
+                .partition_point(|f| recorded.is_some_and(|r| f.key.as_str() <= r));
+            let fresh = &page.selected[split..];
+            self.store
+                .put_started(run, fresh, self.settings.max_invocations_in_flight)
+                .await?;
+            self.store
+                .advance_recorded(run, recorded, last_key, fresh.len() as u64)
+                .await?;
+            cursor.recorded_through = Some(last_key.clone());
+            cursor.selected += fresh.len() as u64;
+        }
+
+        let keys: Vec<String> = page.selected.iter().map(|f| f.key.clone()).collect();
+        let batches = batches(&keys, self.settings.batch_size, PAYLOAD_BUDGET);
+        let count = batches.len() as u64;
+        stream::iter(batches)
+            .map(|batch| self.invoke_slave(run, batch))
+            .buffer_unordered(self.settings.max_invocations_in_flight)
+            .try_collect::<()>()
+            .await?;
+        self.store.advance_handed(run, last_key).await?;
+        cursor.invocations += count;
+        info!(run_id = %run, source = %spec.source, through = %last_key, files = keys.len(), invocations = count, "page handed");
+        Ok(())
+    }
+
+    async fn invoke_slave(&self, run: &RunId, keys: &[String]) -> Result<(), Error> {
+        let event = SlaveEvent {
+            run_id: run.clone(),
+            keys: keys.to_vec(),
+        };
+        let payload = serde_json::to_vec(&event).expect("a slave event always serializes");
+        self.lambda
+            .invoke()
+            .function_name(&self.settings.slave_function)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .map_err(|e| Error::Invoke(AwsError::from_sdk("Invoke", e)))?;
+        Ok(())
+    }
+}
+
+/// The Lambda handler: a configuration error read at cold start is every invocation's answer.
+pub async fn handle(
+    master: &Result<Master, ConfigError>,
+    event: LambdaEvent<Value>,
+) -> Result<MasterOutput, Error> {
+    let master = master.as_ref().map_err(|e| Error::Config(e.clone()))?;
+    master
+        .handle(event.payload, common::lambda::deadline(&event.context))
+        .await
+}

@@ -1,1 +1,11 @@
-fn main() {}
+use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing::init_default_subscriber();
+    let master = master::Master::from_env().await;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        master::handle(&master, event)
+    }))
+    .await
+}

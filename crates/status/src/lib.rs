@@ -1,1 +1,287 @@
-pub fn placeholder() {}
+//! `status`: decides from a run's counters whether it is finished, and if so completes
+//! the run's activity task: task success with the run summary, or task failure naming
+//! the files that failed.
+//!
+//! `GetActivityTask` hands out whichever execution's task comes next. A task for
+//! another run is parked on that run's item, where that run's own status check finds
+//! it; a token is never used for the wrong run and never dropped.
+
+use std::time::{Duration, SystemTime};
+
+use common::lambda::remaining;
+use common::progress::{TaskRoute, Verdict, failure_cause, route_task};
+use common::run::{RunSummary, StatusEvent, parse_event};
+use common::store::{Delivered, RunView};
+use common::{
+    AwsError, Clients, Config, ConfigError, EventError, RunId, StatusSettings, Store, StoreError,
+};
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tracing::{info, warn};
+
+/// Time kept in hand beyond one poll: the call must return before the Lambda deadline.
+const POLL_MARGIN: Duration = Duration::from_secs(5);
+/// Polls one call makes when it has no deadline (a hand-built `Context`).
+const POLLS_WITHOUT_DEADLINE: u32 = 2;
+/// Failed files listed in a task failure's cause (which is cut to 32 KiB anyway).
+const FAILED_FILES_LISTED: i32 = 500;
+/// The `error` of the task failure sent for a failed run, and this function's error for it.
+pub const TRANSFER_FAILED: &str = "TransferFailed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    InvalidEvent(#[from] EventError),
+    #[error("status table: {0}")]
+    Store(#[from] StoreError),
+    #[error("run {run} is not finished: {detail}")]
+    TransferIncomplete { run: RunId, detail: String },
+    #[error("{cause}")]
+    TransferFailed { cause: String },
+    #[error("run {run} is finished, but its activity task has not been handed out yet")]
+    ActivityTaskPending { run: RunId },
+    #[error(
+        "the activity task of run {run} can no longer be completed (the execution timed out or stopped): {source}"
+    )]
+    ActivityTaskGone { run: RunId, source: AwsError },
+    #[error("activity: {0}")]
+    Activity(AwsError),
+}
+
+impl Error {
+    /// The stable `errorType` Step Functions sees; `Retry` and `Catch` match these names.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "ConfigError",
+            Error::InvalidEvent(_) => "InvalidEvent",
+            Error::Store(_) => "StatusTableError",
+            Error::TransferIncomplete { .. } => "TransferIncomplete",
+            Error::TransferFailed { .. } => TRANSFER_FAILED,
+            Error::ActivityTaskPending { .. } => "ActivityTaskPending",
+            Error::ActivityTaskGone { .. } => "ActivityTaskGone",
+            Error::Activity(_) => "ActivityError",
+        }
+    }
+}
+
+common::diagnostic!(Error);
+
+pub struct Status {
+    sfn: aws_sdk_sfn::Client,
+    store: Store,
+    settings: StatusSettings,
+}
+
+impl Status {
+    /// Reads the configuration and builds the clients, once per cold start.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let config = Config::from_env()?;
+        let settings = StatusSettings::from_env()?;
+        let clients = Clients::from_env(&config).await;
+        Ok(Self::new(&clients, &config, settings))
+    }
+
+    pub fn new(clients: &Clients, config: &Config, settings: StatusSettings) -> Self {
+        Status {
+            sfn: clients.sfn.clone(),
+            store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
+            settings,
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn handle(
+        &self,
+        payload: Value,
+        deadline: Option<SystemTime>,
+    ) -> Result<RunSummary, Error> {
+        let StatusEvent { run_id: run } = parse_event(payload)?;
+        let view = self.store.run_view(&run).await?;
+        let Some(RunView { record, progress }) = view.filter(|v| v.record.spec.is_some()) else {
+            return Err(Error::TransferIncomplete {
+                detail: "master has not recorded the run yet".into(),
+                run,
+            });
+        };
+        let spec = record.spec.as_ref().expect("filtered on spec");
+        let summary = RunSummary {
+            run_id: run.clone(),
+            source: spec.source.to_string(),
+            destination: spec.destination.to_string(),
+            files: progress.selected,
+            completed: progress.completed,
+            failed: progress.failed,
+            bytes: progress.bytes,
+        };
+        let failed = match progress.verdict() {
+            Verdict::Listing => {
+                let detail = format!(
+                    "master is still listing; {} files selected so far, {} done",
+                    progress.selected,
+                    progress.completed + progress.failed
+                );
+                return Err(Error::TransferIncomplete { run, detail });
+            }
+            Verdict::Moving { remaining } => {
+                let detail = format!(
+                    "{remaining} of {} files are still moving",
+                    progress.selected
+                );
+                return Err(Error::TransferIncomplete { run, detail });
+            }
+            Verdict::Succeeded => false,
+            Verdict::Failed => true,
+        };
+        let cause = if failed {
+            let listed = self.store.failed_files(&run, FAILED_FILES_LISTED).await?;
+            Some(failure_cause(&progress, &listed))
+        } else {
+            None
+        };
+        // A repeated call after delivery answers the same without touching the activity.
+        if record.delivered.is_none() {
+            let token = self.task_token(&run, record.task_token, deadline).await?;
+            self.deliver(&run, &token, &summary, cause.as_deref())
+                .await?;
+        }
+        info!(run_id = %run, files = summary.files, completed = summary.completed, failed = summary.failed,
+              bytes = summary.bytes, "run finished");
+        match cause {
+            Some(cause) => Err(Error::TransferFailed { cause }),
+            None => Ok(summary),
+        }
+    }
+
+    /// This run's task token: parked on the run by an earlier poll, or polled for now.
+    async fn task_token(
+        &self,
+        run: &RunId,
+        parked: Option<String>,
+        deadline: Option<SystemTime>,
+    ) -> Result<String, Error> {
+        let mut parked = parked;
+        let mut polls = 0;
+        loop {
+            if let Some(token) = parked {
+                return Ok(token);
+            }
+            let may_poll = match deadline {
+                Some(d) => remaining(d) > self.settings.activity_poll + POLL_MARGIN,
+                None => polls < POLLS_WITHOUT_DEADLINE,
+            };
+            if !may_poll {
+                return Err(Error::ActivityTaskPending { run: run.clone() });
+            }
+            polls += 1;
+            let task = self
+                .sfn
+                .get_activity_task()
+                .activity_arn(&self.settings.activity_arn)
+                .worker_name(&self.settings.worker_name)
+                .send()
+                .await
+                .map_err(|e| Error::Activity(AwsError::from_sdk("GetActivityTask", e)))?;
+            if let Some(token) = task.task_token.filter(|t| !t.is_empty()) {
+                match route_task(task.input.as_deref(), run) {
+                    TaskRoute::Mine => return Ok(token),
+                    TaskRoute::Other(owner) => {
+                        self.store.park_token(&owner, &token).await?;
+                        info!(run_id = %run, owner = %owner, "parked another run's task token");
+                    }
+                    TaskRoute::Unroutable(problem) => self.refuse(&token, &problem).await,
+                }
+            }
+            // Another run's status check may have parked this run's token meanwhile.
+            parked = self.store.run_record(run).await?.and_then(|r| r.task_token);
+        }
+    }
+
+    /// Fails a task that no run can claim, so its execution ends now instead of at its timeout.
+    async fn refuse(&self, token: &str, problem: &str) {
+        warn!(problem, "refusing an activity task with no valid run_id");
+        let sent = self
+            .sfn
+            .send_task_failure()
+            .task_token(token)
+            .error("InvalidActivityInput")
+            .cause(format!(
+                "{problem}; the activity task's input must be {{\"run_id\": \"<execution name>\"}}"
+            ))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            warn!(error = %AwsError::from_sdk("SendTaskFailure", e), "could not refuse the activity task");
+        }
+    }
+
+    async fn deliver(
+        &self,
+        run: &RunId,
+        token: &str,
+        summary: &RunSummary,
+        cause: Option<&str>,
+    ) -> Result<(), Error> {
+        let (sent, how) = match cause {
+            None => {
+                let output = serde_json::to_string(summary).expect("a summary always serializes");
+                let sent = self
+                    .sfn
+                    .send_task_success()
+                    .task_token(token)
+                    .output(output)
+                    .send()
+                    .await;
+                (
+                    sent.map(drop)
+                        .map_err(|e| AwsError::from_sdk("SendTaskSuccess", e)),
+                    Delivered::Succeeded,
+                )
+            }
+            Some(cause) => {
+                let sent = self
+                    .sfn
+                    .send_task_failure()
+                    .task_token(token)
+                    .error(TRANSFER_FAILED)
+                    .cause(cause)
+                    .send()
+                    .await;
+                (
+                    sent.map(drop)
+                        .map_err(|e| AwsError::from_sdk("SendTaskFailure", e)),
+                    Delivered::Failed,
+                )
+            }
+        };
+        match sent {
+            Ok(()) => {}
+            Err(e)
+                if e.code_is("TaskTimedOut")
+                    || e.code_is("InvalidToken")
+                    || e.code_is("TaskDoesNotExist") =>
+            {
+                self.store.mark_delivered(run, how).await?;
+                return Err(Error::ActivityTaskGone {
+                    run: run.clone(),
+                    source: e,
+                });
+            }
+            Err(e) => return Err(Error::Activity(e)),
+        }
+        self.store.mark_delivered(run, how).await?;
+        Ok(())
+    }
+}
+
+/// The Lambda handler: a configuration error read at cold start is every invocation's answer.
+pub async fn handle(
+    status: &Result<Status, ConfigError>,
+    event: LambdaEvent<Value>,
+) -> Result<RunSummary, Error> {
+    let status = status.as_ref().map_err(|e| Error::Config(e.clone()))?;
+    status
+        .handle(event.payload, common::lambda::deadline(&event.context))
+        .await
+}
