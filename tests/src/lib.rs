@@ -1,1 +1,467 @@
+//! Test harness: local S3, DynamoDB and Step Functions APIs (moto's server), a Lambda
+//! Invoke endpoint that captures async invocations, and fixtures with a fresh bucket
+//! and status table per test.
 
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_s3::primitives::ByteStream;
+use common::run::{MasterOutput, SlaveEvent, SlaveOutput};
+use common::{Clients, Config, MasterSettings, SlaveSettings};
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+pub const REGION: &str = "us-east-1";
+
+/// The workspace root, where `.tools/` and `local/` live.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Moto {
+    url: String,
+    _process: Child,
+}
+
+/// One moto server per test binary, started on first use.
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let python = std::env::var("MOTO_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join(".tools/venv/bin/python"));
+        assert!(
+            python.exists(),
+            "{} not found: run `make test` (or `make tools`) to install the local AWS stack",
+            python.display()
+        );
+        let port = free_port();
+        let process = Command::new(&python)
+            .arg(workspace_root().join("local/moto_server.py"))
+            .arg(port.to_string())
+            .env("MOTO_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A unique lowercase name for a test's bucket or table.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+/// A Lambda Invoke endpoint that accepts every invocation as AWS accepts an async one
+/// (202, at once) and keeps the payloads for the test to deliver.
+#[derive(Clone, Default)]
+pub struct LambdaInbox {
+    received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl LambdaInbox {
+    /// Starts the endpoint; returns it with its URL.
+    pub async fn start() -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let inbox = LambdaInbox::default();
+        let received = inbox.received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut reader = BufReader::new(read);
+                    // One keep-alive connection carries many requests.
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            reader.read_line(&mut line).await.unwrap();
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).await.unwrap();
+                        let function = request_line
+                            .split('/')
+                            .nth(3)
+                            .map(|f| {
+                                percent_encoding::percent_decode_str(f)
+                                    .decode_utf8_lossy()
+                                    .to_string()
+                            })
+                            .unwrap_or_default();
+                        received.lock().unwrap().push((
+                            function,
+                            serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        ));
+                        write
+                            .write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        (inbox, url)
+    }
+
+    /// Takes every invocation received so far, as slave events.
+    pub fn take(&self) -> Vec<SlaveEvent> {
+        std::mem::take(&mut *self.received.lock().unwrap())
+            .into_iter()
+            .map(|(function, payload)| {
+                assert_eq!(function, "slave-fn", "master invoked {function}");
+                serde_json::from_value(payload).expect("master sends slave events")
+            })
+            .collect()
+    }
+}
+
+/// A fresh bucket and status table on the local stack, with the functions wired to them.
+pub struct Fixture {
+    pub clients: Clients,
+    pub bucket: String,
+    pub table: String,
+    pub inbox: LambdaInbox,
+    pub config: Config,
+    pub master_settings: MasterSettings,
+    pub slave_settings: SlaveSettings,
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        let sdk = sdk_config(&moto().url).await;
+        let mut clients = Clients::from_sdk_config(&sdk, true);
+        let (inbox, inbox_url) = LambdaInbox::start().await;
+        clients.lambda = aws_sdk_lambda::Client::from_conf(
+            aws_sdk_lambda::config::Builder::from(&sdk)
+                .endpoint_url(inbox_url)
+                .build(),
+        );
+        let bucket = unique("bucket");
+        let table = unique("status");
+        clients
+            .s3
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        create_table(&clients.dynamodb, &table).await;
+        let config = Config::from_lookup(&[
+            ("TABLE_NAME", table.as_str()),
+            ("SOURCE_BUCKET", bucket.as_str()),
+            ("S3_FORCE_PATH_STYLE", "true"),
+        ])
+        .unwrap();
+        let master_settings =
+            MasterSettings::from_lookup(&[("SLAVE_FUNCTION", "slave-fn")]).unwrap();
+        let slave_settings = SlaveSettings::from_lookup(&[]).unwrap();
+        Fixture {
+            clients,
+            bucket,
+            table,
+            inbox,
+            config,
+            master_settings,
+            slave_settings,
+        }
+    }
+
+    pub fn master(&self) -> master::Master {
+        master::Master::new(
+            &self.clients,
+            self.config.clone(),
+            self.master_settings.clone(),
+        )
+    }
+
+    pub fn slave(&self) -> slave::Slave {
+        slave::Slave::new(&self.clients, &self.config, self.slave_settings.clone())
+    }
+
+    pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
+        self.clients
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Uploads many objects, 32 at a time; each body names its key.
+    pub async fn put_many(&self, keys: &[String]) {
+        stream::iter(keys)
+            .map(|k| self.put(k, body_of(k)))
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    /// Every object in the bucket with its bytes, in key order.
+    pub async fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        let keys = self.keys("").await;
+        stream::iter(keys)
+            .map(|k| async move {
+                let body = self.get(&k).await.unwrap();
+                Ok::<_, ()>((k, body))
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.checksums(prefix).await.into_keys().collect()
+    }
+
+    /// Every key under `prefix` with the MD5 of its bytes, from the listing's ETags:
+    /// one request per 1,000 objects instead of one download each. Only for objects
+    /// written whole (a multipart ETag is not the content's MD5).
+    pub async fn checksums(&self, prefix: &str) -> BTreeMap<String, String> {
+        let mut pages = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut keys = BTreeMap::new();
+        while let Some(page) = pages.next().await {
+            for object in page.unwrap().contents.unwrap_or_default() {
+                let etag = object
+                    .e_tag
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string();
+                keys.insert(object.key.unwrap(), etag);
+            }
+        }
+        keys
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .clients
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(out.body.collect().await.unwrap().to_vec())
+    }
+
+    pub async fn run_master(&self, run: &str) -> MasterOutput {
+        self.master()
+            .handle(json!({ "run_id": run }), None)
+            .await
+            .unwrap_or_else(|e| panic!("master failed: {e}"))
+    }
+
+    /// Delivers every captured slave invocation once, `concurrency` at a time.
+    pub async fn deliver_all(&self, concurrency: usize) -> Vec<SlaveEvent> {
+        let events = self.inbox.take();
+        let slave = self.slave();
+        let slave = &slave;
+        stream::iter(events.clone())
+            .map(|e| async move { deliver(slave, &e).await })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await;
+        events
+    }
+
+    /// A file row of the status table, as attribute name → string value.
+    pub async fn row(&self, pk: &str, sk: &str) -> Option<BTreeMap<String, String>> {
+        let item = self
+            .clients
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.into()))
+            .key("sk", AttributeValue::S(sk.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item?;
+        Some(item.into_iter().map(|(k, v)| (k, plain(&v))).collect())
+    }
+
+    /// Every row of one partition, by sort key.
+    pub async fn partition(&self, pk: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut rows = BTreeMap::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .clients
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.into()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in out.items.unwrap_or_default() {
+                let row: BTreeMap<String, String> =
+                    item.into_iter().map(|(k, v)| (k, plain(&v))).collect();
+                rows.insert(row["sk"].clone(), row);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return rows;
+            }
+        }
+    }
+
+    /// The run's progress as status reads it.
+    pub async fn progress(&self, run: &str) -> common::progress::RunProgress {
+        let store = common::Store::new(
+            self.clients.dynamodb.clone(),
+            &self.table,
+            Duration::from_secs(3600),
+        );
+        let run = common::RunId::parse(run).unwrap();
+        store
+            .run_view(&run)
+            .await
+            .unwrap()
+            .expect("run exists")
+            .progress
+    }
+}
+
+pub async fn deliver(slave: &slave::Slave, event: &SlaveEvent) -> SlaveOutput {
+    slave
+        .handle(serde_json::to_value(event).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("slave failed: {e}"))
+}
+
+/// The body the fixtures upload for `key`: distinct per key, a little longer for some.
+pub fn body_of(key: &str) -> Vec<u8> {
+    format!("id,key\n1,{key}\n{}", "x".repeat(key.len() % 97)).into_bytes()
+}
+
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn plain(v: &AttributeValue) -> String {
+    match v {
+        AttributeValue::S(s) | AttributeValue::N(s) => s.clone(),
+        AttributeValue::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    dynamodb
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .send()
+        .await
+        .unwrap();
+}

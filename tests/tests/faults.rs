@@ -1,0 +1,542 @@
+//! Duplicate deliveries, crashes between steps, failures and bad input: no file lost,
+//! none counted twice, every fate recorded.
+
+use common::run::SlaveEvent;
+use common::store::ListedFile;
+use common::transfer::Mover;
+use integration_tests::{Fixture, body_of, deliver};
+use serde_json::json;
+
+async fn seeded(keys: &[&str]) -> Fixture {
+    let f = Fixture::new().await;
+    for key in keys {
+        f.put(key, body_of(key)).await;
+    }
+    f
+}
+
+#[tokio::test]
+async fn a_batch_delivered_twice_moves_and_counts_each_file_once() {
+    // GIVEN a run whose one batch is delivered twice, the second time concurrently too
+    let keys = ["raw/a.csv", "raw/b.csv", "raw/c.csv"];
+    let f = seeded(&keys).await;
+    f.run_master("dup").await;
+    let events = f.inbox.take();
+    assert_eq!(events.len(), 1);
+    let slave = f.slave();
+
+    let first = deliver(&slave, &events[0]).await;
+    let (second, third) = tokio::join!(deliver(&slave, &events[0]), deliver(&slave, &events[0]));
+
+    // THEN only the first delivery did anything
+    assert_eq!((first.completed, first.already_done), (3, 0));
+    assert_eq!((second.completed, second.already_done), (0, 3));
+    assert_eq!((third.completed, third.already_done), (0, 3));
+    let progress = f.progress("dup").await;
+    assert_eq!((progress.completed, progress.failed), (3, 0));
+    for key in keys {
+        assert_eq!(
+            f.get(&key.replace("raw/", "refined/")).await,
+            Some(body_of(key))
+        );
+        assert_eq!(f.get(key).await, None);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_deliveries_still_count_once() {
+    // GIVEN two deliveries of the same fresh batch racing each other
+    let keys: Vec<String> = (0..40).map(|i| format!("raw/f{i:02}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    f.run_master("race").await;
+    let events = f.inbox.take();
+    let slave = f.slave();
+    let (a, b) = tokio::join!(deliver(&slave, &events[0]), deliver(&slave, &events[0]));
+
+    // THEN between them each file was counted exactly once
+    assert_eq!(a.completed + b.completed, 40, "{a:?} {b:?}");
+    let progress = f.progress("race").await;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (40, 40, 0)
+    );
+    let bytes: usize = keys.iter().map(|k| body_of(k).len()).sum();
+    assert_eq!(progress.bytes, bytes as u64);
+    assert!(f.keys("raw/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
+    // GIVEN a slave that copied one file and died before deleting it or recording anything,
+    // and one that got as far as deleting another before dying
+    let keys = ["raw/copied.csv", "raw/deleted.csv", "raw/untouched.csv"];
+    let f = seeded(&keys).await;
+    f.run_master("crash").await;
+    let events = f.inbox.take();
+    let spec = common::RunSpec::new(
+        common::run::Location::new(&f.bucket, "raw/").unwrap(),
+        common::run::Location::new(&f.bucket, "refined/").unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let mover = Mover::new(&f.clients.s3, &f.slave_settings);
+    let f = &f;
+    let listed = |key: &'static str| async move {
+        let row = f.row("crash", key).await.unwrap();
+        ListedFile {
+            key: key.into(),
+            size: row["size"].parse().unwrap(),
+            etag: row["etag"].clone(),
+        }
+    };
+    let (copied, deleted) = (
+        listed("raw/copied.csv").await,
+        listed("raw/deleted.csv").await,
+    );
+    mover.copy_verified(&spec, &copied).await.unwrap();
+    mover.copy_verified(&spec, &deleted).await.unwrap();
+    let results = mover.delete_sources(&f.bucket, &[&deleted]).await;
+    assert!(results[0].1.is_ok());
+    assert_eq!(
+        f.row("crash", "raw/copied.csv").await.unwrap()["status"],
+        "started"
+    );
+
+    // WHEN Lambda delivers the batch again
+    let out = deliver(&f.slave(), &events[0]).await;
+
+    // THEN all three are moved and counted once; the one whose source was already gone
+    // counts as done because its destination holds the listed bytes
+    assert_eq!((out.completed, out.failed), (3, 0));
+    for key in keys {
+        assert_eq!(
+            f.get(&key.replace("raw/", "refined/")).await,
+            Some(body_of(key)),
+            "{key}"
+        );
+        assert_eq!(f.get(key).await, None, "{key}");
+        assert_eq!(f.row("crash", key).await.unwrap()["status"], "completed");
+    }
+    let progress = f.progress("crash").await;
+    assert_eq!((progress.completed, progress.failed), (3, 0));
+}
+
+#[tokio::test]
+async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
+    // GIVEN a run whose files change under it after listing: one rewritten with other
+    // bytes, one deleted by someone else
+    let keys = [
+        "raw/ok-1.csv",
+        "raw/rewritten.csv",
+        "raw/vanished.csv",
+        "raw/ok-2.csv",
+    ];
+    let f = seeded(&keys).await;
+    f.run_master("fail").await;
+    f.put("raw/rewritten.csv", "a different, longer body than before")
+        .await;
+    f.clients
+        .s3
+        .delete_object()
+        .bucket(&f.bucket)
+        .key("raw/vanished.csv")
+        .send()
+        .await
+        .unwrap();
+
+    // WHEN the batch runs
+    let events = f.inbox.take();
+    let out = deliver(&f.slave(), &events[0]).await;
+
+    // THEN the good files move, the rewritten one stays at the source with its new bytes,
+    // and both failures are recorded with a reason that says what happened
+    assert_eq!((out.completed, out.failed), (2, 2));
+    for key in ["raw/ok-1.csv", "raw/ok-2.csv"] {
+        assert_eq!(
+            f.get(&key.replace("raw/", "refined/")).await,
+            Some(body_of(key))
+        );
+    }
+    assert_eq!(
+        f.get("raw/rewritten.csv").await.unwrap(),
+        b"a different, longer body than before"
+    );
+    let rewritten = f.row("fail", "raw/rewritten.csv").await.unwrap();
+    assert_eq!(rewritten["status"], "failed");
+    assert!(
+        rewritten["reason"].contains("changed after it was listed")
+            || rewritten["reason"].contains("not the"),
+        "{}",
+        rewritten["reason"]
+    );
+    let vanished = f.row("fail", "raw/vanished.csv").await.unwrap();
+    assert_eq!(vanished["status"], "failed");
+    assert!(
+        vanished["reason"].contains("the source is gone"),
+        "{}",
+        vanished["reason"]
+    );
+    let failures = f.partition("fail#failed").await;
+    assert_eq!(
+        failures.keys().collect::<Vec<_>>(),
+        ["raw/rewritten.csv", "raw/vanished.csv"]
+    );
+    let progress = f.progress("fail").await;
+    assert_eq!((progress.completed, progress.failed), (2, 2));
+    assert_eq!(progress.verdict(), common::progress::Verdict::Failed);
+
+    // AND a redelivery counts nothing again
+    let again = deliver(&f.slave(), &events[0]).await;
+    assert_eq!((again.completed, again.failed), (0, 0));
+    assert_eq!(f.progress("fail").await, progress);
+}
+
+#[tokio::test]
+async fn large_objects_are_copied_in_parts_with_metadata_and_tags() {
+    // GIVEN an 11 MiB object with metadata, content type and tags, and a small one likewise,
+    // and a slave that copies objects of 5 MiB and more in 5 MiB parts
+    let mut f = Fixture::new().await;
+    f.slave_settings.multipart_threshold = 5 * 1024 * 1024;
+    f.slave_settings.part_size = 5 * 1024 * 1024;
+    let big: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for (key, body) in [
+        ("raw/big.csv", big.clone()),
+        ("raw/small.csv", b"a,b\n".to_vec()),
+    ] {
+        f.clients
+            .s3
+            .put_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .body(body.into())
+            .content_type("text/csv")
+            .metadata("origin", "sensor-7")
+            .tagging("team=data&class=raw")
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // WHEN the run moves them
+    f.run_master("parts").await;
+    f.deliver_all(1).await;
+
+    // THEN both arrive whole, with their metadata, content type and tags
+    assert_eq!(f.get("refined/big.csv").await.unwrap(), big);
+    for key in ["refined/big.csv", "refined/small.csv"] {
+        let head = f
+            .clients
+            .s3
+            .head_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_type(), Some("text/csv"), "{key}");
+        assert_eq!(
+            head.metadata().unwrap().get("origin").map(String::as_str),
+            Some("sensor-7"),
+            "{key}"
+        );
+        let tags = f
+            .clients
+            .s3
+            .get_object_tagging()
+            .bucket(&f.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let mut tags: Vec<(String, String)> = tags
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        assert_eq!(
+            tags,
+            [
+                ("class".into(), "raw".into()),
+                ("team".into(), "data".into())
+            ],
+            "{key}"
+        );
+    }
+    let head = f
+        .clients
+        .s3
+        .head_object()
+        .bucket(&f.bucket)
+        .key("refined/big.csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().ends_with("-3\""),
+        "three parts: {:?}",
+        head.e_tag()
+    );
+    assert!(f.keys("raw/").await.is_empty());
+    let progress = f.progress("parts").await;
+    assert_eq!(
+        (progress.completed, progress.bytes),
+        (2, big.len() as u64 + 4)
+    );
+}
+
+#[tokio::test]
+async fn master_resumes_where_it_stopped_without_recording_anything_twice() {
+    // GIVEN 2,500 files and a master whose deadline has already passed, so each call
+    // handles one listing page and returns a continuation
+    let keys: Vec<String> = (0..2500).map(|i| format!("raw/{i:04}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    let past = Some(std::time::SystemTime::now());
+
+    let first = f
+        .master()
+        .handle(json!({"run_id": "cont"}), past)
+        .await
+        .unwrap();
+    assert_eq!((first.listing_complete, first.selected), (false, 1000));
+    // The first page's slaves finish before master is called again.
+    f.deliver_all(4).await;
+    assert_eq!(f.progress("cont").await.completed, 1000);
+
+    // WHEN master is called again until listing completes, and the slaves run
+    let mut calls = 1;
+    loop {
+        let out = f
+            .master()
+            .handle(json!({"run_id": "cont"}), past)
+            .await
+            .unwrap();
+        calls += 1;
+        if out.listing_complete {
+            assert_eq!(out.selected, 2500);
+            break;
+        }
+    }
+    f.deliver_all(4).await;
+
+    // THEN three calls covered the listing, completed files were never reset to started,
+    // and every counter is exact
+    assert_eq!(calls, 3);
+    let progress = f.progress("cont").await;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (2500, 2500, 0)
+    );
+    let rows = f.partition("cont").await;
+    assert_eq!(rows.len(), 2500);
+    assert!(rows.values().all(|r| r["status"] == "completed"));
+    assert!(f.keys("raw/").await.is_empty());
+    // AND a master call after the end changes nothing
+    let after = f.run_master("cont").await;
+    assert_eq!(
+        (after.listing_complete, after.selected, after.invocations),
+        (true, 2500, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_retried_master_call_does_not_reset_completed_files() {
+    // GIVEN a master call that handed out its files, whose slaves completed them, but
+    // whose progress after handing was lost (as if it crashed just after invoking)
+    let keys: Vec<String> = (0..30).map(|i| format!("raw/{i:02}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    let past = Some(std::time::SystemTime::now());
+    f.master()
+        .handle(json!({"run_id": "retry"}), past)
+        .await
+        .unwrap();
+    f.deliver_all(2).await;
+    f.clients
+        .dynamodb
+        .update_item()
+        .table_name(&f.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("retry#run".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("run".into()),
+        )
+        .update_expression("REMOVE handed_through SET listing_complete = :f")
+        .expression_attribute_values(":f", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+        .send()
+        .await
+        .unwrap();
+    // A file the slaves had not reached yet is put back, as if its slave never ran.
+    f.put("raw/late.csv", body_of("raw/late.csv")).await;
+
+    // WHEN master runs again
+    let out = f.run_master("retry").await;
+    f.deliver_all(2).await;
+
+    // THEN the completed files stay completed and counted once; nothing new was selected
+    // for the keys already recorded, and the new key (after the recorded position) is moved
+    assert_eq!(out.selected, 31);
+    let progress = f.progress("retry").await;
+    assert_eq!((progress.selected, progress.completed), (31, 31));
+    assert!(
+        f.partition("retry")
+            .await
+            .values()
+            .all(|r| r["status"] == "completed")
+    );
+}
+
+#[tokio::test]
+async fn two_runs_at_once_keep_to_their_own_files_and_counters() {
+    // GIVEN two prefixes with different files, moved by two runs at the same time
+    let a: Vec<String> = (0..120).map(|i| format!("in-a/{i}.csv")).collect();
+    let b: Vec<String> = (0..80).map(|i| format!("in-b/{i}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&a).await;
+    f.put_many(&b).await;
+    let master = f.master();
+    let (ra, rb) = tokio::join!(
+        master.handle(
+            json!({"run_id": "run-a", "source_prefix": "in-a/", "destination_prefix": "out-a/"}),
+            None
+        ),
+        master.handle(
+            json!({"run_id": "run-b", "source_prefix": "in-b/", "destination_prefix": "out-b/"}),
+            None
+        ),
+    );
+    assert_eq!((ra.unwrap().selected, rb.unwrap().selected), (120, 80));
+    f.deliver_all(6).await;
+
+    // THEN each run moved exactly its files and counted only them
+    assert_eq!(f.keys("out-a/").await.len(), 120);
+    assert_eq!(f.keys("out-b/").await.len(), 80);
+    assert!(f.keys("in-a/").await.is_empty() && f.keys("in-b/").await.is_empty());
+    let (pa, pb) = (f.progress("run-a").await, f.progress("run-b").await);
+    assert_eq!((pa.selected, pa.completed), (120, 120));
+    assert_eq!((pb.selected, pb.completed), (80, 80));
+    assert!(
+        f.partition("run-a")
+            .await
+            .keys()
+            .all(|k| k.starts_with("in-a/"))
+    );
+    assert!(
+        f.partition("run-b")
+            .await
+            .keys()
+            .all(|k| k.starts_with("in-b/"))
+    );
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_by_name_and_nothing_moves() {
+    let keys = ["raw/a.csv", "raw/b.csv", "elsewhere/c.csv"];
+    let f = seeded(&keys).await;
+    let before = f.objects().await;
+    let master = f.master();
+
+    // master: each bad event is InvalidEvent with a message naming the problem
+    for (event, expected) in [
+        (json!({}), "run_id is missing"),
+        (
+            json!({"run_id": "r", "source_prefx": "x/"}),
+            "unknown field `source_prefx`",
+        ),
+        (json!({"run_id": "has space"}), "run_id"),
+        (
+            json!({"run_id": "r", "source_bucket": "Not_A_Bucket"}),
+            "not a valid S3 bucket name",
+        ),
+        (
+            json!({"run_id": "r", "destination_prefix": "raw/out/"}),
+            "overlap",
+        ),
+        (
+            json!({"run_id": "r", "suffixes": []}),
+            "suffix list is empty",
+        ),
+        (json!({"run_id": "r", "suffixes": ".csv"}), "invalid type"),
+    ] {
+        let err = master.handle(event.clone(), None).await.unwrap_err();
+        assert_eq!(err.error_type(), "InvalidEvent", "{event}");
+        assert!(err.to_string().contains(expected), "{event}: {err}");
+    }
+    assert!(f.inbox.take().is_empty());
+
+    // a run id reused for another prefix is refused
+    f.run_master("once").await;
+    let err = master
+        .handle(
+            json!({"run_id": "once", "source_prefix": "elsewhere/"}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), "InvalidEvent");
+    assert!(err.to_string().contains("different spec"), "{err}");
+    let handed = f.inbox.take();
+
+    // slave: keys outside the prefix, keys master never recorded, unknown runs, empty
+    // or repeated keys are refused before anything moves
+    let slave = f.slave();
+    let event = |run: &str, keys: &[&str]| {
+        serde_json::to_value(SlaveEvent {
+            run_id: common::RunId::parse(run).unwrap(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        })
+        .unwrap()
+    };
+    for (payload, expected) in [
+        (
+            event("once", &["raw/a.csv", "elsewhere/c.csv"]),
+            "not under the run's source prefix",
+        ),
+        (
+            event("once", &["raw/a.csv", "raw/never-listed.csv"]),
+            "was not recorded for run once",
+        ),
+        (event("nobody", &["raw/a.csv"]), "run nobody is unknown"),
+        (event("once", &[]), "keys is empty"),
+        (event("once", &["raw/a.csv", "raw/a.csv"]), "appears twice"),
+        (
+            json!({"run_id": "once", "keys": ["raw/a.csv"], "extra": 1}),
+            "unknown field `extra`",
+        ),
+        (json!({"keys": ["raw/a.csv"]}), "missing field `run_id`"),
+    ] {
+        let err = slave.handle(payload.clone()).await.unwrap_err();
+        assert_eq!(err.error_type(), "InvalidEvent", "{payload}");
+        assert!(err.to_string().contains(expected), "{payload}: {err}");
+    }
+    assert_eq!(f.objects().await, before, "a refused event moved something");
+    assert!(
+        f.partition("once")
+            .await
+            .values()
+            .all(|r| r["status"] == "started")
+    );
+    assert_eq!(handed.len(), 1);
+}
+
+#[tokio::test]
+async fn missing_settings_fail_every_invocation_naming_the_variable() {
+    let err = common::Config::from_lookup(&[("SOURCE_BUCKET", "data-bucket")]).unwrap_err();
+    let broken: Result<master::Master, _> = Err(err);
+    let event = lambda_runtime::LambdaEvent::new(
+        json!({"run_id": "r"}),
+        lambda_runtime::Context::default(),
+    );
+    let err = master::handle(&broken, event).await.unwrap_err();
+    let diagnostic = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(diagnostic.error_type, "ConfigError");
+    assert_eq!(
+        diagnostic.error_message,
+        "environment variable TABLE_NAME: is not set"
+    );
+}
