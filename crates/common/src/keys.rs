@@ -62,11 +62,7 @@ fn map_key(source: &Location, destination: &Location, key: &str) -> Result<Strin
 /// Splits keys into slave batches of at most `max_keys` keys and at most
 /// `max_payload_bytes` of JSON-encoded keys, so every async invocation stays under
 /// Lambda's payload limit whatever the keys look like.
-pub fn batches<'a>(
-    keys: &'a [String],
-    max_keys: usize,
-    max_payload_bytes: usize,
-) -> Vec<&'a [String]> {
+pub fn batches(keys: &[String], max_keys: usize, max_payload_bytes: usize) -> Vec<&[String]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
