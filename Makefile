@@ -1,6 +1,9 @@
 # Everything the project needs is installed under .tools/ by these targets, at the
 # versions pinned in local/requirements.txt and local/constraints.txt.
 
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
 PYTHON ?= python3
 VENV := .tools/venv
 TOOLS_STAMP := $(VENV)/.installed
@@ -31,11 +34,11 @@ check:
 	cargo fmt --all --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 
-# One build of every test target, then the unit tests and the integration tests
-# (which start moto on a free loopback port themselves).
+# Unit tests and integration tests (which start moto on a free loopback port
+# themselves), then one line adding up every suite's result.
 test: $(TOOLS_STAMP) check
-	cargo test $(CARGO_FLAGS) --no-run
-	cargo test $(CARGO_FLAGS)
+	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 
 fmt:
 	cargo fmt --all

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
     WriteRequest,
@@ -228,6 +229,12 @@ fn shard_for(key: &str) -> String {
     format!("counter#{:02}", hash % COUNTER_SHARDS)
 }
 
+/// Whether an `UpdateItem` failed only because its condition did not hold.
+fn is_condition_failure<R>(err: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>) -> bool {
+    err.as_service_error()
+        .is_some_and(UpdateItemError::is_conditional_check_failed_exception)
+}
+
 async fn backoff(attempt: u32) {
     let millis = 25u64 << attempt.min(7);
     tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -356,13 +363,12 @@ impl Store {
                 .expression_attribute_values(":now", s(now_rfc3339()))
                 .expression_attribute_values(":exp", self.expires_at())
                 .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("UpdateItem", e));
+                .await;
             match created {
                 Ok(_) => {}
                 // Another master created it first: read it again and compare.
-                Err(e) if e.code_is("ConditionalCheckFailedException") => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) if is_condition_failure(&e) => continue,
+                Err(e) => return Err(AwsError::from_sdk("UpdateItem", e).into()),
             }
         }
         self.run_record(run)
@@ -396,16 +402,12 @@ impl Store {
                 .condition_expression("recorded_through = :p")
                 .expression_attribute_values(":p", s(p)),
         };
-        match request
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("UpdateItem", e))
-        {
+        match request.send().await {
             Ok(_) => Ok(()),
-            Err(e) if e.code_is("ConditionalCheckFailedException") => {
+            Err(e) if is_condition_failure(&e) => {
                 Err(StoreError::ProgressConflict { run: run.clone() })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
         }
     }
 
@@ -990,6 +992,150 @@ mod tests {
             .collect();
         assert_eq!(chunk_len(&all_failed), 12);
         assert_eq!(chunk_len(&all_failed[..3]), 3);
+    }
+
+    mod sdk_error_paths {
+        use super::*;
+        use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
+        use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput;
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+        use aws_sdk_dynamodb::types::CancellationReason;
+        use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        fn store(client: Client) -> Store {
+            Store::new(client, "table", Duration::from_secs(60))
+        }
+
+        fn run() -> RunId {
+            RunId::parse("r").unwrap()
+        }
+
+        fn cancelled(codes: &[&str]) -> TransactWriteItemsError {
+            let reasons = codes
+                .iter()
+                .map(|c| CancellationReason::builder().code(*c).build())
+                .collect();
+            TransactWriteItemsError::TransactionCanceledException(
+                TransactionCanceledException::builder()
+                    .set_cancellation_reasons(Some(reasons))
+                    .build(),
+            )
+        }
+
+        fn outcome(key: &str) -> (FileOutcome, FileState) {
+            (
+                FileOutcome {
+                    key: key.into(),
+                    outcome: completed(10),
+                },
+                FileState::Started,
+            )
+        }
+
+        #[tokio::test]
+        async fn unprocessed_items_are_sent_again() {
+            let unprocessed = mock!(Client::batch_write_item)
+                .match_requests(|r| r.request_items().unwrap()["table"].len() == 3)
+                .then_compute_output(|r| {
+                    let mut left = r.request_items().unwrap().clone();
+                    left.get_mut("table").unwrap().truncate(1);
+                    BatchWriteItemOutput::builder()
+                        .set_unprocessed_items(Some(left))
+                        .build()
+                });
+            let rest = mock!(Client::batch_write_item)
+                .match_requests(|r| r.request_items().unwrap()["table"].len() == 1)
+                .then_output(|| BatchWriteItemOutput::builder().build());
+            let client = mock_client!(
+                aws_sdk_dynamodb,
+                RuleMode::Sequential,
+                [&unprocessed, &rest]
+            );
+            let files: Vec<ListedFile> = (0..3)
+                .map(|i| ListedFile {
+                    key: format!("raw/{i}"),
+                    size: 1,
+                    etag: "e".into(),
+                })
+                .collect();
+            store(client).put_started(&run(), &files, 2).await.unwrap();
+            assert_eq!((unprocessed.num_calls(), rest.num_calls()), (1, 1));
+        }
+
+        #[tokio::test]
+        async fn a_throttled_service_is_retried_by_the_sdk() {
+            let flaky = mock!(Client::update_item)
+                .sequence()
+                .http_status(503, None)
+                .times(2)
+                .output(|| UpdateItemOutput::builder().build())
+                .build();
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&flaky]);
+            store(client).complete_listing(&run()).await.unwrap();
+            assert_eq!(flaky.num_calls(), 3);
+        }
+
+        #[tokio::test]
+        async fn a_conflicting_transaction_is_tried_again() {
+            let conflict = mock!(Client::transact_write_items)
+                .sequence()
+                .error(|| cancelled(&["None", "TransactionConflict"]))
+                .output(|| TransactWriteItemsOutput::builder().build())
+                .build();
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&conflict]);
+            let delta = store(client)
+                .record_outcomes(&run(), vec![outcome("raw/a")])
+                .await
+                .unwrap();
+            assert_eq!(delta.completed, 1);
+            assert_eq!(conflict.num_calls(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_row_changed_by_another_delivery_is_read_again_and_not_counted() {
+            // The transaction is cancelled because the row is no longer `started`; reading
+            // it again shows `completed`, so nothing is left to record.
+            let raced = mock!(Client::transact_write_items)
+                .then_error(|| cancelled(&["ConditionalCheckFailed", "None"]));
+            let reread = mock!(Client::batch_get_item).then_output(|| {
+                let row = HashMap::from([
+                    ("pk".to_string(), s("r")),
+                    ("sk".to_string(), s("raw/a")),
+                    ("status".to_string(), s("completed")),
+                    ("size".to_string(), n(10)),
+                ]);
+                BatchGetItemOutput::builder()
+                    .responses("table", vec![row])
+                    .build()
+            });
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&raced, &reread]);
+            let delta = store(client)
+                .record_outcomes(&run(), vec![outcome("raw/a")])
+                .await
+                .unwrap();
+            assert_eq!(delta, Delta::default());
+            assert_eq!((raced.num_calls(), reread.num_calls()), (1, 1));
+        }
+
+        #[tokio::test]
+        async fn a_moved_listing_position_is_a_progress_conflict() {
+            let moved = mock!(Client::update_item).then_error(|| {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                    aws_sdk_dynamodb::types::error::ConditionalCheckFailedException::builder().build(),
+                )
+            });
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&moved]);
+            let err = store(client)
+                .advance_recorded(&run(), Some("raw/a"), "raw/b", 1)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::ProgressConflict { .. }),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

@@ -312,14 +312,13 @@ impl<'a> Mover<'a> {
             .await;
         let head = match head {
             Ok(h) => h,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                return Err(permanent(format!(
+                    "the destination {destination_key:?} does not exist"
+                )));
+            }
             Err(err) => {
-                let err = AwsError::from_sdk("HeadObject", err);
-                if err.code_is("NotFound") || err.code_is("NoSuchKey") {
-                    return Err(permanent(format!(
-                        "the destination {destination_key:?} does not exist"
-                    )));
-                }
-                return Err(err.into());
+                return Err(AwsError::from_sdk("HeadObject", err).into());
             }
         };
         let found_size = head.content_length.unwrap_or(-1);
