@@ -14,3 +14,11 @@ pub fn remaining(deadline: SystemTime) -> Duration {
         .duration_since(SystemTime::now())
         .unwrap_or_default()
 }
+
+/// The function built at cold start, or, if its configuration was bad, the
+/// `ConfigError` that every invocation answers with.
+pub fn configured<A, E: From<crate::ConfigError>>(
+    built: &Result<A, crate::ConfigError>,
+) -> Result<&A, E> {
+    built.as_ref().map_err(|e| E::from(e.clone()))
+}

@@ -799,6 +799,7 @@ impl Store {
             .table_name(&self.table)
             .key_condition_expression("pk = :pk")
             .expression_attribute_values(":pk", s(failed_pk(run)))
+            .consistent_read(true)
             .limit(limit)
             .send()
             .await

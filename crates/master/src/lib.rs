@@ -266,7 +266,7 @@ pub async fn handle(
     master: &Result<Master, ConfigError>,
     event: LambdaEvent<Value>,
 ) -> Result<MasterOutput, Error> {
-    let master = master.as_ref().map_err(|e| Error::Config(e.clone()))?;
+    let master = common::lambda::configured::<_, Error>(master)?;
     master
         .handle(event.payload, common::lambda::deadline(&event.context))
         .await

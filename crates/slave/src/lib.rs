@@ -259,6 +259,6 @@ pub async fn handle(
     slave: &Result<Slave, ConfigError>,
     event: LambdaEvent<Value>,
 ) -> Result<SlaveOutput, Error> {
-    let slave = slave.as_ref().map_err(|e| Error::Config(e.clone()))?;
+    let slave = common::lambda::configured::<_, Error>(slave)?;
     slave.handle(event.payload).await
 }

@@ -280,7 +280,7 @@ pub async fn handle(
     status: &Result<Status, ConfigError>,
     event: LambdaEvent<Value>,
 ) -> Result<RunSummary, Error> {
-    let status = status.as_ref().map_err(|e| Error::Config(e.clone()))?;
+    let status = common::lambda::configured::<_, Error>(status)?;
     status
         .handle(event.payload, common::lambda::deadline(&event.context))
         .await
