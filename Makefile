@@ -1,28 +1,44 @@
 # Everything the project needs is installed under .tools/ by these targets, at the
-# versions pinned in local/requirements.txt and local/constraints.txt.
+# versions pinned in local/requirements.txt, local/constraints.txt and
+# local/npm/package-lock.json.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 PYTHON ?= python3
 VENV := .tools/venv
-TOOLS_STAMP := $(VENV)/.installed
+NPM_DIR := .tools/npm
+PY_STAMP := $(VENV)/.installed
+NPM_STAMP := $(NPM_DIR)/.installed
 CARGO_FLAGS := --workspace --locked
+# The SAM CLI finds cargo-lambda on PATH; it reports nothing home.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build release test check unit integration fmt clean
+.PHONY: help tools build release test check lint sam-build diagram fmt clean
 
 help:
-	@echo "make test      formatting, lints, unit and integration tests (what CI runs)"
-	@echo "make build     debug build of the three functions"
-	@echo "make release   optimized build of the three functions"
-	@echo "make tools     install the local AWS APIs (moto) into $(VENV)"
+	@echo "make test       everything CI checks: formatting, lints, template and state machine"
+	@echo "                checks, unit and integration tests, and sam build"
+	@echo "make build      debug build of the three functions"
+	@echo "make release    optimized build of the three functions"
+	@echo "make lint       cfn-lint, sam validate --lint and asl-validator on the stack"
+	@echo "make sam-build  sam build, then check each function's bootstrap"
+	@echo "make diagram    regenerate the state machine diagram in README.md"
+	@echo "make tools      install the pinned tools into .tools/"
 
-$(TOOLS_STAMP): local/requirements.txt local/constraints.txt
+$(PY_STAMP): local/requirements.txt local/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r local/requirements.txt -c local/constraints.txt
 	touch $@
 
-tools: $(TOOLS_STAMP)
+$(NPM_STAMP): local/npm/package.json local/npm/package-lock.json
+	mkdir -p $(NPM_DIR)
+	cp local/npm/package.json local/npm/package-lock.json $(NPM_DIR)/
+	npm ci --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+tools: $(PY_STAMP) $(NPM_STAMP)
 
 build:
 	cargo build $(CARGO_FLAGS)
@@ -34,15 +50,33 @@ check:
 	cargo fmt --all --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 
+# cfn-lint validates a state machine definition only when it is inline in a plain
+# AWS::StepFunctions::StateMachine, so the definition is also rendered into one.
+lint: tools
+	cfn-lint template.yaml
+	sam validate --lint
+	cargo xtask render-definition .tools/lint
+	cfn-lint .tools/lint/statemachine-cfn.yaml
+	$(NPM_DIR)/node_modules/.bin/asl-validator --json-path .tools/lint/statemachine.json
+
+sam-build: tools
+	sam build
+	cargo xtask check-build .aws-sam/build
+
+diagram:
+	cargo xtask diagram
+
 # Unit tests and integration tests (which start moto on a free loopback port
-# themselves), then one line adding up every suite's result.
-test: $(TOOLS_STAMP) check
+# themselves), then one line adding up every suite's result; sam build last, as it is
+# the slowest step.
+test: tools check lint
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
+	$(MAKE) --no-print-directory sam-build
 
 fmt:
 	cargo fmt --all
 
 clean:
 	cargo clean
-	rm -rf .tools
+	rm -rf .tools .aws-sam

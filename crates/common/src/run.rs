@@ -14,7 +14,14 @@ pub struct EventError(pub String);
 /// Parses an event, naming the field that is wrong; unknown fields are refused so that
 /// a misspelt `source_prefx` cannot silently fall back to the default prefix.
 pub fn parse_event<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, EventError> {
-    serde_json::from_value(payload).map_err(|e| EventError(e.to_string()))
+    serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            EventError(e.inner().to_string())
+        } else {
+            EventError(format!("{path}: {}", e.inner()))
+        }
+    })
 }
 
 /// The id of one run: the Step Functions execution name.
@@ -188,7 +195,8 @@ impl RunSpec {
     }
 }
 
-/// What `master` receives. Everything but `run_id` falls back to the function's defaults.
+/// What `master` receives: the execution input with the run id added. Everything but
+/// `run_id` falls back to the function's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterEvent {
@@ -198,6 +206,12 @@ pub struct MasterEvent {
     pub destination_bucket: Option<String>,
     pub destination_prefix: Option<String>,
     pub suffixes: Option<Vec<String>>,
+    /// The timing fields are read by the state machine (its Wait states and the activity
+    /// task's timeout, with defaults there); master accepts them so that the whole
+    /// execution input is checked in one place, and only checks they are whole seconds.
+    pub wait_before_master_seconds: Option<u32>,
+    pub wait_before_status_seconds: Option<u32>,
+    pub run_timeout_seconds: Option<u32>,
 }
 
 impl MasterEvent {
@@ -333,7 +347,30 @@ mod tests {
         assert!(err.0.contains("unknown field `source_prefx`"), "{err}");
         let err =
             parse_event::<SlaveEvent>(json!({"run_id": "r", "keys": "raw/a.csv"})).unwrap_err();
-        assert!(err.0.contains("invalid type"), "{err}");
+        assert!(err.0.starts_with("keys: invalid type"), "{err}");
+        let err =
+            parse_event::<MasterEvent>(json!({"run_id": "r", "wait_before_status_seconds": -5}))
+                .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("wait_before_status_seconds: invalid value"),
+            "{err}"
+        );
+        let err = parse_event::<MasterEvent>(json!({"run_id": "r", "suffixes": [".csv", 7]}))
+            .unwrap_err();
+        assert!(err.0.starts_with("suffixes[1]: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn the_state_machines_timing_fields_are_accepted_and_ignored() {
+        let event: MasterEvent = parse_event(json!({
+            "run_id": "r", "wait_before_master_seconds": 0, "wait_before_status_seconds": 2,
+            "run_timeout_seconds": 600
+        }))
+        .unwrap();
+        assert_eq!(event.run_timeout_seconds, Some(600));
+        let (_, spec) = event.resolve(&defaults()).unwrap();
+        assert_eq!(spec.source.to_string(), "s3://data-bucket/raw/");
     }
 
     #[test]

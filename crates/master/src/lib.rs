@@ -62,6 +62,16 @@ impl Error {
     }
 }
 
+/// Every `errorType` this function can raise, for checking the state machine against.
+pub const ERROR_TYPES: &[&str] = &[
+    "ConfigError",
+    "InvalidEvent",
+    "ListingFailed",
+    "ListingConflict",
+    "StatusTableError",
+    "SlaveInvokeFailed",
+];
+
 common::diagnostic!(Error);
 
 pub struct Master {
@@ -270,4 +280,45 @@ pub async fn handle(
     master
         .handle(event.payload, common::lambda::deadline(&event.context))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws() -> AwsError {
+        AwsError {
+            operation: "Op",
+            code: None,
+            message: "m".into(),
+            transient: false,
+        }
+    }
+
+    #[test]
+    fn every_error_type_is_listed() {
+        let run = RunId::parse("r").unwrap();
+        let samples = [
+            Error::Config(ConfigError {
+                variable: "V",
+                problem: "p".into(),
+            }),
+            Error::InvalidEvent(EventError("e".into())),
+            Error::Store(StoreError::SpecMismatch {
+                run: run.clone(),
+                existing: "x".into(),
+            }),
+            Error::Listing {
+                bucket: "b".into(),
+                prefix: "p".into(),
+                source: aws(),
+            },
+            Error::Store(StoreError::ProgressConflict { run }),
+            Error::Store(StoreError::Aws(aws())),
+            Error::Invoke(aws()),
+        ];
+        let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
+        let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();
+        assert_eq!(seen, listed);
+    }
 }

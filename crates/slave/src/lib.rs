@@ -43,6 +43,9 @@ impl Error {
     }
 }
 
+/// Every `errorType` this function can raise, for checking the state machine against.
+pub const ERROR_TYPES: &[&str] = &["ConfigError", "InvalidEvent", "StatusTableError"];
+
 common::diagnostic!(Error);
 
 pub struct Slave {
@@ -261,4 +264,30 @@ pub async fn handle(
 ) -> Result<SlaveOutput, Error> {
     let slave = common::lambda::configured::<_, Error>(slave)?;
     slave.handle(event.payload).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_type_is_listed() {
+        let aws = common::error::AwsError {
+            operation: "Op",
+            code: None,
+            message: "m".into(),
+            transient: false,
+        };
+        let samples = [
+            Error::Config(ConfigError {
+                variable: "V",
+                problem: "p".into(),
+            }),
+            Error::InvalidEvent(EventError("e".into())),
+            Error::Store(StoreError::Aws(aws)),
+        ];
+        let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
+        let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();
+        assert_eq!(seen, listed);
+    }
 }

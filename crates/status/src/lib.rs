@@ -27,6 +27,8 @@ const POLLS_WITHOUT_DEADLINE: u32 = 2;
 const FAILED_FILES_LISTED: i32 = 500;
 /// The `error` of the task failure sent for a failed run, and this function's error for it.
 pub const TRANSFER_FAILED: &str = "TransferFailed";
+/// The `error` of the task failure sent for an activity task whose input names no run.
+pub const INVALID_ACTIVITY_INPUT: &str = "InvalidActivityInput";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +67,18 @@ impl Error {
         }
     }
 }
+
+/// Every `errorType` this function can raise, for checking the state machine against.
+pub const ERROR_TYPES: &[&str] = &[
+    "ConfigError",
+    "InvalidEvent",
+    "StatusTableError",
+    "TransferIncomplete",
+    "TransferFailed",
+    "ActivityTaskPending",
+    "ActivityTaskGone",
+    "ActivityError",
+];
 
 common::diagnostic!(Error);
 
@@ -205,7 +219,7 @@ impl Status {
             .sfn
             .send_task_failure()
             .task_token(token)
-            .error("InvalidActivityInput")
+            .error(INVALID_ACTIVITY_INPUT)
             .cause(format!(
                 "{problem}; the activity task's input must be {{\"run_id\": \"<execution name>\"}}"
             ))
@@ -284,4 +298,42 @@ pub async fn handle(
     status
         .handle(event.payload, common::lambda::deadline(&event.context))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws() -> AwsError {
+        AwsError {
+            operation: "Op",
+            code: None,
+            message: "m".into(),
+            transient: false,
+        }
+    }
+
+    #[test]
+    fn every_error_type_is_listed() {
+        let run = RunId::parse("r").unwrap();
+        let samples = [
+            Error::Config(ConfigError {
+                variable: "V",
+                problem: "p".into(),
+            }),
+            Error::InvalidEvent(EventError("e".into())),
+            Error::Store(StoreError::Aws(aws())),
+            Error::TransferIncomplete {
+                run: run.clone(),
+                detail: "d".into(),
+            },
+            Error::TransferFailed { cause: "c".into() },
+            Error::ActivityTaskPending { run: run.clone() },
+            Error::ActivityTaskGone { run, source: aws() },
+            Error::Activity(aws()),
+        ];
+        let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
+        let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();
+        assert_eq!(seen, listed);
+    }
 }

@@ -1,0 +1,131 @@
+//! `cargo xtask <command>`: see `usage()`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use xtask::Problem;
+use xtask::definition::Definition;
+use xtask::diagram;
+use xtask::template::Template;
+
+fn usage() -> &'static str {
+    "usage:
+  xtask diagram           rewrite the state machine diagram in README.md
+  xtask diagram --check   fail if README.md's diagram differs from statemachine.asl.json
+  xtask render-definition DIR
+                          write DIR/statemachine.json (substitutions filled with example
+                          ARNs) and DIR/statemachine-cfn.yaml (a plain CloudFormation
+                          state machine holding it), for asl-validator and cfn-lint
+  xtask check-build DIR   check that `sam build` left an x86-64 Linux `bootstrap` in
+                          DIR/<function> for every function of template.yaml"
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let done = match args.as_slice() {
+        ["diagram"] => write_diagram(false),
+        ["diagram", "--check"] => write_diagram(true),
+        ["render-definition", dir] => render_definition(Path::new(dir)),
+        ["check-build", dir] => check_build(Path::new(dir)),
+        _ => {
+            eprintln!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("xtask: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root, where the deployment files live.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(name: &str) -> Result<String, Problem> {
+    std::fs::read_to_string(root().join(name)).map_err(|e| Problem(format!("reading {name}: {e}")))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Problem> {
+    std::fs::write(path, text).map_err(|e| Problem(format!("writing {}: {e}", path.display())))
+}
+
+fn write_diagram(check: bool) -> Result<(), Problem> {
+    let definition = Definition::parse(&read("statemachine.asl.json")?)?;
+    let readme = read("README.md")?;
+    let updated = diagram::replace_in_readme(&readme, &diagram::mermaid(&definition))?;
+    if updated == readme {
+        return Ok(());
+    }
+    if check {
+        return Err(Problem(
+            "README.md's state machine diagram is out of date: run `make diagram`".into(),
+        ));
+    }
+    write(&root().join("README.md"), &updated)
+}
+
+fn render_definition(dir: &Path) -> Result<(), Problem> {
+    let template = Template::parse(&read("template.yaml")?)?;
+    let (uri, substitutions) = template.state_machine()?;
+    let definition = Definition::parse(&read(&uri)?)?;
+    let values = substitutions
+        .iter()
+        .map(|(name, sub)| Ok((name.clone(), sub.example_arn()?)))
+        .collect::<Result<BTreeMap<_, _>, Problem>>()?;
+    let filled = definition.substitute(&values)?;
+    let json = serde_json::to_string_pretty(&filled).expect("a JSON value serializes");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Problem(format!("creating {}: {e}", dir.display())))?;
+    write(&dir.join("statemachine.json"), &json)?;
+    // cfn-lint checks a state machine definition only on AWS::StepFunctions::StateMachine
+    // resources with an inline Definition, not through SAM's DefinitionUri.
+    let cfn = format!(
+        "AWSTemplateFormatVersion: \"2010-09-09\"\n\
+         Description: {uri} with example ARNs, for cfn-lint's definition checks\n\
+         Resources:\n  \
+           StateMachine:\n    \
+             Type: AWS::StepFunctions::StateMachine\n    \
+             Properties:\n      \
+               RoleArn: arn:aws:iam::123456789012:role/state-machine\n      \
+               Definition: {}\n",
+        serde_json::to_string(&filled).expect("a JSON value serializes")
+    );
+    write(&dir.join("statemachine-cfn.yaml"), &cfn)
+}
+
+fn check_build(dir: &Path) -> Result<(), Problem> {
+    const ELF_MAGIC: &[u8] = b"\x7fELF";
+    const MACHINE_X86_64: u16 = 0x3e;
+    let template = Template::parse(&read("template.yaml")?)?;
+    let functions = template.functions();
+    if functions.is_empty() {
+        return Err(Problem("template.yaml builds no functions".into()));
+    }
+    for function in functions {
+        let path = dir.join(&function.resource).join("bootstrap");
+        let bytes =
+            std::fs::read(&path).map_err(|e| Problem(format!("{}: {e}", path.display())))?;
+        let machine = bytes.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+        if !bytes.starts_with(ELF_MAGIC) || machine != Some(MACHINE_X86_64) {
+            return Err(Problem(format!(
+                "{} is not an x86-64 Linux executable",
+                path.display()
+            )));
+        }
+        println!(
+            "{}: {} ({} bytes, from binary {})",
+            function.resource,
+            path.display(),
+            bytes.len(),
+            function.binary
+        );
+    }
+    Ok(())
+}

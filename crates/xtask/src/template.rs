@@ -1,0 +1,364 @@
+//! What the SAM template declares, read from `template.yaml`: enough to check the state
+//! machine against it and to deploy its resources elsewhere without repeating names.
+
+use std::collections::BTreeMap;
+
+use serde_norway::Value;
+
+use crate::Problem;
+
+/// One resource the state machine's `DefinitionSubstitutions` refer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substitution {
+    /// The logical id of the resource whose ARN is substituted.
+    pub resource: String,
+    /// Its CloudFormation type, e.g. `AWS::Serverless::Function`.
+    pub resource_type: String,
+}
+
+impl Substitution {
+    /// A well-formed ARN of the right kind in an example account, for validators that
+    /// check the definition with its substitutions filled in.
+    pub fn example_arn(&self) -> Result<String, Problem> {
+        const PREFIX: &str = "arn:aws:{service}:us-east-1:123456789012";
+        let (service, kind) = match self.resource_type.as_str() {
+            "AWS::Serverless::Function" | "AWS::Lambda::Function" => ("lambda", "function"),
+            "AWS::StepFunctions::Activity" => ("states", "activity"),
+            other => {
+                return Err(Problem(format!(
+                    "no example ARN for {} of type {other}",
+                    self.resource
+                )));
+            }
+        };
+        Ok(format!(
+            "{}:{kind}:{}",
+            PREFIX.replace("{service}", service),
+            self.resource
+        ))
+    }
+}
+
+/// A function the template builds, and the workspace binary it is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    pub resource: String,
+    pub binary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    parameters: serde_norway::Mapping,
+    globals: serde_norway::Mapping,
+    resources: serde_norway::Mapping,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, Problem> {
+        let doc: Value = serde_norway::from_str(text)
+            .map_err(|e| Problem(format!("template.yaml is not YAML: {e}")))?;
+        let resources = doc
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .cloned()
+            .ok_or_else(|| Problem("template.yaml has no Resources".into()))?;
+        let section = |name: &str| {
+            doc.get(name)
+                .and_then(Value::as_mapping)
+                .cloned()
+                .unwrap_or_default()
+        };
+        Ok(Template {
+            parameters: section("Parameters"),
+            globals: section("Globals"),
+            resources,
+        })
+    }
+
+    fn resources_of_type<'a>(
+        &'a self,
+        wanted: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.resources.iter().filter_map(move |(id, body)| {
+            let id = id.as_str()?;
+            (body.get("Type")?.as_str()? == wanted).then_some((id, body))
+        })
+    }
+
+    fn resource_type(&self, id: &str) -> Option<&str> {
+        self.resources.get(id)?.get("Type")?.as_str()
+    }
+
+    /// The single `AWS::Serverless::StateMachine`: its `DefinitionUri` and what each
+    /// substitution name stands for.
+    pub fn state_machine(&self) -> Result<(String, BTreeMap<String, Substitution>), Problem> {
+        let mut machines = self.resources_of_type("AWS::Serverless::StateMachine");
+        let (id, body) = machines.next().ok_or_else(|| {
+            Problem("template.yaml declares no AWS::Serverless::StateMachine".into())
+        })?;
+        if machines.next().is_some() {
+            return Err(Problem(
+                "template.yaml declares more than one state machine".into(),
+            ));
+        }
+        let properties = body
+            .get("Properties")
+            .ok_or_else(|| Problem(format!("{id} has no Properties")))?;
+        let uri = properties
+            .get("DefinitionUri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Problem(format!("{id} has no local DefinitionUri")))?
+            .to_string();
+        let mut substitutions = BTreeMap::new();
+        if let Some(map) = properties
+            .get("DefinitionSubstitutions")
+            .and_then(Value::as_mapping)
+        {
+            for (name, value) in map {
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| Problem(format!("{id}: a substitution name is not a string")))?;
+                let resource = referenced_resource(value).ok_or_else(|| {
+                    Problem(format!(
+                        "substitution {name} is not a !Ref or !GetAtt of a resource"
+                    ))
+                })?;
+                let resource_type = self
+                    .resource_type(&resource)
+                    .ok_or_else(|| {
+                        Problem(format!(
+                            "substitution {name} refers to unknown resource {resource}"
+                        ))
+                    })?
+                    .to_string();
+                substitutions.insert(
+                    name.to_string(),
+                    Substitution {
+                        resource,
+                        resource_type,
+                    },
+                );
+            }
+        }
+        Ok((uri, substitutions))
+    }
+
+    /// Every function built from a workspace binary (`Metadata.BuildProperties.Binary`).
+    pub fn functions(&self) -> Vec<Function> {
+        self.resources_of_type("AWS::Serverless::Function")
+            .filter_map(|(id, body)| {
+                let binary = body
+                    .get("Metadata")?
+                    .get("BuildProperties")?
+                    .get("Binary")?
+                    .as_str()?;
+                Some(Function {
+                    resource: id.to_string(),
+                    binary: binary.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Template {
+    /// A function setting (`Timeout`, `Runtime`, ...), from its Properties or else Globals.
+    pub fn function_setting(&self, resource: &str, name: &str) -> Option<&Value> {
+        if self.resource_type(resource)? != "AWS::Serverless::Function" {
+            return None;
+        }
+        self.resources
+            .get(resource)?
+            .get("Properties")
+            .and_then(|p| p.get(name))
+            .or_else(|| self.globals.get("Function")?.get(name))
+    }
+
+    /// A function's environment variables, Globals' included, with each value as an
+    /// example deployment would have it: literals as written, parameters at their
+    /// default, and ARNs or names of the stack's own resources in an example account.
+    /// A value it cannot work out (a condition, say) is `None`.
+    pub fn example_environment(&self, resource: &str) -> BTreeMap<String, Option<String>> {
+        let variables = |body: Option<&Value>| {
+            body.and_then(|b| b.get("Environment"))
+                .and_then(|e| e.get("Variables"))
+                .and_then(Value::as_mapping)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let globals = variables(self.globals.get("Function"));
+        let own = variables(
+            self.resources
+                .get(resource)
+                .and_then(|r| r.get("Properties")),
+        );
+        globals
+            .iter()
+            .chain(own.iter())
+            .filter_map(|(name, value)| {
+                Some((name.as_str()?.to_string(), self.example_value(value)))
+            })
+            .collect()
+    }
+
+    fn example_value(&self, value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                let target = referenced_resource(value)?;
+                if let Some(parameter) = self.parameters.get(target.as_str()) {
+                    return match parameter.get("Default")? {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    };
+                }
+                let resource_type = self.resource_type(&target)?.to_string();
+                let is_arn = match value {
+                    Value::Tagged(tagged) => tagged.tag == "GetAtt",
+                    _ => value.get("Fn::GetAtt").is_some(),
+                } || resource_type == "AWS::StepFunctions::Activity";
+                if is_arn {
+                    Substitution {
+                        resource: target,
+                        resource_type,
+                    }
+                    .example_arn()
+                    .ok()
+                } else {
+                    Some(target)
+                }
+            }
+        }
+    }
+}
+
+/// The logical id in `!Ref X`, `!GetAtt X.Arn`, `{Ref: X}` or `{Fn::GetAtt: [X, Arn]}`.
+fn referenced_resource(value: &Value) -> Option<String> {
+    let logical = |target: &str| target.split('.').next().map(String::from);
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" || tagged.tag == "GetAtt" => {
+            tagged.value.as_str().and_then(logical)
+        }
+        Value::Mapping(map) => {
+            if let Some(target) = map.get("Ref").and_then(Value::as_str) {
+                return Some(target.to_string());
+            }
+            match map.get("Fn::GetAtt")? {
+                Value::Sequence(parts) => parts.first()?.as_str().map(String::from),
+                Value::String(target) => logical(target),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Work:
+    Type: AWS::Serverless::Function
+    Metadata:
+      BuildMethod: rust-cargolambda
+      BuildProperties: {Binary: worker}
+  Jobs:
+    Type: AWS::StepFunctions::Activity
+  Machine:
+    Type: AWS::Serverless::StateMachine
+    Properties:
+      DefinitionUri: machine.asl.json
+      DefinitionSubstitutions:
+        WorkArn: !GetAtt Work.Arn
+        JobsArn: !Ref Jobs
+        LongForm: {"Fn::GetAtt": [Work, Arn]}
+"#;
+
+    #[test]
+    fn substitutions_resolve_to_resources_in_short_and_long_form() {
+        let template = Template::parse(TEMPLATE).unwrap();
+        let (uri, subs) = template.state_machine().unwrap();
+        assert_eq!(uri, "machine.asl.json");
+        assert_eq!(subs["WorkArn"].resource, "Work");
+        assert_eq!(subs["WorkArn"].resource_type, "AWS::Serverless::Function");
+        assert_eq!(
+            subs["JobsArn"].resource_type,
+            "AWS::StepFunctions::Activity"
+        );
+        assert_eq!(subs["LongForm"].resource, "Work");
+        assert_eq!(
+            template.functions(),
+            [Function {
+                resource: "Work".into(),
+                binary: "worker".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn example_environments_use_defaults_and_example_arns() {
+        let text = format!(
+            "{TEMPLATE}{}",
+            r#"
+Parameters:
+  Prefix: {Type: String, Default: raw/}
+  Bucket: {Type: String}
+Globals:
+  Function:
+    Timeout: 30
+    Environment:
+      Variables: {SHARED: "1", PREFIX: !Ref Prefix}
+"#
+        )
+        .replace(
+            "      BuildProperties: {Binary: worker}\n",
+            "      BuildProperties: {Binary: worker}\n    Properties:\n      Timeout: 90\n      Environment:\n        Variables: {JOBS: !Ref Jobs, SELF: !GetAtt Work.Arn, BUCKET: !Ref Bucket, WHO: !Ref Work}\n",
+        );
+        let template = Template::parse(&text).unwrap();
+        let env = template.example_environment("Work");
+        let get = |name: &str| env[name].as_deref();
+        assert_eq!(get("SHARED"), Some("1"));
+        assert_eq!(get("PREFIX"), Some("raw/"));
+        assert_eq!(
+            get("JOBS"),
+            Some("arn:aws:states:us-east-1:123456789012:activity:Jobs")
+        );
+        assert_eq!(
+            get("SELF"),
+            Some("arn:aws:lambda:us-east-1:123456789012:function:Work")
+        );
+        assert_eq!(get("BUCKET"), None);
+        assert_eq!(get("WHO"), Some("Work"));
+        assert_eq!(
+            template
+                .function_setting("Work", "Timeout")
+                .and_then(Value::as_u64),
+            Some(90)
+        );
+        assert_eq!(
+            template
+                .function_setting("Jobs", "Timeout")
+                .and_then(Value::as_u64),
+            None
+        );
+    }
+
+    #[test]
+    fn a_substitution_of_an_unknown_resource_is_named() {
+        let broken = TEMPLATE.replace("!Ref Jobs", "!Ref Missing");
+        let err = Template::parse(&broken)
+            .unwrap()
+            .state_machine()
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "substitution JobsArn refers to unknown resource Missing"
+        );
+    }
+}
