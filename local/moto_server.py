@@ -10,14 +10,26 @@ depends on, the difference is closed here, each with the reason beside it.
 import copy
 import os
 import sys
+import threading
 import time
 import types
+import uuid
 
+from moto.core.config import default_user_config
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import dynamo_type
 from moto.dynamodb.models.table import Table
 from moto.server import ThreadedMotoServer
+from moto.stepfunctions.parser.api import ExecutionStatus
+from moto.stepfunctions.parser.asl.eval.callback.callback import ActivityCallbackEndpoint
+from moto.stepfunctions.parser.backend import activity as parser_activity
+from moto.stepfunctions.parser import models as parser_models
+from moto.core.responses import ActionResult, EmptyResult
+from moto.stepfunctions.responses import StepFunctionResponse
 import moto.dynamodb.models as dynamodb_models
+
+# The longest GetActivityTask waits for a task, as on AWS; tests may shorten it.
+ACTIVITY_POLL_SECONDS = float(os.environ.get("MOTO_ACTIVITY_POLL_SECONDS", "60"))
 
 
 def snapshot_rows_not_tables() -> None:
@@ -75,10 +87,129 @@ def snapshot_rows_not_tables() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+class QueuedActivity(parser_activity.Activity):
+    """An activity's task queue that a worker can wait on, as GetActivityTask does."""
+
+    def __init__(self, arn, name):
+        super().__init__(arn=arn, name=name)
+        self.ready = threading.Condition()
+
+    def add_task(self, task):
+        with self.ready:
+            super().add_task(task)
+            self.ready.notify()
+
+    def wait_for_task(self, seconds):
+        with self.ready:
+            self.ready.wait_for(lambda: self._tasks, timeout=seconds)
+            return self._tasks.popleft() if self._tasks else None
+
+
+# One queue per activity ARN, shared by every execution and every worker.
+ACTIVITY_QUEUES: dict = {}
+ACTIVITY_QUEUES_LOCK = threading.Lock()
+
+
+def activity_queue(arn):
+    with ACTIVITY_QUEUES_LOCK:
+        if arn not in ACTIVITY_QUEUES:
+            ACTIVITY_QUEUES[arn] = QueuedActivity(arn=arn, name=arn.rsplit(":", 1)[-1])
+        return ACTIVITY_QUEUES[arn]
+
+
+class LiveActivities(dict):
+    """The activities an execution can schedule tasks on: those that exist now.
+
+    moto hands each execution an empty activity store, so every Task on an activity
+    fails with States.Runtime; this store looks activities up in the backend instead.
+    """
+
+    def __init__(self, account_id, region_name):
+        super().__init__()
+        self.account_id = account_id
+        self.region_name = region_name
+
+    def get(self, arn, default=None):
+        backend = parser_models.stepfunctions_parser_backends[self.account_id][self.region_name]
+        return activity_queue(arn) if arn in backend.activities else default
+
+
+def schedule_activity_tasks() -> None:
+    """Executions schedule activity tasks on the shared queues."""
+    original_init = parser_models.Execution.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs["activity_store"] = LiveActivities(kwargs["account_id"], kwargs["region_name"])
+        original_init(self, *args, **kwargs)
+
+    parser_models.Execution.__init__ = init
+
+
+def serve_get_activity_task() -> None:
+    """GetActivityTask: not implemented by moto; long-polls the activity's queue."""
+
+    def waiting_endpoint(backend, token):
+        for execution in backend._get_executions(ExecutionStatus.RUNNING):
+            endpoint = execution.exec_worker.env.callback_pool_manager.get(token)
+            if isinstance(endpoint, ActivityCallbackEndpoint):
+                return endpoint
+        return None
+
+    def get_activity_task(self):
+        arn = self._get_param("activityArn")
+        backend = self.stepfunction_backend
+        backend.describe_activity(arn)  # ActivityDoesNotExist as on AWS
+        deadline = time.monotonic() + ACTIVITY_POLL_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            task = activity_queue(arn).wait_for_task(left)
+            if task is None:
+                break
+            # A task whose execution has ended is dropped, not handed out.
+            endpoint = waiting_endpoint(backend, task.task_token)
+            if endpoint is not None:
+                # The execution records ActivityStarted and only then waits for the outcome.
+                endpoint.notify_activity_task_start(worker_name=self._get_param("workerName"))
+                return ActionResult({"taskToken": task.task_token, "input": task.task_input})
+        return ActionResult({})
+
+    StepFunctionResponse.get_activity_task = get_activity_task
+
+
+def keep_task_failure_cause() -> None:
+    """SendTaskFailure: moto drops `cause`, which carries the failed files here."""
+
+    def send_task_failure(self):
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"),
+            error=self._get_param("error"),
+            cause=self._get_param("cause"),
+        )
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure
+
+
+def name_unnamed_executions() -> None:
+    """StartExecution without a name: AWS makes one up; moto's ARN ends in `:None`."""
+    backend = parser_models.StepFunctionsParserBackend
+    original = backend.start_execution
+
+    def start_execution(self, state_machine_arn, name=None, *args, **kwargs):
+        return original(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+    backend.start_execution = start_execution
+
+
 def main() -> None:
     port = int(sys.argv[1])
     parent = os.getppid()
     snapshot_rows_not_tables()
+    # Step Functions runs executions only when this is set before any resource exists.
+    default_user_config["stepfunctions"]["execute_state_machine"] = True
+    schedule_activity_tasks()
+    serve_get_activity_task()
+    keep_task_failure_cause()
+    name_unnamed_executions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print(f"moto listening on 127.0.0.1:{port}", flush=True)

@@ -53,6 +53,8 @@ fn moto() -> &'static Moto {
             .arg(workspace_root().join("local/moto_server.py"))
             .arg(port.to_string())
             .env("MOTO_PORT", port.to_string())
+            // An empty GetActivityTask answers after this long instead of AWS's 60 s.
+            .env("MOTO_ACTIVITY_POLL_SECONDS", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -70,6 +72,11 @@ fn moto() -> &'static Moto {
             _process: process,
         }
     })
+}
+
+/// The endpoint of this test binary's moto server.
+pub fn moto_url() -> &'static str {
+    &moto().url
 }
 
 pub fn free_port() -> u16 {
