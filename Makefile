@@ -15,9 +15,12 @@ CARGO_FLAGS := --workspace --locked
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build release test check lint sam-build diagram fmt clean
+.PHONY: help tools build release test check lint sam-build diagram demo local-up local-down fmt clean
+
+N ?= 300
 
 help:
+	@echo "make demo       the whole workflow on the local stack with N (300) files, checked"
 	@echo "make test       everything CI checks: formatting, lints, template and state machine"
 	@echo "                checks, unit and integration tests, and sam build"
 	@echo "make build      debug build of the three functions"
@@ -25,6 +28,8 @@ help:
 	@echo "make lint       cfn-lint, sam validate --lint and asl-validator on the stack"
 	@echo "make sam-build  sam build, then check each function's bootstrap"
 	@echo "make diagram    regenerate the state machine diagram in README.md"
+	@echo "make local-up   start the local stack in the background (writes .local/env)"
+	@echo "make local-down stop it"
 	@echo "make tools      install the pinned tools into .tools/"
 
 $(PY_STAMP): local/requirements.txt local/constraints.txt
@@ -73,6 +78,17 @@ test: tools check lint
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 	$(MAKE) --no-print-directory sam-build
+
+demo: tools
+	cargo xtask demo $(N)
+
+# The whole workflow on this machine: moto, the functions under `cargo lambda watch`,
+# and a front on port 4566 that makes local Lambda invocations behave as on AWS.
+local-up: tools
+	$(VENV)/bin/python local/stack.py up .local
+
+local-down:
+	$(PYTHON) local/stack.py down .local
 
 fmt:
 	cargo fmt --all

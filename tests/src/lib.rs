@@ -21,6 +21,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+pub mod stack;
+
 pub const REGION: &str = "us-east-1";
 
 /// The workspace root, where `.tools/` and `local/` live.

@@ -73,7 +73,12 @@ async fn next_task(sfn: &Client, activity: &str) -> Option<(String, Value)> {
 async fn outcome(
     sfn: &Client,
     execution: &str,
-) -> (ExecutionStatus, Option<String>, Option<String>, Option<String>) {
+) -> (
+    ExecutionStatus,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+) {
     for _ in 0..200 {
         let described = sfn
             .describe_execution()
@@ -160,7 +165,10 @@ async fn a_waiting_poll_gets_the_task_scheduled_after_it_started() {
         .send()
         .await
         .unwrap();
-    assert_eq!(outcome(&sfn, &execution).await.0, ExecutionStatus::Succeeded);
+    assert_eq!(
+        outcome(&sfn, &execution).await.0,
+        ExecutionStatus::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -211,5 +219,8 @@ async fn an_execution_started_without_a_name_gets_one() {
         .send()
         .await
         .unwrap();
-    assert_eq!(outcome(&sfn, &execution).await.0, ExecutionStatus::Succeeded);
+    assert_eq!(
+        outcome(&sfn, &execution).await.0,
+        ExecutionStatus::Succeeded
+    );
 }

@@ -50,10 +50,17 @@ impl AwsError {
             SdkError::ServiceError(_) => code.as_deref().is_some_and(is_transient_code),
             _ => false,
         };
+        // A service error says what is wrong in its code and message; the full context
+        // would add the raw response, which is far too long for a reason or a cause.
+        let message = match (&code, err.message()) {
+            (Some(code), Some(text)) => format!("{code}: {text}"),
+            (Some(code), None) => code.clone(),
+            (None, _) => DisplayErrorContext(&err).to_string(),
+        };
         AwsError {
             operation,
             code,
-            message: DisplayErrorContext(&err).to_string(),
+            message,
             transient,
         }
     }

@@ -2,7 +2,9 @@
 //! diagram in the README, and the definition rendered for validators.
 
 pub mod definition;
+pub mod demo;
 pub mod diagram;
+pub mod local;
 pub mod template;
 
 /// Something wrong with a deployment file, said so a reader can fix it.

@@ -17,6 +17,12 @@ fn usage() -> &'static str {
                           write DIR/statemachine.json (substitutions filled with example
                           ARNs) and DIR/statemachine-cfn.yaml (a plain CloudFormation
                           state machine holding it), for asl-validator and cfn-lint
+  xtask local-deploy ENDPOINT STACK BUCKET ENV_FILE
+                          create on the local AWS APIs at ENDPOINT what template.yaml
+                          deploys, and write their names, ARNs and the functions'
+                          settings to ENV_FILE
+  xtask demo [N]          the whole workflow on the local stack with N CSV files (300),
+                          checked end to end
   xtask check-build DIR   check that `sam build` left an x86-64 Linux `bootstrap` in
                           DIR/<function> for every function of template.yaml"
 }
@@ -29,6 +35,14 @@ fn main() -> ExitCode {
         ["diagram", "--check"] => write_diagram(true),
         ["render-definition", dir] => render_definition(Path::new(dir)),
         ["check-build", dir] => check_build(Path::new(dir)),
+        ["demo"] => return demo(300),
+        ["demo", n] => match n.parse() {
+            Ok(n) => return demo(n),
+            Err(_) => Err(Problem(format!("N must be a number of files, not {n:?}"))),
+        },
+        ["local-deploy", endpoint, stack, bucket, env_file] => {
+            local_deploy(endpoint, stack, bucket, Path::new(env_file))
+        }
         _ => {
             eprintln!("{}", usage());
             return ExitCode::from(2);
@@ -128,4 +142,36 @@ fn check_build(dir: &Path) -> Result<(), Problem> {
         );
     }
     Ok(())
+}
+
+fn local_deploy(endpoint: &str, stack: &str, bucket: &str, env_file: &Path) -> Result<(), Problem> {
+    let template = Template::parse(&read("template.yaml")?)?;
+    let (uri, _) = template.state_machine()?;
+    let definition = Definition::parse(&read(&uri)?)?;
+    let names = xtask::local::LocalNames {
+        stack: stack.to_string(),
+        bucket: bucket.to_string(),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let deployed = runtime.block_on(xtask::local::deploy(
+        &template,
+        &definition,
+        endpoint,
+        &names,
+    ))?;
+    write(env_file, &deployed.env_file())?;
+    println!("state machine {}", deployed.state_machine_arn);
+    Ok(())
+}
+
+fn demo(n: usize) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(xtask::demo::demo(&root(), n)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(problem) => {
+            eprintln!("xtask: {problem}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -174,11 +174,14 @@ impl Template {
             .or_else(|| self.globals.get("Function")?.get(name))
     }
 
-    /// A function's environment variables, Globals' included, with each value as an
-    /// example deployment would have it: literals as written, parameters at their
-    /// default, and ARNs or names of the stack's own resources in an example account.
-    /// A value it cannot work out (a condition, say) is `None`.
-    pub fn example_environment(&self, resource: &str) -> BTreeMap<String, Option<String>> {
+    /// A function's environment variables, Globals' included, with each reference to a
+    /// parameter or resource answered by `resolve`; a value that is neither a literal
+    /// nor a reference (a condition, say), or that `resolve` leaves open, is `None`.
+    pub fn environment(
+        &self,
+        resource: &str,
+        resolve: &dyn Fn(&Reference) -> Option<String>,
+    ) -> BTreeMap<String, Option<String>> {
         let variables = |body: Option<&Value>| {
             body.and_then(|b| b.get("Environment"))
                 .and_then(|e| e.get("Variables"))
@@ -196,43 +199,128 @@ impl Template {
             .iter()
             .chain(own.iter())
             .filter_map(|(name, value)| {
-                Some((name.as_str()?.to_string(), self.example_value(value)))
+                let value = match value {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    other => self.reference(other).and_then(|r| resolve(&r)),
+                };
+                Some((name.as_str()?.to_string(), value))
             })
             .collect()
     }
 
-    fn example_value(&self, value: &Value) -> Option<String> {
-        match value {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => {
-                let target = referenced_resource(value)?;
-                if let Some(parameter) = self.parameters.get(target.as_str()) {
-                    return match parameter.get("Default")? {
-                        Value::String(s) => Some(s.clone()),
-                        Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    };
-                }
-                let resource_type = self.resource_type(&target)?.to_string();
-                let is_arn = match value {
-                    Value::Tagged(tagged) => tagged.tag == "GetAtt",
-                    _ => value.get("Fn::GetAtt").is_some(),
-                } || resource_type == "AWS::StepFunctions::Activity";
-                if is_arn {
+    /// The environment an example deployment would give: parameters at their default,
+    /// the stack's resources by ARN (for `!GetAtt` and activities) or logical id.
+    pub fn example_environment(&self, resource: &str) -> BTreeMap<String, Option<String>> {
+        self.environment(resource, &|reference| match reference {
+            Reference::Parameter { default, .. } => default.clone(),
+            Reference::Resource {
+                id,
+                resource_type,
+                arn,
+            } => {
+                if *arn || resource_type == "AWS::StepFunctions::Activity" {
                     Substitution {
-                        resource: target,
-                        resource_type,
+                        resource: id.clone(),
+                        resource_type: resource_type.clone(),
                     }
                     .example_arn()
                     .ok()
                 } else {
-                    Some(target)
+                    Some(id.clone())
                 }
             }
-        }
+        })
     }
+
+    fn reference(&self, value: &Value) -> Option<Reference> {
+        let target = referenced_resource(value)?;
+        if let Some(parameter) = self.parameters.get(target.as_str()) {
+            let default = match parameter.get("Default") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            return Some(Reference::Parameter {
+                name: target,
+                default,
+            });
+        }
+        let resource_type = self.resource_type(&target)?.to_string();
+        let arn = match value {
+            Value::Tagged(tagged) => tagged.tag == "GetAtt",
+            _ => value.get("Fn::GetAtt").is_some(),
+        };
+        Some(Reference::Resource {
+            id: target,
+            resource_type,
+            arn,
+        })
+    }
+
+    /// The key schema and TTL attribute of the one `AWS::DynamoDB::Table`.
+    pub fn table(&self) -> Result<TableSpec, Problem> {
+        let (id, body) = self
+            .resources_of_type("AWS::DynamoDB::Table")
+            .next()
+            .ok_or_else(|| Problem("template.yaml declares no DynamoDB table".into()))?;
+        let properties = body
+            .get("Properties")
+            .ok_or_else(|| Problem(format!("{id} has no Properties")))?;
+        let list = |field: &str, a: &str, b: &str| -> Vec<(String, String)> {
+            properties
+                .get(field)
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(|item| {
+                    Some((
+                        item.get(a)?.as_str()?.to_string(),
+                        item.get(b)?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        };
+        let ttl_attribute = properties
+            .get("TimeToLiveSpecification")
+            .filter(|t| t.get("Enabled").and_then(Value::as_bool) == Some(true))
+            .and_then(|t| t.get("AttributeName"))
+            .and_then(Value::as_str)
+            .map(String::from);
+        Ok(TableSpec {
+            resource: id.to_string(),
+            attributes: list("AttributeDefinitions", "AttributeName", "AttributeType"),
+            keys: list("KeySchema", "AttributeName", "KeyType"),
+            ttl_attribute,
+        })
+    }
+}
+
+/// A reference in the template to a parameter or to one of its resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Parameter {
+        name: String,
+        default: Option<String>,
+    },
+    Resource {
+        id: String,
+        resource_type: String,
+        /// `!GetAtt X.Arn` rather than `!Ref X`.
+        arn: bool,
+    },
+}
+
+/// A DynamoDB table as the template declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub resource: String,
+    /// (name, type) such as ("pk", "S").
+    pub attributes: Vec<(String, String)>,
+    /// (name, HASH or RANGE).
+    pub keys: Vec<(String, String)>,
+    pub ttl_attribute: Option<String>,
 }
 
 /// The logical id in `!Ref X`, `!GetAtt X.Arn`, `{Ref: X}` or `{Fn::GetAtt: [X, Arn]}`.
@@ -341,6 +429,13 @@ Globals:
                 .and_then(Value::as_u64),
             Some(90)
         );
+        let local = template.environment("Work", &|reference| match reference {
+            Reference::Parameter { name, .. } if name == "Bucket" => Some("local-bucket".into()),
+            _ => None,
+        });
+        assert_eq!(local["BUCKET"].as_deref(), Some("local-bucket"));
+        assert_eq!(local["SHARED"].as_deref(), Some("1"));
+        assert_eq!(local["JOBS"], None);
         assert_eq!(
             template
                 .function_setting("Jobs", "Timeout")
@@ -360,5 +455,29 @@ Globals:
             err.0,
             "substitution JobsArn refers to unknown resource Missing"
         );
+    }
+
+    #[test]
+    fn the_table_schema_is_read_from_the_template() {
+        let template = Template::parse(
+            r#"
+Resources:
+  Runs:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}, {AttributeName: sk, AttributeType: S}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+      TimeToLiveSpecification: {AttributeName: expires_at, Enabled: true}
+"#,
+        )
+        .unwrap();
+        let table = template.table().unwrap();
+        assert_eq!(table.resource, "Runs");
+        assert_eq!(
+            table.keys,
+            [("pk".into(), "HASH".into()), ("sk".into(), "RANGE".into())]
+        );
+        assert_eq!(table.attributes[1], ("sk".into(), "S".into()));
+        assert_eq!(table.ttl_attribute.as_deref(), Some("expires_at"));
     }
 }

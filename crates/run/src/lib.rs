@@ -1,0 +1,261 @@
+//! Runs one transfer: starts an execution of the state machine, shows the run's progress
+//! from the status table while it runs, and reports how it ended, with every failed file
+//! and its reason. The same on AWS and on the local stack: only the endpoint differs.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use common::progress::RunProgress;
+use common::run::RunId;
+use common::store::Store;
+use serde_json::Value;
+
+/// Failed files listed after a failed run.
+const FAILED_FILES_SHOWN: i32 = 100;
+
+pub struct Runner {
+    pub sfn: aws_sdk_sfn::Client,
+    pub store: Store,
+    pub state_machine_arn: String,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub execution_arn: String,
+    pub status: ExecutionStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub progress: Option<RunProgress>,
+    pub failed_files: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn succeeded(&self) -> bool {
+        self.status == ExecutionStatus::Succeeded
+    }
+}
+
+impl Runner {
+    /// Starts an execution named `name` (the run id) with `input`, follows it to its end
+    /// and writes progress to `out` as it goes.
+    pub async fn run(
+        &self,
+        name: &RunId,
+        input: &Value,
+        out: &mut dyn Write,
+    ) -> Result<Finished, String> {
+        let started = Instant::now();
+        let execution_arn = self
+            .sfn
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(name.as_str())
+            .input(input.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "StartExecution: {}",
+                    common::error::AwsError::from_sdk("StartExecution", e)
+                )
+            })?
+            .execution_arn;
+        let _ = writeln!(out, "execution {execution_arn}");
+        let live = std::io::stdout().is_terminal();
+        let mut last_line = Instant::now();
+        loop {
+            let described = self
+                .sfn
+                .describe_execution()
+                .execution_arn(&execution_arn)
+                .send()
+                .await
+                .map_err(|e| format!("DescribeExecution: {e:?}"))?;
+            let progress = self
+                .store
+                .run_view(name)
+                .await
+                .map_err(|e| format!("reading the status table: {e}"))?
+                .map(|view| view.progress);
+            let line = progress_line(
+                progress.as_ref(),
+                described.status.as_str(),
+                started.elapsed(),
+            );
+            if live {
+                let _ = write!(out, "\r{line}\x1b[K");
+                let _ = out.flush();
+            } else if last_line.elapsed() >= Duration::from_secs(5)
+                || described.status != ExecutionStatus::Running
+            {
+                let _ = writeln!(out, "{line}");
+                last_line = Instant::now();
+            }
+            if described.status != ExecutionStatus::Running {
+                if live {
+                    let _ = writeln!(out);
+                }
+                let failed_files = match &progress {
+                    Some(p) if p.failed > 0 => self
+                        .store
+                        .failed_files(name, FAILED_FILES_SHOWN)
+                        .await
+                        .map_err(|e| format!("reading failed files: {e}"))?,
+                    _ => Vec::new(),
+                };
+                return Ok(Finished {
+                    execution_arn,
+                    status: described.status,
+                    output: described.output.and_then(|o| serde_json::from_str(&o).ok()),
+                    error: described.error,
+                    cause: described.cause,
+                    progress,
+                    failed_files,
+                    elapsed: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `[##########..........] 512/1200 files, 3.2 MiB, 12 s, RUNNING`
+pub fn progress_line(progress: Option<&RunProgress>, state: &str, elapsed: Duration) -> String {
+    const WIDTH: u64 = 30;
+    let Some(p) = progress else {
+        return format!(
+            "[{}] starting, {} s, {state}",
+            ".".repeat(WIDTH as usize),
+            elapsed.as_secs()
+        );
+    };
+    let done = p.completed + p.failed;
+    let filled = if p.selected == 0 {
+        if p.listing_complete { WIDTH } else { 0 }
+    } else {
+        WIDTH * done / p.selected
+    };
+    let total = if p.listing_complete {
+        p.selected.to_string()
+    } else {
+        format!("{}+", p.selected)
+    };
+    let failed = if p.failed > 0 {
+        format!(" ({} failed)", p.failed)
+    } else {
+        String::new()
+    };
+    format!(
+        "[{}{}] {done}/{total} files{failed}, {}, {} s, {state}",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize),
+        human_bytes(p.bytes),
+        elapsed.as_secs()
+    )
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The report printed when a run ends.
+pub fn report(finished: &Finished) -> String {
+    let mut text = format!(
+        "execution {}: {}\n",
+        finished.execution_arn,
+        finished.status.as_str()
+    );
+    if let Some(p) = &finished.progress {
+        text.push_str(&format!(
+            "files: {} selected, {} moved, {} failed; {} moved in {:.1} s\n",
+            p.selected,
+            p.completed,
+            p.failed,
+            human_bytes(p.bytes),
+            finished.elapsed.as_secs_f64()
+        ));
+    }
+    if let Some(output) = &finished.output {
+        text.push_str(&format!("output: {output}\n"));
+    }
+    if let Some(error) = &finished.error {
+        text.push_str(&format!("error: {error}\n"));
+    }
+    if let Some(cause) = finished.cause.as_deref().filter(|c| !c.is_empty()) {
+        let first = cause.lines().next().unwrap_or_default();
+        text.push_str(&format!("cause: {first}\n"));
+    }
+    if !finished.failed_files.is_empty() {
+        text.push_str("failed files:\n");
+        for (key, reason) in &finished.failed_files {
+            text.push_str(&format!("  {key}: {reason}\n"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(selected: u64, completed: u64, failed: u64, listing_complete: bool) -> RunProgress {
+        RunProgress {
+            listing_complete,
+            selected,
+            completed,
+            failed,
+            bytes: 3 * 1024 * 1024 + 200 * 1024,
+        }
+    }
+
+    #[test]
+    fn the_progress_line_shows_files_done_of_total_and_the_state() {
+        let line = progress_line(
+            Some(&progress(1200, 500, 12, true)),
+            "RUNNING",
+            Duration::from_secs(12),
+        );
+        assert_eq!(
+            line,
+            format!(
+                "[{}{}] 512/1200 files (12 failed), 3.2 MiB, 12 s, RUNNING",
+                "#".repeat(12),
+                ".".repeat(18)
+            )
+        );
+        let listing = progress_line(
+            Some(&progress(1000, 0, 0, false)),
+            "RUNNING",
+            Duration::ZERO,
+        );
+        assert!(listing.contains("0/1000+ files"), "{listing}");
+        let empty = progress_line(Some(&progress(0, 0, 0, true)), "SUCCEEDED", Duration::ZERO);
+        assert!(
+            empty.starts_with(&format!("[{}]", "#".repeat(30))),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+}

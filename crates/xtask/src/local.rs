@@ -1,0 +1,256 @@
+//! Deploys what `template.yaml` deploys onto the local AWS APIs: the bucket, the status
+//! table (its key schema and TTL read from the template), the activity, and the state
+//! machine from its definition with every substitution filled from the local resources.
+//! Function settings come from the template too, resolved against the same resources.
+
+use std::collections::BTreeMap;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+
+use crate::Problem;
+use crate::definition::Definition;
+use crate::template::{Reference, Template};
+
+pub const REGION: &str = "us-east-1";
+/// The account moto reports.
+pub const ACCOUNT: &str = "123456789012";
+
+/// The names the local stack gives what the template would create.
+#[derive(Debug, Clone)]
+pub struct LocalNames {
+    pub stack: String,
+    pub bucket: String,
+}
+
+impl LocalNames {
+    pub fn table(&self) -> String {
+        format!("{}-status", self.stack)
+    }
+    pub fn activity(&self) -> String {
+        format!("{}-transfer", self.stack)
+    }
+    /// Local functions are named by their binary, which is how `cargo lambda watch`
+    /// serves them.
+    pub fn function_arn(binary: &str) -> String {
+        format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{binary}")
+    }
+}
+
+/// What the local deployment created, and the settings each function gets.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub endpoint: String,
+    pub bucket: String,
+    pub table: String,
+    pub activity_arn: String,
+    pub state_machine_arn: String,
+    /// Every function's variables from the template, merged (they agree where they meet).
+    pub function_environment: BTreeMap<String, String>,
+}
+
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "local",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+fn aws<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> Problem + '_ {
+    move |e| Problem(format!("{what}: {e:?}"))
+}
+
+pub async fn deploy(
+    template: &Template,
+    definition: &Definition,
+    endpoint: &str,
+    names: &LocalNames,
+) -> Result<Deployed, Problem> {
+    let sdk = sdk_config(endpoint).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+
+    let existing = s3.list_buckets().send().await.map_err(aws("ListBuckets"))?;
+    if !existing
+        .buckets()
+        .iter()
+        .any(|b| b.name() == Some(&names.bucket))
+    {
+        s3.create_bucket()
+            .bucket(&names.bucket)
+            .send()
+            .await
+            .map_err(aws("CreateBucket"))?;
+    }
+
+    let table = names.table();
+    create_table(&dynamodb, template, &table).await?;
+
+    let activity_arn = sfn
+        .create_activity()
+        .name(names.activity())
+        .send()
+        .await
+        .map_err(aws("CreateActivity"))?
+        .activity_arn;
+
+    let binaries: BTreeMap<String, String> = template
+        .functions()
+        .into_iter()
+        .map(|f| (f.resource, f.binary))
+        .collect();
+    let (_, substitutions) = template.state_machine()?;
+    let mut values = BTreeMap::new();
+    for (name, sub) in &substitutions {
+        let value = match sub.resource_type.as_str() {
+            "AWS::StepFunctions::Activity" => activity_arn.clone(),
+            "AWS::Serverless::Function" => LocalNames::function_arn(&binaries[&sub.resource]),
+            other => {
+                return Err(Problem(format!(
+                    "the local stack cannot stand in for {name}, a {other}"
+                )));
+            }
+        };
+        values.insert(name.clone(), value);
+    }
+    let filled = definition.substitute(&values)?;
+    let state_machine_arn = sfn
+        .create_state_machine()
+        .name(&names.stack)
+        .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/{}", names.stack))
+        .definition(filled.to_string())
+        .send()
+        .await
+        .map_err(aws("CreateStateMachine"))?
+        .state_machine_arn;
+
+    let resolve = |reference: &Reference| match reference {
+        Reference::Parameter { name, default } => match name.as_str() {
+            "SourceBucketName" => Some(names.bucket.clone()),
+            _ => default.clone(),
+        },
+        Reference::Resource {
+            resource_type, id, ..
+        } => match resource_type.as_str() {
+            "AWS::DynamoDB::Table" => Some(table.clone()),
+            "AWS::StepFunctions::Activity" => Some(activity_arn.clone()),
+            "AWS::Serverless::Function" => binaries.get(id).cloned(),
+            _ => None,
+        },
+    };
+    let mut function_environment = BTreeMap::new();
+    for resource in binaries.keys() {
+        for (name, value) in template.environment(resource, &resolve) {
+            // A value the template decides by condition (the destination bucket, say)
+            // is left unset, so the function's own default applies.
+            if let Some(value) = value {
+                function_environment.insert(name, value);
+            }
+        }
+    }
+
+    Ok(Deployed {
+        endpoint: endpoint.to_string(),
+        bucket: names.bucket.clone(),
+        table,
+        activity_arn,
+        state_machine_arn,
+        function_environment,
+    })
+}
+
+async fn create_table(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    template: &Template,
+    name: &str,
+) -> Result<(), Problem> {
+    let spec = template.table()?;
+    let mut request = dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (attribute, kind) in &spec.attributes {
+        request = request.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(attribute)
+                .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                .build()
+                .map_err(aws("AttributeDefinition"))?,
+        );
+    }
+    for (attribute, kind) in &spec.keys {
+        request = request.key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(attribute)
+                .key_type(KeyType::from(kind.as_str()))
+                .build()
+                .map_err(aws("KeySchemaElement"))?,
+        );
+    }
+    request.send().await.map_err(aws("CreateTable"))?;
+    if let Some(attribute) = spec.ttl_attribute {
+        dynamodb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(attribute)
+                    .enabled(true)
+                    .build()
+                    .map_err(aws("TimeToLiveSpecification"))?,
+            )
+            .send()
+            .await
+            .map_err(aws("UpdateTimeToLive"))?;
+    }
+    Ok(())
+}
+
+impl Deployed {
+    /// A shell file (`source .local/env`) with the endpoint, region, credentials, every
+    /// resource name and ARN, and the functions' settings.
+    pub fn env_file(&self) -> String {
+        let mut variables: BTreeMap<&str, &str> = self
+            .function_environment
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        variables.extend([
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_DEFAULT_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("S3_FORCE_PATH_STYLE", "true"),
+            ("STATE_MACHINE_ARN", self.state_machine_arn.as_str()),
+            ("ACTIVITY_ARN", self.activity_arn.as_str()),
+            ("TABLE_NAME", self.table.as_str()),
+            ("SOURCE_BUCKET", self.bucket.as_str()),
+        ]);
+        let mut text = String::from(
+            "# The local stack: `source` this file to point the AWS CLI, the SDKs, the run\n\
+             # command and the functions at it.\n",
+        );
+        for (name, value) in variables {
+            text.push_str(&format!("export {name}={}\n", quote(value)));
+        }
+        text
+    }
+}
+
+/// Single-quoted for the shell.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}

@@ -1,0 +1,353 @@
+"""The local stack: the whole workflow on one machine, with no AWS account.
+
+Usage: python local/stack.py up DIR     start it in the background; return once it is up
+       python local/stack.py down DIR   stop what `up` started
+       python local/stack.py run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
+                                     [--stack NAME] [--exit-with-parent]
+                                        run it in the foreground
+
+Starts, and stops together when this process ends:
+  * moto's server (local/moto_server.py) for S3, DynamoDB and Step Functions;
+  * `cargo lambda watch`, serving the master, slave and status binaries;
+  * a front on --port, the one endpoint the functions, the state machine's engine and
+    users talk to. It sends Lambda invocations to `cargo lambda watch` and everything
+    else to moto, and makes local Lambda answer as AWS does where the workflow depends
+    on it: an `Event` invocation answers 202 at once and runs in the background (a
+    bounded pool, retried twice on error as AWS does), and a function error answers
+    200 with `X-Amz-Function-Error` and the error body, so the state machine's Retry
+    and Catch see the function's `errorType`.
+Then deploys onto it what template.yaml deploys (`cargo xtask local-deploy`) and writes
+DIR/env with the endpoint, credentials, names and ARNs, and DIR/ready when it is up.
+Logs go to DIR/*.log.
+"""
+
+import argparse
+import concurrent.futures
+import http.client
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INVOKE = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations(\?.*)?$")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+# `cargo lambda invoke` calls localhost, which resolves to ::1 first.
+LAMBDA_HOST = "::1"
+# The front's own response writer sets these.
+OWN_HEADERS = {"server", "date", "content-length"}
+# AWS retries a failed async invocation twice; here after seconds, not minutes.
+ASYNC_RETRY_DELAYS = (1, 2)
+
+
+def log(message):
+    print(f"[stack] {message}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, seconds, process=None, host="127.0.0.1"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def function_name(raw):
+    """The function name in an Invoke path: a name, or a (URL-encoded) ARN."""
+    name = urllib.parse.unquote(raw)
+    if name.startswith("arn:"):
+        name = name.split(":")[6]
+    return name
+
+
+class Front(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    moto_port = None
+    lambda_port = None
+    background = None
+
+    def log_message(self, *args):
+        pass
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def respond(self, status, headers, body, head=False):
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP and name.lower() not in OWN_HEADERS:
+                self.send_header(name, value)
+        length = dict((k.lower(), v) for k, v in headers).get("content-length")
+        self.send_header("Content-Length", length if head and length else str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def forward(self, port, method, path, headers, body, host="127.0.0.1"):
+        connection = http.client.HTTPConnection(host, port, timeout=900)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def handle_any(self):
+        body = self.read_body()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if "Transfer-Encoding" in self.headers:
+            headers["Content-Length"] = str(len(body))
+        match = INVOKE.match(self.path)
+        if self.command == "POST" and match:
+            return self.invoke(function_name(match.group("function")), body)
+        status, response_headers, response_body = self.forward(
+            self.moto_port, self.command, self.path, headers, body
+        )
+        self.respond(status, response_headers, response_body, head=self.command == "HEAD")
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = handle_any
+
+    def call_function(self, name, body):
+        return self.forward(
+            self.lambda_port,
+            "POST",
+            f"/2015-03-31/functions/{name}/invocations",
+            {"Content-Type": "application/json"},
+            body,
+            host=LAMBDA_HOST,
+        )
+
+    def invoke(self, name, body):
+        kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if kind == "DryRun":
+            return self.respond(204, [], b"")
+        if kind == "Event":
+            self.background.submit(self.run_async, name, body)
+            return self.respond(202, [("Content-Type", "application/json")], b"")
+        status, _, response = self.call_function(name, body)
+        headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
+        if status == 404:
+            return self.respond(404, [("X-Amzn-ErrorType", "ResourceNotFoundException")], response)
+        if status != 200:
+            headers.append(("X-Amz-Function-Error", "Unhandled"))
+        self.respond(200, headers, response)
+
+    def run_async(self, name, body):
+        for attempt, delay in enumerate((0,) + ASYNC_RETRY_DELAYS):
+            time.sleep(delay)
+            try:
+                status, _, response = self.call_function(name, body)
+            except OSError as error:
+                status, response = 0, str(error).encode()
+            if status == 200:
+                return
+            log(f"async {name} attempt {attempt + 1} failed ({status}): {response[:300]!r}")
+        log(f"async {name} event dropped after {1 + len(ASYNC_RETRY_DELAYS)} attempts")
+
+
+def read_env_file(path):
+    values = {}
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            values[name] = shlex.split(value)[0] if value else ""
+    return values
+
+
+def up(state):
+    """Starts `run` detached and waits until it is ready (or has failed)."""
+    os.makedirs(state, exist_ok=True)
+    pid_file = os.path.join(state, "stack.pid")
+    if os.path.exists(pid_file) and alive(int(open(pid_file).read())):
+        log(f"already up: source {os.path.join(state, 'env')}")
+        return 0
+    with open(os.path.join(state, "stack.log"), "w") as out:
+        child = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "run", state],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    log(f"starting (the first start builds the functions); log: {state}/stack.log")
+    while not os.path.exists(os.path.join(state, "ready")):
+        if child.poll() is not None:
+            log(f"failed to start:\n{open(os.path.join(state, 'stack.log')).read()[-3000:]}")
+            return 1
+        time.sleep(0.5)
+    log(f"up: source {os.path.join(state, 'env')}")
+    return 0
+
+
+def down(state):
+    pid_file = os.path.join(state, "stack.pid")
+    if not os.path.exists(pid_file):
+        log("not running")
+        return 0
+    pid = int(open(pid_file).read())
+    if alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(300):
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+    if os.path.exists(pid_file):
+        os.remove(pid_file)
+    log("down")
+    return 0
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] in ("up", "down"):
+        sys.exit((up if sys.argv[1] == "up" else down)(os.path.abspath(sys.argv[2])))
+    if len(sys.argv) < 2 or sys.argv[1] != "run":
+        sys.exit(__doc__)
+    del sys.argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dir")
+    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--lambda-port", type=int, default=9000)
+    parser.add_argument("--bucket", default="s3-transfer-local")
+    parser.add_argument("--stack", default="s3-transfer-flow")
+    parser.add_argument("--async-concurrency", type=int, default=4)
+    parser.add_argument("--exit-with-parent", action="store_true")
+    args = parser.parse_args()
+
+    state = os.path.abspath(args.dir)
+    os.makedirs(state, exist_ok=True)
+    for stale in ("ready", "env"):
+        if os.path.exists(os.path.join(state, stale)):
+            os.remove(os.path.join(state, stale))
+    with open(os.path.join(state, "stack.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    parent = os.getppid()
+    children = []
+
+    def stop(*_, code=0):
+        for child in reversed(children):
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+        for name in ("ready", "stack.pid"):
+            if os.path.exists(os.path.join(state, name)):
+                os.remove(os.path.join(state, name))
+        sys.exit(code)
+
+    # cargo finds `cargo lambda` (cargo-lambda) beside this interpreter, in .tools/venv.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def start(name, command, env):
+        logfile = open(os.path.join(state, f"{name}.log"), "w")
+        child = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        children.append(child)
+        return child
+
+    try:
+        endpoint = f"http://127.0.0.1:{args.port}"
+        moto_port = free_port()
+        moto_env = dict(os.environ)
+        # moto's Step Functions engine calls Lambda at localhost:$MOTO_PORT: the front.
+        moto_env["MOTO_PORT"] = str(args.port)
+        moto_env.setdefault("MOTO_ACTIVITY_POLL_SECONDS", "10")
+        moto = start("moto", [sys.executable, "local/moto_server.py", str(moto_port)], moto_env)
+        wait_for_port(moto_port, 60, moto)
+
+        Front.moto_port = moto_port
+        Front.lambda_port = args.lambda_port
+        Front.background = concurrent.futures.ThreadPoolExecutor(args.async_concurrency)
+        front = ThreadingHTTPServer(("127.0.0.1", args.port), Front)
+        front.daemon_threads = True
+        threading.Thread(target=front.serve_forever, daemon=True).start()
+        log(f"front on {endpoint}, moto on port {moto_port}")
+
+        env_file = os.path.join(state, "env.partial")
+        subprocess.run(
+            ["cargo", "xtask", "local-deploy", endpoint, args.stack, args.bucket, env_file],
+            cwd=ROOT, check=True,
+        )
+        settings = read_env_file(env_file)
+
+        functions_env = dict(os.environ)
+        functions_env.update(settings)
+        # One activity poll must end well before the local function's timeout.
+        functions_env["ACTIVITY_POLL_SECONDS"] = moto_env["MOTO_ACTIVITY_POLL_SECONDS"]
+        functions_env["RUST_LOG"] = functions_env.get("RUST_LOG", "info")
+        log("building the functions")
+        subprocess.run(
+            ["cargo", "build", "--locked", "--bin", "master", "--bin", "slave", "--bin", "status"],
+            cwd=ROOT, check=True,
+        )
+        watch = start(
+            "functions",
+            ["cargo", "lambda", "watch", "--invoke-address", LAMBDA_HOST,
+             "--invoke-port", str(args.lambda_port), "--ignore-changes",
+             "--concurrency", "16", "--timeout", "900"],
+            functions_env,
+        )
+        wait_for_port(args.lambda_port, 600, watch, host=LAMBDA_HOST)
+        os.replace(env_file, os.path.join(state, "env"))
+        with open(os.path.join(state, "ready"), "w") as f:
+            f.write(endpoint)
+        log(f"up: source {os.path.join(args.dir, 'env')}")
+
+        while all(child.poll() is None for child in children):
+            if args.exit_with_parent and os.getppid() != parent:
+                break
+            time.sleep(0.5)
+        for child in children:
+            if child.poll() is not None:
+                log(f"{child.args[0]} {' '.join(child.args[1:3])} exited with {child.returncode}")
+    except Exception as error:  # report, then take everything down
+        log(f"failed: {error}")
+        stop(code=1)
+    stop()
+
+
+if __name__ == "__main__":
+    main()
