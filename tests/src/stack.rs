@@ -3,7 +3,7 @@
 //! state machine deployed from `statemachine.asl.json`. One per test binary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ pub fn local_stack() -> &'static LocalStack {
     })
 }
 
-fn logs(dir: &PathBuf) -> String {
+fn logs(dir: &Path) -> String {
     ["stack.log", "moto.log", "functions.log"]
         .iter()
         .map(|name| {

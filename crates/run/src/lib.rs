@@ -134,10 +134,11 @@ pub fn progress_line(progress: Option<&RunProgress>, state: &str, elapsed: Durat
         );
     };
     let done = p.completed + p.failed;
-    let filled = if p.selected == 0 {
-        if p.listing_complete { WIDTH } else { 0 }
-    } else {
-        WIDTH * done / p.selected
+    // Nothing selected yet: empty while listing, full once listing found nothing.
+    let filled = match (WIDTH * done).checked_div(p.selected) {
+        Some(filled) => filled.min(WIDTH),
+        None if p.listing_complete => WIDTH,
+        None => 0,
     };
     let total = if p.listing_complete {
         p.selected.to_string()
