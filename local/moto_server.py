@@ -87,6 +87,31 @@ def snapshot_rows_not_tables() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def isolate_dynamodb_requests() -> None:
+    """One DynamoDB request at a time, as AWS's transactions are isolated.
+
+    moto's threaded server runs requests concurrently, and a transaction applies its
+    items one by one and, on a failed condition, puts the rows back as they were when
+    it began: a concurrent write in between is lost, and a concurrent read can see half
+    a transaction. Two deliveries of one slave batch racing each other hit exactly
+    that. Every table read and write is serialized here.
+    """
+    lock = threading.RLock()
+
+    def serialized(method):
+        def call(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name in (
+        "get_item", "put_item", "update_item", "delete_item", "query", "scan",
+        "batch_get_item", "batch_write_item", "transact_write_items", "transact_get_items",
+    ):
+        setattr(DynamoDBBackend, name, serialized(getattr(DynamoDBBackend, name)))
+
+
 class QueuedActivity(parser_activity.Activity):
     """An activity's task queue that a worker can wait on, as GetActivityTask does."""
 
@@ -204,6 +229,7 @@ def main() -> None:
     port = int(sys.argv[1])
     parent = os.getppid()
     snapshot_rows_not_tables()
+    isolate_dynamodb_requests()
     # Step Functions runs executions only when this is set before any resource exists.
     default_user_config["stepfunctions"]["execute_state_machine"] = True
     schedule_activity_tasks()

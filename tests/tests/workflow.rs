@@ -262,6 +262,24 @@ async fn two_executions_at_once_each_complete_their_own_activity_task() {
             .count();
         assert_eq!(succeeded, 1, "{execution}");
     }
+    // each run's rows and counters hold its own files only
+    let store = store(stack).await;
+    for (run, files) in [("run-a", 150), ("run-b", 90)] {
+        let view = store
+            .run_view(&RunId::parse(run).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                view.progress.selected,
+                view.progress.completed,
+                view.progress.failed
+            ),
+            (files, files, 0),
+            "{run}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -300,6 +318,13 @@ async fn status_retries_while_files_are_still_moving() {
             .count(),
         800
     );
+    let view = store(stack)
+        .await
+        .run_view(&RunId::parse("still-moving").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((view.progress.completed, view.progress.failed), (800, 0));
 }
 
 #[tokio::test]
@@ -331,6 +356,12 @@ async fn an_empty_prefix_is_a_successful_run_of_nothing() {
         .unwrap();
     assert!(view.progress.listing_complete);
     assert_eq!(view.progress.selected, 0);
+    let history = stack.history(&execution).await;
+    assert!(
+        history
+            .iter()
+            .any(|e| e.r#type == HistoryEventType::ActivitySucceeded)
+    );
 }
 
 #[tokio::test]
@@ -351,5 +382,14 @@ async fn a_misspelt_input_field_fails_the_execution_by_name_and_moves_nothing() 
             .into_keys()
             .collect::<Vec<_>>(),
         files
+    );
+    // refused before anything was recorded
+    let store = store(stack).await;
+    assert!(
+        store
+            .run_view(&RunId::parse("typo").unwrap())
+            .await
+            .unwrap()
+            .is_none()
     );
 }
