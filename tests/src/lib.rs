@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
@@ -22,8 +21,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub mod stack;
-
-pub const REGION: &str = "us-east-1";
 
 /// The workspace root, where `.tools/` and `local/` live.
 pub fn workspace_root() -> PathBuf {
@@ -104,16 +101,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub async fn sdk_config(endpoint: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .endpoint_url(endpoint)
-        .load()
-        .await
-}
+/// Clients' configuration for a local endpoint: the same as the local stack's.
+pub use xtask::local::sdk_config;
 
 /// A Lambda Invoke endpoint that accepts every invocation as AWS accepts an async one
 /// (202, at once) and keeps the payloads for the test to deliver.

@@ -2,9 +2,6 @@
 //! `cargo lambda watch`, the front that makes local Lambda behave as on AWS, and the
 //! state machine deployed from `statemachine.asl.json`. One per test binary.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -12,86 +9,39 @@ use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use serde_json::Value;
 
-use crate::{free_port, sdk_config, unique, workspace_root};
+use xtask::local::RunningStack;
+
+use crate::{sdk_config, unique, workspace_root};
 
 pub struct LocalStack {
     pub endpoint: String,
-    /// The variables `.local/env` holds: names, ARNs and the functions' settings.
-    pub env: BTreeMap<String, String>,
-    _process: Child,
+    running: RunningStack,
 }
 
 /// The stack of this test binary, started on first use and stopped when it exits.
 pub fn local_stack() -> &'static LocalStack {
     static STACK: OnceLock<LocalStack> = OnceLock::new();
     STACK.get_or_init(|| {
-        let python = workspace_root().join(".tools/venv/bin/python");
-        assert!(
-            python.exists(),
-            "run `make tools` first: {} is missing",
-            python.display()
-        );
         let dir = std::env::temp_dir().join(unique("local-stack"));
-        let port = free_port();
-        let mut process = Command::new(&python)
-            .arg(workspace_root().join("local/stack.py"))
-            .args(["run", dir.to_str().unwrap(), "--exit-with-parent"])
-            .args(["--port", &port.to_string()])
-            .args(["--lambda-port", &free_port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the local stack starts");
-        let started = Instant::now();
-        while !dir.join("ready").exists() {
-            if let Ok(Some(status)) = process.try_wait() {
-                panic!("the local stack exited with {status}: {}", logs(&dir));
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(900),
-                "the local stack is not up after 15 minutes: {}",
-                logs(&dir)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let env = std::fs::read_to_string(dir.join("env"))
-            .unwrap()
-            .lines()
-            .filter_map(|line| line.strip_prefix("export "))
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect();
+        let running = RunningStack::start(
+            &workspace_root(),
+            &dir,
+            "s3-transfer-tests",
+            "s3-transfer-tests",
+        )
+        .unwrap_or_else(|problem| panic!("{problem}"));
         LocalStack {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            env,
-            _process: process,
+            endpoint: running.var("AWS_ENDPOINT_URL").unwrap().to_string(),
+            running,
         }
     })
 }
 
-fn logs(dir: &Path) -> String {
-    ["stack.log", "moto.log", "functions.log"]
-        .iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("\n--- {name}\n{tail}")
-        })
-        .collect()
-}
-
 impl LocalStack {
     pub fn var(&self, name: &str) -> &str {
-        self.env
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} is not in the stack's env"))
+        self.running
+            .var(name)
+            .unwrap_or_else(|problem| panic!("{problem}"))
     }
 
     pub async fn sfn(&self) -> aws_sdk_sfn::Client {

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -11,7 +10,7 @@ use md5::Digest;
 use serde_json::json;
 
 use crate::Problem;
-use crate::local::sdk_config;
+use crate::local::{RunningStack, sdk_config};
 
 const BUCKET: &str = "s3-transfer-demo";
 
@@ -77,86 +76,13 @@ fn md5_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-struct Stack {
-    process: Child,
-    env: BTreeMap<String, String>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // SIGTERM lets the stack stop what it started.
-        let _ = Command::new("kill")
-            .arg(self.process.id().to_string())
-            .status();
-        let _ = self.process.wait();
-    }
-}
-
-fn start_stack(root: &Path) -> Result<Stack, Problem> {
-    let dir = root.join(".local/demo");
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| Problem(format!("no free port: {e}")))
-    };
-    let python = root.join(".tools/venv/bin/python");
-    let process = Command::new(&python)
-        .current_dir(root)
-        .args([
-            "local/stack.py",
-            "run",
-            dir.to_str().unwrap(),
-            "--exit-with-parent",
-        ])
-        .args(["--port", &free_port()?.to_string()])
-        .args(["--lambda-port", &free_port()?.to_string()])
-        .args(["--bucket", BUCKET, "--stack", "s3-transfer-demo"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            Problem(format!(
-                "starting {}: {e} (run `make tools`)",
-                python.display()
-            ))
-        })?;
-    let mut stack = Stack {
-        process,
-        env: BTreeMap::new(),
-    };
-    let started = Instant::now();
-    while !dir.join("ready").exists() {
-        if let Ok(Some(status)) = stack.process.try_wait() {
-            return Err(Problem(format!(
-                "the local stack exited with {status}; see {}/stack.log",
-                dir.display()
-            )));
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            return Err(Problem(
-                "the local stack did not come up in 15 minutes".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    stack.env = std::fs::read_to_string(dir.join("env"))
-        .map_err(|e| Problem(format!("reading the stack's env: {e}")))?
-        .lines()
-        .filter_map(|line| line.strip_prefix("export "))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
-    Ok(stack)
-}
-
 pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
     let mut out = std::io::stdout();
     println!("starting the local stack (the first start builds the functions) ...");
     let started = Instant::now();
-    let stack = start_stack(root)?;
+    let stack = RunningStack::start(root, &root.join(".local/demo"), "s3-transfer-demo", BUCKET)?;
     println!("local stack up in {:.0} s", started.elapsed().as_secs_f64());
-    let sdk = sdk_config(&stack.env["AWS_ENDPOINT_URL"]).await;
+    let sdk = sdk_config(stack.var("AWS_ENDPOINT_URL")?).await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(true)
@@ -177,10 +103,10 @@ pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
         sfn: aws_sdk_sfn::Client::new(&sdk),
         store: common::store::Store::new(
             aws_sdk_dynamodb::Client::new(&sdk),
-            &stack.env["TABLE_NAME"],
+            stack.var("TABLE_NAME")?,
             Duration::ZERO,
         ),
-        state_machine_arn: stack.env["STATE_MACHINE_ARN"].clone(),
+        state_machine_arn: stack.var("STATE_MACHINE_ARN")?.to_string(),
     };
     let run_id = common::run::RunId::parse(&format!(
         "demo-{}",

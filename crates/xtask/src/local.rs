@@ -4,6 +4,9 @@
 //! Function settings come from the template too, resolved against the same resources.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::types::{
@@ -253,4 +256,103 @@ impl Deployed {
 /// Single-quoted for the shell.
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// A local stack (`local/stack.py run`) started by this process, stopped when dropped
+/// (or when this process dies: the stack watches its parent).
+pub struct RunningStack {
+    process: Child,
+    pub dir: PathBuf,
+    /// What the stack's env file sets: endpoint, names, ARNs, the functions' settings.
+    pub env: BTreeMap<String, String>,
+}
+
+impl RunningStack {
+    /// Starts the stack on free ports, its files under `dir`, and waits until it is up.
+    pub fn start(root: &Path, dir: &Path, stack: &str, bucket: &str) -> Result<Self, Problem> {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| Problem(format!("no free port: {e}")))
+        };
+        let python = root.join(".tools/venv/bin/python");
+        let process = Command::new(&python)
+            .current_dir(root)
+            .arg("local/stack.py")
+            .args(["run", &dir.to_string_lossy(), "--exit-with-parent"])
+            .args(["--port", &free_port()?.to_string()])
+            .args(["--lambda-port", &free_port()?.to_string()])
+            .args(["--stack", stack, "--bucket", bucket])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Problem(format!(
+                    "starting {}: {e} (run `make tools`)",
+                    python.display()
+                ))
+            })?;
+        let mut running = RunningStack {
+            process,
+            dir: dir.to_path_buf(),
+            env: BTreeMap::new(),
+        };
+        let started = Instant::now();
+        while !dir.join("ready").exists() {
+            if let Ok(Some(status)) = running.process.try_wait() {
+                return Err(Problem(format!(
+                    "the local stack exited with {status}:{}",
+                    running.logs()
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                return Err(Problem(format!(
+                    "the local stack is not up after 15 minutes:{}",
+                    running.logs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        running.env = std::fs::read_to_string(dir.join("env"))
+            .map_err(|e| Problem(format!("reading the stack's env file: {e}")))?
+            .lines()
+            .filter_map(|line| line.strip_prefix("export "))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        Ok(running)
+    }
+
+    pub fn var(&self, name: &str) -> Result<&str, Problem> {
+        self.env
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Problem(format!("{name} is not in the stack's env file")))
+    }
+
+    /// The end of each of the stack's logs, for a report of what went wrong.
+    pub fn logs(&self) -> String {
+        ["stack.log", "moto.log", "functions.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+                let start = text.len().saturating_sub(2000);
+                let start = (start..text.len())
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(start);
+                format!("\n--- {name}\n{}", &text[start..])
+            })
+            .collect()
+    }
+}
+
+impl Drop for RunningStack {
+    fn drop(&mut self) {
+        // SIGTERM lets the stack stop what it started.
+        let _ = Command::new("kill")
+            .arg(self.process.id().to_string())
+            .status();
+        let _ = self.process.wait();
+    }
 }
