@@ -286,15 +286,6 @@ pub async fn handle(
 mod tests {
     use super::*;
 
-    fn aws() -> AwsError {
-        AwsError {
-            operation: "Op",
-            code: None,
-            message: "m".into(),
-            transient: false,
-        }
-    }
-
     #[test]
     fn every_error_type_is_listed() {
         let run = RunId::parse("r").unwrap();
@@ -311,11 +302,11 @@ mod tests {
             Error::Listing {
                 bucket: "b".into(),
                 prefix: "p".into(),
-                source: aws(),
+                source: AwsError::permanent("Op", "m"),
             },
             Error::Store(StoreError::ProgressConflict { run }),
-            Error::Store(StoreError::Aws(aws())),
-            Error::Invoke(aws()),
+            Error::Store(StoreError::Aws(AwsError::permanent("Op", "m"))),
+            Error::Invoke(AwsError::permanent("Op", "m")),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
         let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();

@@ -272,12 +272,7 @@ mod tests {
 
     #[test]
     fn every_error_type_is_listed() {
-        let aws = common::error::AwsError {
-            operation: "Op",
-            code: None,
-            message: "m".into(),
-            transient: false,
-        };
+        let aws = common::error::AwsError::permanent("Op", "m");
         let samples = [
             Error::Config(ConfigError {
                 variable: "V",

@@ -304,15 +304,6 @@ pub async fn handle(
 mod tests {
     use super::*;
 
-    fn aws() -> AwsError {
-        AwsError {
-            operation: "Op",
-            code: None,
-            message: "m".into(),
-            transient: false,
-        }
-    }
-
     #[test]
     fn every_error_type_is_listed() {
         let run = RunId::parse("r").unwrap();
@@ -322,15 +313,18 @@ mod tests {
                 problem: "p".into(),
             }),
             Error::InvalidEvent(EventError("e".into())),
-            Error::Store(StoreError::Aws(aws())),
+            Error::Store(StoreError::Aws(AwsError::permanent("Op", "m"))),
             Error::TransferIncomplete {
                 run: run.clone(),
                 detail: "d".into(),
             },
             Error::TransferFailed { cause: "c".into() },
             Error::ActivityTaskPending { run: run.clone() },
-            Error::ActivityTaskGone { run, source: aws() },
-            Error::Activity(aws()),
+            Error::ActivityTaskGone {
+                run,
+                source: AwsError::permanent("Op", "m"),
+            },
+            Error::Activity(AwsError::permanent("Op", "m")),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
         let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();
