@@ -1,7 +1,9 @@
 //! Moving objects on S3: copy, verify, and only then delete the source.
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::config::SlaveSettings;
@@ -77,8 +79,18 @@ pub fn part_ranges(object_size: u64, part_size: u64) -> Vec<(u64, u64)> {
 
 /// What the destination holds after a copy; its ETag is what the copy reported.
 enum Copied {
-    Done { etag: String },
+    Done {
+        etag: String,
+        /// Whether S3 wrote the copy so that its ETag is the MD5 of its bytes (no SSE-KMS
+        /// or SSE-C encryption, and not a multipart copy).
+        etag_is_md5: bool,
+    },
     SourceMissing,
+}
+
+/// Whether an object written with this encryption has its content MD5 as ETag.
+fn encryption_keeps_md5(sse: Option<&ServerSideEncryption>, customer_key: bool) -> bool {
+    !customer_key && matches!(sse, None | Some(ServerSideEncryption::Aes256))
 }
 
 pub struct Mover<'a> {
@@ -93,10 +105,15 @@ impl<'a> Mover<'a> {
 
     /// Copies one file to its destination and verifies it there. The source stays.
     ///
-    /// Verification costs no request when the copy's ETag is the listed content MD5
-    /// (S3 computed it from the bytes it wrote); otherwise (multipart sources, SSE-KMS,
-    /// multipart copies) a `HeadObject` must show the listed size and the copy's ETag.
-    /// A source that is gone counts as moved only if the destination holds the listed size.
+    /// The copy is conditional on the listed ETag, so S3 copies exactly the listed
+    /// version. Verification then costs no request when the copy reports the listed
+    /// ETag. When the two differ and both should be content MD5s (neither object is
+    /// SSE-KMS or SSE-C encrypted, neither was written in parts), the destination does
+    /// not hold the listed bytes and the file fails with its source kept; finding out
+    /// whether the source's ETag is an MD5 costs one `HeadObject`. In every other case
+    /// (multipart sources, KMS, multipart copies) a `HeadObject` of the destination must
+    /// show the listed size and the copy's ETag. A source that is gone counts as moved
+    /// only if the destination holds the listed size.
     pub async fn copy_verified(
         &self,
         spec: &RunSpec,
@@ -116,12 +133,18 @@ impl<'a> Mover<'a> {
             source_present,
         };
         match copied {
-            Copied::Done { etag }
-                if is_content_md5(&file.etag) && bare(&etag) == bare(&file.etag) =>
-            {
-                Ok(verified(true))
-            }
-            Copied::Done { etag } => {
+            Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => Ok(verified(true)),
+            Copied::Done { etag, etag_is_md5 } => {
+                if etag_is_md5
+                    && is_content_md5(&file.etag)
+                    && self.source_etag_is_md5(spec, file).await?
+                {
+                    return Err(permanent(format!(
+                        "the destination {destination_key:?} does not hold the listed bytes: its MD5 is {}, the source's {}; the source was left in place",
+                        bare(&etag),
+                        bare(&file.etag)
+                    )));
+                }
                 self.check_destination(spec, &destination_key, file.size, Some(&etag))
                     .await?;
                 Ok(verified(true))
@@ -133,6 +156,28 @@ impl<'a> Mover<'a> {
                 Ok(verified(false))
             }
         }
+    }
+
+    /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
+    /// with SSE-KMS or SSE-C).
+    async fn source_etag_is_md5(
+        &self,
+        spec: &RunSpec,
+        file: &ListedFile,
+    ) -> Result<bool, MoveFailure> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&spec.source.bucket)
+            .key(&file.key)
+            .if_match(&file.etag)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("HeadObject", e))?;
+        Ok(encryption_keeps_md5(
+            head.server_side_encryption.as_ref(),
+            head.sse_customer_algorithm.is_some(),
+        ))
     }
 
     async fn copy_whole(
@@ -152,11 +197,15 @@ impl<'a> Mover<'a> {
             .await;
         match sent {
             Ok(out) => {
+                let etag_is_md5 = encryption_keeps_md5(
+                    out.server_side_encryption.as_ref(),
+                    out.sse_customer_algorithm.is_some(),
+                );
                 let etag = out
                     .copy_object_result
                     .and_then(|r| r.e_tag)
                     .unwrap_or_default();
-                Ok(Copied::Done { etag })
+                Ok(Copied::Done { etag, etag_is_md5 })
             }
             Err(err) => source_problem(AwsError::from_sdk("CopyObject", err), file),
         }
@@ -279,6 +328,7 @@ impl<'a> Mover<'a> {
         match completed {
             Ok(out) => Ok(Copied::Done {
                 etag: out.e_tag.unwrap_or_default(),
+                etag_is_md5: false,
             }),
             Err(e) => {
                 // Best effort: a left-over upload is also removed by a bucket lifecycle rule.
@@ -378,6 +428,11 @@ impl<'a> Mover<'a> {
                         .into_iter()
                         .filter_map(|e| {
                             let code = e.code.unwrap_or_default();
+                            // Gone already (an earlier, unanswered attempt deleted it): the
+                            // destination is verified, so that is the outcome wanted.
+                            if code == "NoSuchKey" {
+                                return None;
+                            }
                             let failure = MoveFailure {
                                 transient: crate::error::is_transient_code(&code),
                                 reason: match code.as_str() {
@@ -455,6 +510,15 @@ mod tests {
         let huge = 5 * 1024 * 1024 * mib; // 5 TiB, S3's largest object
         let size = part_size(huge, 64 * mib);
         assert!(huge.div_ceil(size) <= MAX_PARTS);
+    }
+
+    #[test]
+    fn only_unencrypted_and_sse_s3_objects_have_md5_etags() {
+        assert!(encryption_keeps_md5(None, false));
+        assert!(encryption_keeps_md5(Some(&ServerSideEncryption::Aes256), false));
+        assert!(!encryption_keeps_md5(Some(&ServerSideEncryption::AwsKms), false));
+        assert!(!encryption_keeps_md5(Some(&ServerSideEncryption::AwsKmsDsse), false));
+        assert!(!encryption_keeps_md5(None, true), "SSE-C");
     }
 
     #[test]
