@@ -5,12 +5,17 @@
 
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_config::{AppName, BehaviorVersion, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 
 use crate::config::Config;
 
 /// `GetActivityTask` holds the connection open for up to 60 s; the read timeout must outlast it.
 const ACTIVITY_POLL_READ_TIMEOUT: Duration = Duration::from_secs(70);
+
+/// The user agent's `app/` part for a function: `s3-transfer-flow-<function>`.
+pub fn app_name(function: &'static str) -> AppName {
+    AppName::new(format!("s3-transfer-flow-{function}")).expect("function names are plain words")
+}
 
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -21,14 +26,17 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Loads credentials, region and endpoints the SDK's usual way.
-    pub async fn from_env(config: &Config) -> Self {
+    /// Loads credentials, region and endpoints the SDK's usual way. Every request's user
+    /// agent ends in `app/s3-transfer-flow-<function>`, so CloudTrail (and the local
+    /// stack's front) can tell which function made a call.
+    pub async fn from_env(config: &Config, function: &'static str) -> Self {
         let retry = RetryConfig::standard()
             .with_max_attempts(config.sdk_max_attempts)
             .with_initial_backoff(Duration::from_millis(50))
             .with_max_backoff(Duration::from_secs(5));
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(retry)
+            .app_name(app_name(function))
             .load()
             .await;
         Self::from_sdk_config(&sdk, config.s3_force_path_style)

@@ -101,7 +101,7 @@ impl Master {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = MasterSettings::from_env()?;
-        let clients = Clients::from_env(&config).await;
+        let clients = Clients::from_env(&config, "master").await;
         Ok(Self::new(&clients, config, settings))
     }
 

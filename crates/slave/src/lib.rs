@@ -59,7 +59,7 @@ impl Slave {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = SlaveSettings::from_env()?;
-        let clients = Clients::from_env(&config).await;
+        let clients = Clients::from_env(&config, "slave").await;
         Ok(Self::new(&clients, &config, settings))
     }
 
@@ -179,6 +179,10 @@ impl Slave {
                 Err(failure) => outcomes.push(failed(file.key, failure)),
             }
         }
+        #[cfg(feature = "fault-injection")]
+        if !to_delete.is_empty() {
+            fault_injection::crash_if_armed();
+        }
         let verified: HashMap<String, Verified> = to_delete
             .into_iter()
             .map(|v| (v.listed.key.clone(), v))
@@ -255,6 +259,24 @@ where
         files = retry;
     }
     settled
+}
+
+/// Faults a test can ask of a build with the `fault-injection` feature; release builds
+/// and the deployed functions do not have it.
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    /// The file `CRASH_AFTER_COPY_FILE` names arms one crash: the first invocation to
+    /// find it removes it and aborts the process after copying its files and before
+    /// deleting any source, as a Lambda that runs out of time or memory there would.
+    pub fn crash_if_armed() {
+        let Some(armed) = std::env::var_os("CRASH_AFTER_COPY_FILE") else {
+            return;
+        };
+        if std::fs::remove_file(&armed).is_ok() {
+            tracing::error!("crashing between copy and delete, as armed by {armed:?}");
+            std::process::abort();
+        }
+    }
 }
 
 /// The Lambda handler: a configuration error read at cold start is every invocation's answer.

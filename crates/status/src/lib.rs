@@ -93,7 +93,7 @@ impl Status {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = StatusSettings::from_env()?;
-        let clients = Clients::from_env(&config).await;
+        let clients = Clients::from_env(&config, "status").await;
         Ok(Self::new(&clients, &config, settings))
     }
 
