@@ -4,6 +4,7 @@ Usage: python local/stack.py up DIR     start it in the background; return once 
        python local/stack.py down DIR   stop what `up` started
        python local/stack.py run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
                                      [--stack NAME] [--exit-with-parent]
+                                     [--faults FILE] [--features F] [--function-env K=V]...
                                         run it in the foreground
 
 Starts, and stops together when this process ends:
@@ -15,7 +16,8 @@ Starts, and stops together when this process ends:
     on it: an `Event` invocation answers 202 at once and runs in the background (a
     bounded pool, retried twice on error as AWS does), and a function error answers
     200 with `X-Amz-Function-Error` and the error body, so the state machine's Retry
-    and Catch see the function's `errorType`.
+    and Catch see the function's `errorType`. It can also inject faults into the
+    functions' own AWS calls and record them (local/faults.py).
 Then deploys onto it what template.yaml deploys (`cargo xtask local-deploy`) and writes
 DIR/env with the endpoint, credentials, names and ARNs, and DIR/ready when it is up.
 Logs go to DIR/*.log.
@@ -24,6 +26,7 @@ Logs go to DIR/*.log.
 import argparse
 import concurrent.futures
 import http.client
+import json
 import os
 import re
 import shlex
@@ -35,6 +38,8 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVOKE = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations(\?.*)?$")
@@ -83,6 +88,7 @@ class Front(BaseHTTPRequestHandler):
     moto_port = None
     lambda_port = None
     background = None
+    injector = faults.Faults()
 
     def log_message(self, *args):
         pass
@@ -125,13 +131,51 @@ class Front(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         if "Transfer-Encoding" in self.headers:
             headers["Content-Length"] = str(len(body))
+        if self.path.startswith("/_local/"):
+            return self.control(body)
+        call = faults.classify(self.command, self.path, self.headers, body)
+        answer = None
+        if call is not None:
+            latency, answer = self.injector.decide(call)
+            time.sleep(latency)
+            if answer == "drop":
+                self.close_connection = True
+                return
+            if answer in faults.ANSWERS:
+                return self.respond(*faults.error_answer(answer, call))
+            if answer in ("tamper", "tamper-size") and call.operation == "CopyObject":
+                tampered = faults.tamper_copy(
+                    lambda *request: self.forward(self.moto_port, *request),
+                    call, grow=answer == "tamper-size",
+                )
+                if tampered is not None:
+                    return self.respond(*tampered)
         match = INVOKE.match(self.path)
         if self.command == "POST" and match:
             return self.invoke(function_name(match.group("function")), body)
         status, response_headers, response_body = self.forward(
             self.moto_port, self.command, self.path, headers, body
         )
+        if answer == "drop-after":
+            self.close_connection = True
+            return
         self.respond(status, response_headers, response_body, head=self.command == "HEAD")
+
+    def control(self, body):
+        """`PUT /_local/faults` sets the faults, `GET /_local/faults` counts those injected,
+        `GET /_local/calls` lists the calls recorded."""
+        json_type = [("Content-Type", "application/json")]
+        if self.command == "PUT" and self.path == "/_local/faults":
+            try:
+                self.injector.configure(json.loads(body or b"{}"))
+            except ValueError as error:
+                return self.respond(400, json_type, json.dumps({"error": str(error)}).encode())
+            return self.respond(200, json_type, b"{}")
+        if self.command == "GET" and self.path == "/_local/faults":
+            return self.respond(200, json_type, json.dumps(self.injector.report()).encode())
+        if self.command == "GET" and self.path == "/_local/calls":
+            return self.respond(200, json_type, json.dumps(self.injector.recorded()).encode())
+        self.respond(404, json_type, b'{"error": "unknown control path"}')
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = handle_any
 
@@ -150,7 +194,8 @@ class Front(BaseHTTPRequestHandler):
         if kind == "DryRun":
             return self.respond(204, [], b"")
         if kind == "Event":
-            self.background.submit(self.run_async, name, body)
+            for _ in range(2 if self.injector.duplicates(name) else 1):
+                self.background.submit(self.run_async, name, body)
             return self.respond(202, [("Content-Type", "application/json")], b"")
         status, _, response = self.call_function(name, body)
         headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
@@ -246,7 +291,13 @@ def main():
     parser.add_argument("--stack", default="s3-transfer-flow")
     parser.add_argument("--async-concurrency", type=int, default=4)
     parser.add_argument("--exit-with-parent", action="store_true")
+    parser.add_argument("--faults", help="JSON fault configuration (see local/faults.py)")
+    parser.add_argument("--features", help="cargo features to build the functions with")
+    parser.add_argument("--function-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an extra environment variable for the functions")
     args = parser.parse_args()
+    if args.faults:
+        Front.injector.configure(json.load(open(args.faults)))
 
     state = os.path.abspath(args.dir)
     os.makedirs(state, exist_ok=True)
@@ -318,16 +369,21 @@ def main():
         # One activity poll must end well before the local function's timeout.
         functions_env["ACTIVITY_POLL_SECONDS"] = moto_env["MOTO_ACTIVITY_POLL_SECONDS"]
         functions_env["RUST_LOG"] = functions_env.get("RUST_LOG", "info")
+        for setting in args.function_env:
+            name, _, value = setting.partition("=")
+            functions_env[name] = value
+        features = ["--features", args.features] if args.features else []
         log("building the functions")
         subprocess.run(
-            ["cargo", "build", "--locked", "--bin", "master", "--bin", "slave", "--bin", "status"],
+            ["cargo", "build", "--locked", "--bin", "master", "--bin", "slave", "--bin", "status",
+             *features],
             cwd=ROOT, check=True,
         )
         watch = start(
             "functions",
             ["cargo", "lambda", "watch", "--invoke-address", LAMBDA_HOST,
              "--invoke-port", str(args.lambda_port), "--ignore-changes",
-             "--concurrency", "16", "--timeout", "900"],
+             "--concurrency", "16", "--timeout", "900", *features],
             functions_env,
         )
         wait_for_port(args.lambda_port, 600, watch, host=LAMBDA_HOST)

@@ -80,7 +80,13 @@ pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
     let mut out = std::io::stdout();
     println!("starting the local stack (the first start builds the functions) ...");
     let started = Instant::now();
-    let stack = RunningStack::start(root, &root.join(".local/demo"), "s3-transfer-demo", BUCKET)?;
+    let stack = RunningStack::start(
+        root,
+        &root.join(".local/demo"),
+        "s3-transfer-demo",
+        BUCKET,
+        &[],
+    )?;
     println!("local stack up in {:.0} s", started.elapsed().as_secs_f64());
     let sdk = sdk_config(stack.var("AWS_ENDPOINT_URL")?).await;
     let s3 = aws_sdk_s3::Client::from_conf(

@@ -269,7 +269,14 @@ pub struct RunningStack {
 
 impl RunningStack {
     /// Starts the stack on free ports, its files under `dir`, and waits until it is up.
-    pub fn start(root: &Path, dir: &Path, stack: &str, bucket: &str) -> Result<Self, Problem> {
+    /// `options` are more of `local/stack.py run`'s options (`--features`, `--faults`, …).
+    pub fn start(
+        root: &Path,
+        dir: &Path,
+        stack: &str,
+        bucket: &str,
+        options: &[String],
+    ) -> Result<Self, Problem> {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -284,6 +291,7 @@ impl RunningStack {
             .args(["--port", &free_port()?.to_string()])
             .args(["--lambda-port", &free_port()?.to_string()])
             .args(["--stack", stack, "--bucket", bucket])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
