@@ -5,6 +5,7 @@ pub mod definition;
 pub mod demo;
 pub mod diagram;
 pub mod local;
+pub mod policy;
 pub mod template;
 
 /// Something wrong with a deployment file, said so a reader can fix it.

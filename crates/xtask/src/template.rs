@@ -85,6 +85,10 @@ impl Template {
         })
     }
 
+    pub(crate) fn resource(&self, id: &str) -> Option<&Value> {
+        self.resources.get(id)
+    }
+
     fn resource_type(&self, id: &str) -> Option<&str> {
         self.resources.get(id)?.get("Type")?.as_str()
     }
@@ -203,7 +207,7 @@ impl Template {
                     Value::String(s) => Some(s.clone()),
                     Value::Number(n) => Some(n.to_string()),
                     Value::Bool(b) => Some(b.to_string()),
-                    other => self.reference(other).and_then(|r| resolve(&r)),
+                    other => self.reference_to(other).and_then(|r| resolve(&r)),
                 };
                 Some((name.as_str()?.to_string(), value))
             })
@@ -234,7 +238,7 @@ impl Template {
         })
     }
 
-    fn reference(&self, value: &Value) -> Option<Reference> {
+    pub(crate) fn reference_to(&self, value: &Value) -> Option<Reference> {
         let target = referenced_resource(value)?;
         if let Some(parameter) = self.parameters.get(target.as_str()) {
             let default = match parameter.get("Default") {
