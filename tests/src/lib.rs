@@ -391,6 +391,34 @@ impl Fixture {
         }
     }
 
+    /// Every row of the table, each as its attributes, in order.
+    pub async fn table_rows(&self) -> Vec<BTreeMap<String, String>> {
+        let mut rows = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .clients
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            rows.extend(
+                out.items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|item| item.into_iter().map(|(k, v)| (k, plain(&v))).collect()),
+            );
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                rows.sort();
+                return rows;
+            }
+        }
+    }
+
     /// The run's progress as status reads it.
     pub async fn progress(&self, run: &str) -> common::progress::RunProgress {
         let store = common::Store::new(

@@ -1,21 +1,34 @@
 //! The whole local stack (`local/stack.py`): moto, the three functions under
 //! `cargo lambda watch`, the front that makes local Lambda behave as on AWS, and the
 //! state machine deployed from `statemachine.asl.json`. One per test binary.
+//!
+//! The slave is built with its `fault-injection` feature, so a test can crash it between
+//! copy and delete ([`LocalStack::arm_crash`]); the front injects faults into the
+//! functions' AWS calls and records them ([`LocalStack::set_faults`], [`LocalStack::calls`]).
 
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
-use serde_json::Value;
+use common::store::Store;
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::{Value, json};
 
 use xtask::local::RunningStack;
 
-use crate::{sdk_config, unique, workspace_root};
+use crate::{body_of, sdk_config, unique, workspace_root};
 
 pub struct LocalStack {
     pub endpoint: String,
     running: RunningStack,
+    crash_file: PathBuf,
 }
 
 /// The stack of this test binary, started on first use and stopped when it exits.
@@ -23,16 +36,30 @@ pub fn local_stack() -> &'static LocalStack {
     static STACK: OnceLock<LocalStack> = OnceLock::new();
     STACK.get_or_init(|| {
         let dir = std::env::temp_dir().join(unique("local-stack"));
+        let crash_file = dir.join("crash-armed");
+        let options = [
+            "--features".to_string(),
+            "slave/fault-injection".to_string(),
+            "--function-env".to_string(),
+            format!("CRASH_AFTER_COPY_FILE={}", crash_file.display()),
+            // Small enough that a test's 7 MiB file is copied in parts.
+            "--function-env".to_string(),
+            "MULTIPART_THRESHOLD_BYTES=6291456".to_string(),
+            "--function-env".to_string(),
+            "MULTIPART_PART_SIZE_BYTES=5242880".to_string(),
+        ];
         let running = RunningStack::start(
             &workspace_root(),
             &dir,
             "s3-transfer-tests",
             "s3-transfer-tests",
+            &options,
         )
         .unwrap_or_else(|problem| panic!("{problem}"));
         LocalStack {
             endpoint: running.var("AWS_ENDPOINT_URL").unwrap().to_string(),
             running,
+            crash_file,
         }
     })
 }
@@ -42,6 +69,55 @@ impl LocalStack {
         self.running
             .var(name)
             .unwrap_or_else(|problem| panic!("{problem}"))
+    }
+
+    /// Makes the next slave invocation that has copied files abort before deleting any.
+    pub fn arm_crash(&self) {
+        std::fs::write(&self.crash_file, b"").unwrap();
+    }
+
+    /// Whether an armed crash has happened.
+    pub fn crashed(&self) -> bool {
+        !self.crash_file.exists()
+    }
+
+    /// Replaces the front's fault configuration (see `local/faults.py`).
+    pub fn set_faults(&self, config: &Value) {
+        let (status, body) = self.control("PUT", "/_local/faults", &config.to_string());
+        assert_eq!(status, 200, "the front refused the faults: {body}");
+    }
+
+    /// How many of each fault the front injected since the faults were last set, by
+    /// "service answer" (`"s3 SlowDown"`) and `"duplicate events"`.
+    pub fn injected(&self) -> BTreeMap<String, u64> {
+        let (status, body) = self.control("GET", "/_local/faults", "");
+        assert_eq!(status, 200, "{body}");
+        let report: Value = serde_json::from_str(&body).unwrap();
+        serde_json::from_value(report["injected"].clone()).unwrap()
+    }
+
+    /// The functions' AWS calls recorded since `record_calls` was set.
+    pub fn calls(&self) -> Vec<Value> {
+        let (status, body) = self.control("GET", "/_local/calls", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// One request to the front's control paths.
+    fn control(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut connection = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            connection,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        connection.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
     }
 
     pub async fn sfn(&self) -> aws_sdk_sfn::Client {
@@ -124,4 +200,77 @@ pub fn lambda_failures(history: &[HistoryEvent]) -> Vec<String> {
         .filter_map(|e| e.lambda_function_failed_event_details.as_ref())
         .filter_map(|d| d.error.clone())
         .collect()
+}
+
+/// The waits a test does not need.
+pub fn input(bucket: &str, extra: Value) -> Value {
+    let mut input = json!({
+        "source_bucket": bucket,
+        "wait_before_master_seconds": 0,
+        "wait_before_status_seconds": 1,
+    });
+    input
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    input
+}
+
+pub async fn bucket_with(stack: &LocalStack, keys: &[String]) -> String {
+    let s3 = stack.s3().await;
+    let bucket = unique("wf");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    put(stack, &bucket, keys, None).await;
+    bucket
+}
+
+pub async fn put(stack: &LocalStack, bucket: &str, keys: &[String], class: Option<StorageClass>) {
+    let s3 = stack.s3().await;
+    stream::iter(keys)
+        .map(|key| {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .set_storage_class(class.clone())
+                .body(ByteStream::from(body_of(key)))
+                .send()
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+}
+
+/// Key → ETag (the MD5 of the bytes, for single-part objects) of everything in the bucket.
+pub async fn contents(stack: &LocalStack, bucket: &str) -> BTreeMap<String, String> {
+    let s3 = stack.s3().await;
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    let mut out = BTreeMap::new();
+    while let Some(page) = pages.next().await {
+        for object in page.unwrap().contents() {
+            out.insert(
+                object.key().unwrap().to_string(),
+                object.e_tag().unwrap().trim_matches('"').to_string(),
+            );
+        }
+    }
+    out
+}
+
+pub async fn store(stack: &LocalStack) -> Store {
+    Store::new(
+        stack.dynamodb().await,
+        stack.var("TABLE_NAME"),
+        Duration::from_secs(3600),
+    )
+}
+
+pub fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{:05}.csv", i)).collect()
+}
+
+pub fn output(
+    described: &aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
+) -> Value {
+    serde_json::from_str(described.output.as_deref().expect("an output")).unwrap()
 }

@@ -4,90 +4,15 @@
 //! and the execution's history.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use common::run::RunId;
-use common::store::Store;
-use futures::{StreamExt, TryStreamExt, stream};
-use integration_tests::stack::{LocalStack, lambda_failures, local_stack};
-use integration_tests::{body_of, md5_hex, unique};
-use serde_json::{Value, json};
-
-/// The waits a test does not need.
-fn input(bucket: &str, extra: Value) -> Value {
-    let mut input = json!({
-        "source_bucket": bucket,
-        "wait_before_master_seconds": 0,
-        "wait_before_status_seconds": 1,
-    });
-    input
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    input
-}
-
-async fn bucket_with(stack: &LocalStack, keys: &[String]) -> String {
-    let s3 = stack.s3().await;
-    let bucket = unique("wf");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    put(stack, &bucket, keys, None).await;
-    bucket
-}
-
-async fn put(stack: &LocalStack, bucket: &str, keys: &[String], class: Option<StorageClass>) {
-    let s3 = stack.s3().await;
-    stream::iter(keys)
-        .map(|key| {
-            s3.put_object()
-                .bucket(bucket)
-                .key(key)
-                .set_storage_class(class.clone())
-                .body(ByteStream::from(body_of(key)))
-                .send()
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-}
-
-/// Key → ETag (the MD5 of the bytes, for single-part objects) of everything in the bucket.
-async fn contents(stack: &LocalStack, bucket: &str) -> BTreeMap<String, String> {
-    let s3 = stack.s3().await;
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    let mut out = BTreeMap::new();
-    while let Some(page) = pages.next().await {
-        for object in page.unwrap().contents() {
-            out.insert(
-                object.key().unwrap().to_string(),
-                object.e_tag().unwrap().trim_matches('"').to_string(),
-            );
-        }
-    }
-    out
-}
-
-async fn store(stack: &LocalStack) -> Store {
-    Store::new(
-        stack.dynamodb().await,
-        stack.var("TABLE_NAME"),
-        Duration::from_secs(3600),
-    )
-}
-
-fn keys(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{:05}.csv", i)).collect()
-}
-
-fn output(
-    described: &aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
-) -> Value {
-    serde_json::from_str(described.output.as_deref().expect("an output")).unwrap()
-}
+use integration_tests::stack::{
+    bucket_with, contents, input, keys, lambda_failures, local_stack, output, put, store,
+};
+use integration_tests::{body_of, md5_hex};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_run_of_1200_files_moves_every_one_and_leaves_the_rest() {
@@ -218,67 +143,89 @@ async fn files_that_cannot_be_copied_fail_the_run_by_name_and_the_rest_move() {
 }
 
 #[tokio::test]
-async fn two_executions_at_once_each_complete_their_own_activity_task() {
+async fn eight_executions_at_once_each_complete_their_own_activity_task() {
+    // GIVEN 8 prefixes of 500 files each in one bucket
     let stack = local_stack();
-    let first = keys("raw/a/f-", 150);
-    let second = keys("raw/b/f-", 90);
-    let bucket = bucket_with(stack, &[first.clone(), second.clone()].concat()).await;
+    let runs: Vec<(String, Vec<String>)> = (0..8)
+        .map(|i| (format!("run-{i}"), keys(&format!("raw/p{i}/f-"), 500)))
+        .collect();
+    let all: Vec<String> = runs.iter().flat_map(|(_, files)| files.clone()).collect();
+    let bucket = bucket_with(stack, &all).await;
 
-    let run_a = stack
-        .start(
-            "run-a",
-            &input(
-                &bucket,
-                json!({"source_prefix": "raw/a/", "destination_prefix": "out/a/"}),
-            ),
-        )
-        .await;
-    let run_b = stack
-        .start(
-            "run-b",
-            &input(
-                &bucket,
-                json!({"source_prefix": "raw/b/", "destination_prefix": "out/b/"}),
-            ),
-        )
-        .await;
-    let (a, b) = tokio::join!(stack.finished(&run_a), stack.finished(&run_b));
+    // WHEN 8 executions start at once, each on its own prefix
+    let executions = futures::future::join_all(runs.iter().enumerate().map(|(i, (run, _))| {
+        let input = input(
+            &bucket,
+            json!({"source_prefix": format!("raw/p{i}/"), "destination_prefix": format!("out/p{i}/")}),
+        );
+        async move { stack.start(run, &input).await }
+    }))
+    .await;
+    let described = futures::future::join_all(executions.iter().map(|e| stack.finished(e))).await;
 
-    assert_eq!(a.status, ExecutionStatus::Succeeded, "{a:?}");
-    assert_eq!(b.status, ExecutionStatus::Succeeded, "{b:?}");
-    assert_eq!(output(&a)["files"], 150);
-    assert_eq!(output(&a)["run_id"], "run-a");
-    assert_eq!(output(&b)["files"], 90);
-    assert_eq!(output(&b)["run_id"], "run-b");
-    let now = contents(stack, &bucket).await;
-    assert_eq!(now.keys().filter(|k| k.starts_with("out/a/")).count(), 150);
-    assert_eq!(now.keys().filter(|k| k.starts_with("out/b/")).count(), 90);
-    assert_eq!(now.keys().filter(|k| k.starts_with("raw/")).count(), 0);
-    for execution in [&run_a, &run_b] {
-        let history = stack.history(execution).await;
-        let succeeded = history
-            .iter()
-            .filter(|e| e.r#type == HistoryEventType::ActivitySucceeded)
-            .count();
-        assert_eq!(succeeded, 1, "{execution}");
-    }
-    // each run's rows and counters hold its own files only
+    // THEN each succeeds with its own files, run id and activity task
     let store = store(stack).await;
-    for (run, files) in [("run-a", 150), ("run-b", 90)] {
-        let view = store
-            .run_view(&RunId::parse(run).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+    let now = contents(stack, &bucket).await;
+    assert_eq!(now.keys().filter(|k| k.starts_with("raw/")).count(), 0);
+    for (i, ((run, files), described)) in runs.iter().zip(&described).enumerate() {
+        assert_eq!(
+            described.status,
+            ExecutionStatus::Succeeded,
+            "{run}: {described:?}"
+        );
+        let out = output(described);
+        assert_eq!(
+            (&out["run_id"], &out["files"], &out["completed"]),
+            (&json!(run), &json!(500), &json!(500))
+        );
+        for key in files {
+            let destination = key.replacen(&format!("raw/p{i}/"), &format!("out/p{i}/"), 1);
+            assert_eq!(
+                now.get(&destination),
+                Some(&md5_hex(&body_of(key))),
+                "{run}: {key}"
+            );
+        }
+        let history = stack.history(&executions[i]).await;
+        let activity_results: Vec<_> = history
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.r#type,
+                    HistoryEventType::ActivitySucceeded | HistoryEventType::ActivityFailed
+                )
+            })
+            .collect();
+        assert_eq!(activity_results.len(), 1, "{run}");
+        // the activity's result is this run's summary: its token went to its own status
+        let result: serde_json::Value = serde_json::from_str(
+            activity_results[0]
+                .activity_succeeded_event_details
+                .as_ref()
+                .and_then(|d| d.output.as_deref())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result["run_id"], json!(run));
+        // and the run's rows and counters hold its own files only
+        let run_id = RunId::parse(run).unwrap();
+        let view = store.run_view(&run_id).await.unwrap().unwrap();
         assert_eq!(
             (
                 view.progress.selected,
                 view.progress.completed,
                 view.progress.failed
             ),
-            (files, files, 0),
+            (500, 500, 0),
             "{run}"
         );
+        let (_, rows) = store.load_batch(&run_id, &files[..100]).await.unwrap();
+        assert_eq!(rows.len(), 100, "{run}");
+        let (_, foreign) = store
+            .load_batch(&run_id, &runs[(i + 1) % 8].1[..100])
+            .await
+            .unwrap();
+        assert!(foreign.is_empty(), "{run} has rows of another run's files");
     }
 }
 

@@ -197,6 +197,44 @@ mod tests {
         }
 
         #[test]
+        fn any_run_maps_its_keys_injectively_into_its_destination(
+            src in "\\PC{0,12}", dst in "\\PC{0,12}", same_bucket: bool,
+            a in "\\PC{0,40}", b in "\\PC{0,40}",
+        ) {
+            // Whatever the prefixes (unicode, empty, with or without '/'), a run that
+            // RunSpec accepts maps each of its keys under its destination prefix, and
+            // two different keys never to the same destination.
+            let source = Location::new("bucket", &src).unwrap();
+            let destination =
+                Location::new(if same_bucket { "bucket" } else { "other" }, &dst).unwrap();
+            if let Ok(s) = RunSpec::new(source, destination, Suffixes::new(vec![String::new()]).unwrap()) {
+                let (ka, kb) = (format!("{src}{a}"), format!("{src}{b}"));
+                let (da, db) = (s.destination_key(&ka).unwrap(), s.destination_key(&kb).unwrap());
+                prop_assert!(da.starts_with(&dst) && db.starts_with(&dst));
+                prop_assert_eq!(da == db, ka == kb);
+                if same_bucket {
+                    // a destination is never itself a key the run would take
+                    prop_assert!(!da.starts_with(&src));
+                }
+            }
+        }
+
+        #[test]
+        fn keys_outside_the_source_prefix_are_refused(src in "[a-z]{1,5}/", key in "\\PC{0,20}") {
+            let s = spec(&src, "zzz-out/", &[""]);
+            prop_assume!(!key.starts_with(&src));
+            prop_assert!(s.destination_key(&key).is_err());
+        }
+
+        #[test]
+        fn copy_sources_decode_to_exactly_the_key(key in "\\PC{1,60}") {
+            let encoded = copy_source("bucket", &key);
+            prop_assert!(encoded.bytes().all(|c| c.is_ascii_graphic()));
+            let decoded = percent_encoding::percent_decode_str(&encoded).decode_utf8().unwrap();
+            prop_assert_eq!(decoded, format!("bucket/{key}"));
+        }
+
+        #[test]
         fn batches_keep_every_key_in_order(n in 0usize..300, max_keys in 1usize..50, budget in 1usize..400) {
             let keys: Vec<String> = (0..n).map(|i| format!("raw/{}\"{}.csv", "k".repeat(i % 7), i)).collect();
             let out = batches(&keys, max_keys, budget);

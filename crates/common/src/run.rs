@@ -453,4 +453,45 @@ mod tests {
         };
         assert!(event.resolve(&defaults()).is_ok());
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("run_id".to_string()),
+                        Just("source_prefix".to_string()),
+                        Just("suffixes".to_string()),
+                        Just("keys".to_string()),
+                        "[a-z_]{1,10}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_event_makes_parsing_panic(event in any_json()) {
+            // Whatever arrives is either a run or an EventError naming what is wrong.
+            if let Ok(master) = parse_event::<MasterEvent>(event.clone()) {
+                let _ = master.resolve(&defaults());
+            } else {
+                proptest::prop_assert!(!parse_event::<MasterEvent>(event.clone()).unwrap_err().0.is_empty());
+            }
+            let _ = parse_event::<SlaveEvent>(event);
+        }
+    }
 }

@@ -1,0 +1,541 @@
+//! The whole workflow on the local stack while its front injects faults into the
+//! functions' own AWS calls: throttling and 5xx answers, dropped connections, slave
+//! events delivered twice, a slave that crashes between copy and delete, requests
+//! denied, and copies that do not hold the source's bytes. Each test checks the bucket
+//! byte for byte, the status table and the execution's outcome.
+//!
+//! The front's faults apply to the whole stack, so the tests of this binary take turns.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use common::run::RunId;
+use common::store::FileState;
+use integration_tests::stack::{
+    LocalStack, bucket_with, contents, input, keys, local_stack, output, put, store,
+};
+use integration_tests::{body_of, md5_hex, workspace_root};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, MutexGuard};
+use xtask::local::{ACCOUNT, LocalNames, REGION};
+use xtask::policy::{Deployment, Need};
+use xtask::template::{Reference, Template};
+
+static TURN: Mutex<()> = Mutex::const_new(());
+
+/// Waits for this test's turn, then sets the front's faults.
+async fn turn_with(stack: &LocalStack, faults: Value) -> MutexGuard<'static, ()> {
+    let guard = TURN.lock().await;
+    stack.set_faults(&faults);
+    guard
+}
+
+const DYNAMODB_WRITES: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "BatchWriteItem",
+    "TransactWriteItems",
+];
+
+/// What the bucket must hold once `moved` went from raw/ to refined/ and `kept` stayed.
+fn moved_and_kept(moved: &[String], kept: &[String]) -> BTreeMap<String, String> {
+    let mut expected: BTreeMap<String, String> = moved
+        .iter()
+        .map(|k| (k.replacen("raw/", "refined/", 1), md5_hex(&body_of(k))))
+        .collect();
+    expected.extend(kept.iter().map(|k| (k.clone(), md5_hex(&body_of(k)))));
+    expected
+}
+
+#[tokio::test]
+async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() {
+    // GIVEN 5,000 files
+    let stack = local_stack();
+    let files = keys("raw/load/part-", 5000);
+    let bucket = bucket_with(stack, &files).await;
+    // AND about 10% of the functions' S3 requests answered with retryable errors, 1%
+    // more dropped after taking effect, 5% of DynamoDB writes throttled, every slave
+    // event delivered twice, and the first slave batch to copy crashing before it deletes
+    let _turn = turn_with(
+        stack,
+        json!({"seed": 5000, "duplicate_events": ["slave"], "rules": [
+            {"service": "s3", "rate": 0.05, "answer": "SlowDown"},
+            {"service": "s3", "rate": 0.053, "answer": "InternalError"},
+            {"service": "s3", "rate": 0.01, "answer": "drop-after"},
+            {"service": "s3", "latency_ms": 2},
+            {"service": "dynamodb", "operations": DYNAMODB_WRITES, "rate": 0.05,
+             "answer": "ThrottlingException"},
+        ]}),
+    )
+    .await;
+    stack.arm_crash();
+
+    // WHEN an execution moves them
+    let execution = stack
+        .start("under-faults", &input(&bucket, json!({})))
+        .await;
+    let described = stack.finished(&execution).await;
+    let injected = stack.injected();
+    stack.set_faults(&json!({}));
+
+    // THEN it succeeds, having met every fault on the way
+    assert!(stack.crashed(), "the armed crash did not happen");
+    for fault in [
+        "s3 SlowDown",
+        "s3 InternalError",
+        "s3 drop-after",
+        "dynamodb ThrottlingException",
+        "duplicate events",
+    ] {
+        assert!(
+            injected.get(fault).copied().unwrap_or(0) > 0,
+            "no {fault}: {injected:?}"
+        );
+    }
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let bytes: usize = files.iter().map(|k| body_of(k).len()).sum();
+    assert_eq!(
+        (
+            &output(&described)["files"],
+            &output(&described)["completed"],
+            &output(&described)["failed"],
+            &output(&described)["bytes"]
+        ),
+        (&json!(5000), &json!(5000), &json!(0), &json!(bytes))
+    );
+    // every file is at the destination with its bytes, and none is left at the source
+    assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
+    // no file was counted twice, and every row says completed
+    let store = store(stack).await;
+    let run = RunId::parse("under-faults").unwrap();
+    let progress = store.run_view(&run).await.unwrap().unwrap().progress;
+    assert_eq!(
+        (
+            progress.selected,
+            progress.completed,
+            progress.failed,
+            progress.bytes
+        ),
+        (5000, 5000, 0, bytes as u64)
+    );
+    for chunk in files.chunks(500) {
+        let (_, rows) = store.load_batch(&run, chunk).await.unwrap();
+        assert_eq!(rows.len(), chunk.len());
+        assert!(rows.values().all(|r| r.state == FileState::Completed));
+    }
+    assert!(store.failed_files(&run, 10).await.unwrap().is_empty());
+    let succeeded = stack
+        .history(&execution)
+        .await
+        .iter()
+        .filter(|e| e.r#type == HistoryEventType::ActivitySucceeded)
+        .count();
+    assert_eq!(succeeded, 1);
+}
+
+#[tokio::test]
+async fn three_denied_files_fail_the_run_by_name_and_stay_where_they_are() {
+    // GIVEN 60 files, 3 of which the functions are denied to copy
+    let stack = local_stack();
+    let movable = keys("raw/fine-", 60);
+    let denied: Vec<String> = (1..=3).map(|i| format!("raw/forbidden-{i}.csv")).collect();
+    let bucket = bucket_with(stack, &[movable.clone(), denied.clone()].concat()).await;
+    let _turn = turn_with(
+        stack,
+        json!({"rules": [{"service": "s3", "operations": ["CopyObject"],
+                          "key_contains": "forbidden-", "answer": "AccessDenied"}]}),
+    )
+    .await;
+
+    let execution = stack.start("denied", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the execution fails with TransferFailed naming exactly those files and why
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    assert_eq!(described.error.as_deref(), Some("TransferFailed"));
+    let cause = described.cause.unwrap();
+    assert!(cause.starts_with("3 of 63 files failed to move"), "{cause}");
+    let named: Vec<(&str, &str)> = cause
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(": ").unwrap())
+        .collect();
+    assert_eq!(
+        named.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        denied.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{cause}"
+    );
+    assert!(
+        named.iter().all(|(_, why)| why.contains("AccessDenied")),
+        "{cause}"
+    );
+    // every other file moved, and the 3 are untouched at the source
+    assert_eq!(
+        contents(stack, &bucket).await,
+        moved_and_kept(&movable, &denied)
+    );
+    let store = store(stack).await;
+    let run = RunId::parse("denied").unwrap();
+    let failed = store.failed_files(&run, 100).await.unwrap();
+    assert_eq!(
+        failed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        denied
+    );
+    let progress = store.run_view(&run).await.unwrap().unwrap().progress;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (63, 60, 3)
+    );
+}
+
+#[tokio::test]
+async fn a_destination_that_does_not_hold_the_source_bytes_never_costs_the_source() {
+    // GIVEN 20 files, and two whose copies come out wrong: other bytes of the same
+    // size, and one byte more
+    let stack = local_stack();
+    let movable = keys("raw/good-", 20);
+    let tampered = vec![
+        "raw/tampered-same-size.csv".to_string(),
+        "raw/tampered-longer.csv".to_string(),
+    ];
+    let bucket = bucket_with(stack, &[movable.clone(), tampered.clone()].concat()).await;
+    let _turn = turn_with(
+        stack,
+        json!({"rules": [
+            {"service": "s3", "operations": ["CopyObject"], "key_contains": "tampered-same",
+             "answer": "tamper"},
+            {"service": "s3", "operations": ["CopyObject"], "key_contains": "tampered-longer",
+             "answer": "tamper-size"},
+        ]}),
+    )
+    .await;
+
+    let execution = stack.start("tampered", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN both sources are still there with their bytes, both files failed naming
+    // the mismatch, and the others moved
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    assert_eq!(described.error.as_deref(), Some("TransferFailed"));
+    let now = contents(stack, &bucket).await;
+    for key in &tampered {
+        assert_eq!(now.get(key), Some(&md5_hex(&body_of(key))), "{key}");
+    }
+    for key in &movable {
+        let destination = key.replacen("raw/", "refined/", 1);
+        assert_eq!(now.get(&destination), Some(&md5_hex(&body_of(key))));
+        assert!(!now.contains_key(key));
+    }
+    let failed = store(stack)
+        .await
+        .failed_files(&RunId::parse("tampered").unwrap(), 10)
+        .await
+        .unwrap();
+    let mut expected = tampered.clone();
+    expected.sort();
+    assert_eq!(
+        failed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    for (key, reason) in &failed {
+        assert!(
+            reason.contains("does not hold the listed bytes"),
+            "{key}: {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_multipart_copy_under_faults_is_whole_and_verified() {
+    // GIVEN one file above the stack's 6 MiB multipart threshold, with tags
+    let stack = local_stack();
+    let bucket = bucket_with(stack, &keys("raw/small-", 5)).await;
+    let large: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    stack
+        .s3()
+        .await
+        .put_object()
+        .bucket(&bucket)
+        .key("raw/large.csv")
+        .tagging("kind=large")
+        .body(ByteStream::from(large.clone()))
+        .send()
+        .await
+        .unwrap();
+    // AND a third of the part copies throttled
+    let _turn = turn_with(
+        stack,
+        json!({"seed": 3, "rules": [{"service": "s3", "operations": ["UploadPartCopy"],
+                                     "rate": 0.33, "answer": "SlowDown"}]}),
+    )
+    .await;
+
+    let execution = stack.start("large", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let s3 = stack.s3().await;
+    let copied = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("refined/large.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copied.body.collect().await.unwrap().to_vec(), large);
+    let tags = s3
+        .get_object_tagging()
+        .bucket(&bucket)
+        .key("refined/large.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tags.tag_set()[0].key(), "kind");
+    assert!(!contents(stack, &bucket).await.contains_key("raw/large.csv"));
+}
+
+/// What IAM checks for one recorded call (see `local/faults.py` for the fields).
+fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
+    let field = |name: &str| call[name].as_str().unwrap_or_default().to_string();
+    let need = |action: &str, resource: String| Need {
+        action: action.to_string(),
+        resource,
+        s3_prefix: None,
+    };
+    let object = |bucket_and_key: String| format!("arn:aws:s3:::{bucket_and_key}");
+    let (bucket, key, source) = (field("bucket"), field("key"), field("source"));
+    let destination = object(format!("{bucket}/{key}"));
+    let table = format!(
+        "arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}",
+        stack.var("TABLE_NAME")
+    );
+    match (field("service").as_str(), field("operation").as_str()) {
+        ("s3", "ListObjectsV2" | "ListObjects") => vec![Need {
+            s3_prefix: Some(field("prefix")),
+            ..need("s3:ListBucket", format!("arn:aws:s3:::{bucket}"))
+        }],
+        // Tags travel with a copy: reading them at the source, writing them at the destination.
+        ("s3", "CopyObject") => vec![
+            need("s3:GetObject", object(source.clone())),
+            need("s3:GetObjectTagging", object(source)),
+            need("s3:PutObject", destination.clone()),
+            need("s3:PutObjectTagging", destination),
+        ],
+        ("s3", "UploadPartCopy") => vec![
+            need("s3:GetObject", object(source)),
+            need("s3:PutObject", destination),
+        ],
+        ("s3", "CreateMultipartUpload") => vec![
+            need("s3:PutObject", destination.clone()),
+            need("s3:PutObjectTagging", destination),
+        ],
+        ("s3", "CompleteMultipartUpload" | "UploadPart" | "PutObject") => {
+            vec![need("s3:PutObject", destination)]
+        }
+        ("s3", "AbortMultipartUpload") => vec![need("s3:AbortMultipartUpload", destination)],
+        ("s3", "HeadObject" | "GetObject") => vec![need("s3:GetObject", destination)],
+        ("s3", "GetObjectTagging") => vec![need("s3:GetObjectTagging", destination)],
+        ("s3", "DeleteObject") => vec![need("s3:DeleteObject", destination)],
+        ("s3", "DeleteObjects") => call["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                need(
+                    "s3:DeleteObject",
+                    object(format!("{bucket}/{}", k.as_str().unwrap())),
+                )
+            })
+            .collect(),
+        // A transaction needs the permission of each kind of write in it.
+        ("dynamodb", "TransactWriteItems") => call["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kind| match kind.as_str().unwrap() {
+                "ConditionCheck" => need("dynamodb:ConditionCheckItem", table.clone()),
+                other => need(&format!("dynamodb:{other}Item"), table.clone()),
+            })
+            .collect(),
+        ("dynamodb", operation) => vec![need(&format!("dynamodb:{operation}"), table)],
+        // Task tokens belong to the stack's activity.
+        ("states", operation) => vec![need(
+            &format!("states:{operation}"),
+            stack.var("ACTIVITY_ARN").to_string(),
+        )],
+        ("lambda", "Invoke") => {
+            let target = field("target");
+            let arn = if target.starts_with("arn:") {
+                target
+            } else {
+                LocalNames::function_arn(&target)
+            };
+            vec![need("lambda:InvokeFunction", arn)]
+        }
+        other => panic!("no IAM mapping for {other:?}: {call}"),
+    }
+}
+
+/// Actions a policy grants for paths a run on the local stack does not take.
+const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
+    (
+        "slave",
+        "s3:AbortMultipartUpload",
+        "a multipart copy that fails is aborted, so no parts are left to pay for",
+    ),
+    (
+        "slave",
+        "s3:ListBucket",
+        "HeadObject of a missing key answers 404, not 403, only to a caller that may list",
+    ),
+    (
+        "slave",
+        "dynamodb:DeleteItem",
+        "a file that failed and completes on a later delivery loses its failure marker",
+    ),
+    (
+        "status",
+        "dynamodb:GetItem",
+        "after a poll that brought no task, or another run's, status reads whether a \
+         concurrent check parked this run's token",
+    ),
+    (
+        "status",
+        "states:SendTaskHeartbeat",
+        "keeps a parked activity task alive while a long run finishes",
+    ),
+];
+
+#[tokio::test]
+async fn each_function_makes_only_calls_its_policy_allows() {
+    // GIVEN a run that takes the usual paths (small files, a multipart copy with tags)
+    // and one whose files fail
+    let stack = local_stack();
+    let bucket = bucket_with(stack, &keys("raw/ok/f-", 30)).await;
+    let s3 = stack.s3().await;
+    s3.put_object()
+        .bucket(&bucket)
+        .key("raw/ok/large.csv")
+        .tagging("kind=large")
+        .body(ByteStream::from(vec![7u8; 7 * 1024 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    put(
+        stack,
+        &bucket,
+        &keys("raw/bad/f-", 2),
+        Some(StorageClass::Glacier),
+    )
+    .await;
+    let _turn = turn_with(stack, json!({"record_calls": true})).await;
+
+    // WHEN both run with every call recorded
+    let ok = stack
+        .start(
+            "policy-ok",
+            &input(&bucket, json!({"source_prefix": "raw/ok/"})),
+        )
+        .await;
+    let bad = stack
+        .start(
+            "policy-bad",
+            &input(&bucket, json!({"source_prefix": "raw/bad/"})),
+        )
+        .await;
+    let (ok, bad) = tokio::join!(stack.finished(&ok), stack.finished(&bad));
+    assert_eq!(ok.status, ExecutionStatus::Succeeded, "{ok:?}");
+    assert_eq!(bad.error.as_deref(), Some("TransferFailed"), "{bad:?}");
+    let calls = stack.calls();
+    stack.set_faults(&json!({}));
+
+    // THEN every call of each function is allowed by the template's policy for it, as
+    // deployed with this bucket and the default prefixes
+    let template =
+        Template::parse(&std::fs::read_to_string(workspace_root().join("template.yaml")).unwrap())
+            .unwrap();
+    let functions = template.functions();
+    let resolve = |reference: &Reference| match reference {
+        Reference::Parameter { name, .. } if name == "SourceBucketName" => Some(bucket.clone()),
+        Reference::Parameter { default, .. } => default.clone(),
+        Reference::Resource {
+            id,
+            resource_type,
+            arn,
+        } => match resource_type.as_str() {
+            "AWS::DynamoDB::Table" if *arn => Some(format!(
+                "arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}",
+                stack.var("TABLE_NAME")
+            )),
+            "AWS::StepFunctions::Activity" => Some(stack.var("ACTIVITY_ARN").to_string()),
+            "AWS::Serverless::Function" => functions
+                .iter()
+                .find(|f| &f.resource == id)
+                .map(|f| LocalNames::function_arn(&f.binary)),
+            _ => None,
+        },
+    };
+    let deployment = Deployment {
+        partition: "aws",
+        resolve: &resolve,
+        condition: &|name| name == "DestinationIsSourceBucket",
+    };
+    let mut refused = Vec::new();
+    let mut unused = Vec::new();
+    for function in &functions {
+        let statements = template.policy(&function.resource, &deployment).unwrap();
+        let made: Vec<Need> = calls
+            .iter()
+            .filter(|c| c["caller"] == function.binary.as_str())
+            .flat_map(|c| needs(c, stack))
+            .collect();
+        assert!(
+            !made.is_empty(),
+            "no calls recorded for {}",
+            function.binary
+        );
+        for need in &made {
+            if !statements.iter().any(|s| s.allows(need)) {
+                refused.push(format!("{}: {need:?}", function.binary));
+            }
+        }
+        // AND nothing is granted that no call needs, unless a rare path needs it
+        for statement in &statements {
+            for action in &statement.actions {
+                let used = made
+                    .iter()
+                    .any(|n| &n.action == action && statement.allows(n));
+                let rare = GRANTED_FOR_RARE_PATHS
+                    .iter()
+                    .any(|(f, a, _)| *f == function.binary && a == action);
+                if !used && !rare {
+                    unused.push(format!("{} {}: {action}", function.binary, statement.sid));
+                }
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "calls the policies refuse:\n{}",
+        refused.join("\n")
+    );
+    assert!(
+        unused.is_empty(),
+        "granted but never needed:\n{}",
+        unused.join("\n")
+    );
+}
