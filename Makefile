@@ -10,12 +10,17 @@ VENV := .tools/venv
 NPM_DIR := .tools/npm
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := $(NPM_DIR)/.installed
+# checkov pins many libraries of its own, so it lives in a venv of its own.
+CHECKOV_VENV := .tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CARGO_DENY := .tools/cargo/bin/cargo-deny
+CARGO_DENY_VERSION := 0.20.2
 CARGO_FLAGS := --workspace --locked
 # The SAM CLI finds cargo-lambda on PATH; it reports nothing home.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build release test check lint sam-build diagram demo local-up local-down fmt clean
+.PHONY: help tools build release test check lint security sam-build diagram demo local-up local-down fmt clean
 
 N ?= 300
 
@@ -26,6 +31,7 @@ help:
 	@echo "make build      debug build of the three functions"
 	@echo "make release    optimized build of the three functions"
 	@echo "make lint       cfn-lint, sam validate --lint and asl-validator on the stack"
+	@echo "make security   cargo deny (licenses, bans, sources) and checkov on the template"
 	@echo "make sam-build  sam build, then check each function's bootstrap"
 	@echo "make diagram    regenerate the state machine diagram in README.md"
 	@echo "make local-up   start the local stack in the background (writes .local/env)"
@@ -43,6 +49,14 @@ $(NPM_STAMP): local/npm/package.json local/npm/package-lock.json
 	npm ci --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(CHECKOV_STAMP): security/requirements.txt security/constraints.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r security/requirements.txt -c security/constraints.txt
+	touch $@
+
+$(CARGO_DENY):
+	cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root .tools/cargo
+
 tools: $(PY_STAMP) $(NPM_STAMP)
 
 build:
@@ -53,7 +67,7 @@ release:
 
 check:
 	cargo fmt --all --check
-	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	cargo clippy $(CARGO_FLAGS) --all-targets --all-features -- -D warnings
 
 # cfn-lint validates a state machine definition only when it is inline in a plain
 # AWS::StepFunctions::StateMachine, so the definition is also rendered into one.
@@ -63,6 +77,13 @@ lint: tools
 	cargo xtask render-definition .tools/lint
 	cfn-lint .tools/lint/statemachine-cfn.yaml
 	$(NPM_DIR)/node_modules/.bin/asl-validator --json-path .tools/lint/statemachine.json
+
+# Advisories are left out: that check downloads the RustSec database from GitHub.
+security: $(CHECKOV_STAMP) $(CARGO_DENY)
+	$(CARGO_DENY) --log-level error check licenses bans sources
+	@CHECKOV=$(CHECKOV_VENV)/bin/checkov security/check-template > .tools/checkov.log 2>&1 \
+		|| { cat .tools/checkov.log; exit 1; }
+	@grep -E "^(Passed checks|the project)" .tools/checkov.log
 
 sam-build: tools
 	sam build
@@ -74,7 +95,7 @@ diagram:
 # Unit tests and integration tests (which start moto on a free loopback port
 # themselves), then one line adding up every suite's result; sam build last, as it is
 # the slowest step.
-test: tools check lint
+test: tools check lint security
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 	$(MAKE) --no-print-directory sam-build
