@@ -515,9 +515,18 @@ mod tests {
     #[test]
     fn only_unencrypted_and_sse_s3_objects_have_md5_etags() {
         assert!(encryption_keeps_md5(None, false));
-        assert!(encryption_keeps_md5(Some(&ServerSideEncryption::Aes256), false));
-        assert!(!encryption_keeps_md5(Some(&ServerSideEncryption::AwsKms), false));
-        assert!(!encryption_keeps_md5(Some(&ServerSideEncryption::AwsKmsDsse), false));
+        assert!(encryption_keeps_md5(
+            Some(&ServerSideEncryption::Aes256),
+            false
+        ));
+        assert!(!encryption_keeps_md5(
+            Some(&ServerSideEncryption::AwsKms),
+            false
+        ));
+        assert!(!encryption_keeps_md5(
+            Some(&ServerSideEncryption::AwsKmsDsse),
+            false
+        ));
         assert!(!encryption_keeps_md5(None, true), "SSE-C");
     }
 
