@@ -173,7 +173,14 @@ impl<'a> Mover<'a> {
             .if_match(&file.etag)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("HeadObject", e))?;
+            .map_err(|e| {
+                // A HEAD answer has no body: a rewritten source shows only as status 412.
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                    source_changed(file)
+                } else {
+                    AwsError::from_sdk("HeadObject", e).into()
+                }
+            })?;
         Ok(encryption_keeps_md5(
             head.server_side_encryption.as_ref(),
             head.sse_customer_algorithm.is_some(),
@@ -477,12 +484,16 @@ fn source_problem(err: AwsError, file: &ListedFile) -> Result<Copied, MoveFailur
         return Ok(Copied::SourceMissing);
     }
     if err.code_is("PreconditionFailed") {
-        return Err(permanent(format!(
-            "the source changed after it was listed (its ETag is no longer {}); it was left in place",
-            file.etag
-        )));
+        return Err(source_changed(file));
     }
     Err(err.into())
+}
+
+fn source_changed(file: &ListedFile) -> MoveFailure {
+    permanent(format!(
+        "the source changed after it was listed (its ETag is no longer {}); it was left in place",
+        file.etag
+    ))
 }
 
 fn urlencode(s: &str) -> String {
