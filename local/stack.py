@@ -4,7 +4,8 @@ Usage: python local/stack.py up DIR     start it in the background; return once 
        python local/stack.py down DIR   stop what `up` started
        python local/stack.py run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
                                      [--stack NAME] [--exit-with-parent]
-                                     [--faults FILE] [--features F] [--function-env K=V]...
+                                     [--faults FILE] [--features F] [--release]
+                                     [--function-env K=V]...
                                         run it in the foreground
 
 Starts, and stops together when this process ends:
@@ -293,6 +294,7 @@ def main():
     parser.add_argument("--exit-with-parent", action="store_true")
     parser.add_argument("--faults", help="JSON fault configuration (see local/faults.py)")
     parser.add_argument("--features", help="cargo features to build the functions with")
+    parser.add_argument("--release", action="store_true", help="optimized builds of the functions")
     parser.add_argument("--function-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra environment variable for the functions")
     args = parser.parse_args()
@@ -372,18 +374,20 @@ def main():
         for setting in args.function_env:
             name, _, value = setting.partition("=")
             functions_env[name] = value
-        features = ["--features", args.features] if args.features else []
+        build_options = ["--features", args.features] if args.features else []
+        if args.release:
+            build_options.append("--release")
         log("building the functions")
         subprocess.run(
             ["cargo", "build", "--locked", "--bin", "master", "--bin", "slave", "--bin", "status",
-             *features],
+             *build_options],
             cwd=ROOT, check=True,
         )
         watch = start(
             "functions",
             ["cargo", "lambda", "watch", "--invoke-address", LAMBDA_HOST,
              "--invoke-port", str(args.lambda_port), "--ignore-changes",
-             "--concurrency", "16", "--timeout", "900", *features],
+             "--concurrency", "16", "--timeout", "900", *build_options],
             functions_env,
         )
         wait_for_port(args.lambda_port, 600, watch, host=LAMBDA_HOST)

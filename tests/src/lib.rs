@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -17,8 +19,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::run::{MasterOutput, SlaveEvent, SlaveOutput};
 use common::{Clients, Config, MasterSettings, SlaveSettings};
 use futures::{StreamExt, TryStreamExt, stream};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use serde_json::json;
 
 pub mod stack;
 
@@ -106,77 +107,28 @@ pub use xtask::local::sdk_config;
 
 /// A Lambda Invoke endpoint that accepts every invocation as AWS accepts an async one
 /// (202, at once) and keeps the payloads for the test to deliver.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LambdaInbox {
-    received: Arc<Mutex<Vec<(String, Value)>>>,
+    // The endpoint queues an invocation before it answers 202, so whatever master has
+    // seen accepted is here.
+    received: Arc<Mutex<UnboundedReceiver<xtask::async_invoke::Invocation>>>,
 }
 
 impl LambdaInbox {
     /// Starts the endpoint; returns it with its URL.
     pub async fn start() -> (Self, String) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let inbox = LambdaInbox::default();
-        let received = inbox.received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let received = received.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut reader = BufReader::new(read);
-                    // One keep-alive connection carries many requests.
-                    loop {
-                        let mut request_line = String::new();
-                        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut length = 0usize;
-                        loop {
-                            let mut line = String::new();
-                            reader.read_line(&mut line).await.unwrap();
-                            let line = line.trim_end();
-                            if line.is_empty() {
-                                break;
-                            }
-                            if let Some((name, value)) = line.split_once(':')
-                                && name.eq_ignore_ascii_case("content-length")
-                            {
-                                length = value.trim().parse().unwrap();
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).await.unwrap();
-                        let function = request_line
-                            .split('/')
-                            .nth(3)
-                            .map(|f| {
-                                percent_encoding::percent_decode_str(f)
-                                    .decode_utf8_lossy()
-                                    .to_string()
-                            })
-                            .unwrap_or_default();
-                        received.lock().unwrap().push((
-                            function,
-                            serde_json::from_slice(&body).unwrap_or(Value::Null),
-                        ));
-                        write
-                            .write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
-                            .await
-                            .unwrap();
-                    }
-                });
-            }
-        });
+        let (sink, received) = tokio::sync::mpsc::unbounded_channel();
+        let url = xtask::async_invoke::start(sink).await.unwrap();
+        let inbox = LambdaInbox {
+            received: Arc::new(Mutex::new(received)),
+        };
         (inbox, url)
     }
 
     /// Takes every invocation received so far, as slave events.
     pub fn take(&self) -> Vec<SlaveEvent> {
-        std::mem::take(&mut *self.received.lock().unwrap())
-            .into_iter()
+        let mut received = self.received.lock().unwrap();
+        std::iter::from_fn(|| received.try_recv().ok())
             .map(|(function, payload)| {
                 assert_eq!(function, "slave-fn", "master invoked {function}");
                 serde_json::from_value(payload).expect("master sends slave events")

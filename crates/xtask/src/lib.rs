@@ -1,6 +1,8 @@
 //! Project commands that read the repository's deployment files: the state machine
 //! diagram in the README, and the definition rendered for validators.
 
+pub mod async_invoke;
+pub mod bench;
 pub mod definition;
 pub mod demo;
 pub mod diagram;

@@ -174,6 +174,23 @@ pub async fn deploy(
     })
 }
 
+/// Creates the status table `name` as the template declares it, unless it exists;
+/// returns its name if it was created.
+pub async fn table_if_missing(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> Result<Option<String>, Problem> {
+    let found = dynamodb.describe_table().table_name(name).send().await;
+    if found.is_ok() {
+        return Ok(None);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("template.yaml"))
+        .map_err(|e| Problem(format!("reading template.yaml: {e}")))?;
+    create_table(dynamodb, &Template::parse(&text)?, name).await?;
+    Ok(Some(name.to_string()))
+}
+
 async fn create_table(
     dynamodb: &aws_sdk_dynamodb::Client,
     template: &Template,

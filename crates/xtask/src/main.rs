@@ -23,6 +23,11 @@ fn usage() -> &'static str {
                           settings to ENV_FILE
   xtask demo [N]          the whole workflow on the local stack with N CSV files (300),
                           checked end to end
+  xtask bench-move RUN_ID [LAMBDAS]
+                          move every selected file with master's and slave's code, as
+                          one run would, LAMBDAS (8) slave invocations at a time; the
+                          settings come from the environment, as for the functions
+  xtask create-table      create the status table TABLE_NAME as template.yaml declares it
   xtask check-build DIR   check that `sam build` left an x86-64 Linux `bootstrap` in
                           DIR/<function> for every function of template.yaml"
 }
@@ -40,6 +45,9 @@ fn main() -> ExitCode {
             Ok(n) => return demo(n),
             Err(_) => Err(Problem(format!("N must be a number of files, not {n:?}"))),
         },
+        ["bench-move", run] => bench_move(run, "8"),
+        ["bench-move", run, lambdas] => bench_move(run, lambdas),
+        ["create-table"] => create_table(),
         ["local-deploy", endpoint, stack, bucket, env_file] => {
             local_deploy(endpoint, stack, bucket, Path::new(env_file))
         }
@@ -162,6 +170,39 @@ fn local_deploy(endpoint: &str, stack: &str, bucket: &str, env_file: &Path) -> R
     write(env_file, &deployed.env_file())?;
     println!("state machine {}", deployed.state_machine_arn);
     Ok(())
+}
+
+fn bench_move(run: &str, lambdas: &str) -> Result<(), Problem> {
+    let lambdas = lambdas
+        .parse()
+        .map_err(|_| Problem(format!("LAMBDAS must be a number, not {lambdas:?}")))?;
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let moved = runtime.block_on(xtask::bench::bench_move(run, lambdas))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "files": moved.files, "seconds": moved.seconds, "invocations": moved.invocations,
+            "completed": moved.completed, "failed": moved.failed,
+        })
+    );
+    if moved.completed != moved.files {
+        return Err(Problem(format!(
+            "{} of {} files moved",
+            moved.completed, moved.files
+        )));
+    }
+    Ok(())
+}
+
+fn create_table() -> Result<(), Problem> {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    runtime.block_on(async {
+        let config = common::Config::from_env().map_err(|e| Problem(e.to_string()))?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        xtask::local::table_if_missing(&dynamodb, &config.table_name).await?;
+        Ok(())
+    })
 }
 
 fn demo(n: usize) -> ExitCode {
