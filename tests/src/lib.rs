@@ -17,6 +17,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_s3::primitives::ByteStream;
 use common::run::{MasterOutput, SlaveEvent, SlaveOutput};
+use common::store::FileStatus;
 use common::{Clients, Config, MasterSettings, SlaveSettings};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::json;
@@ -371,20 +372,50 @@ impl Fixture {
         }
     }
 
-    /// The run's progress as status reads it.
-    pub async fn progress(&self, run: &str) -> common::progress::RunProgress {
-        let store = common::Store::new(
+    /// The status table, as the functions see it.
+    pub fn store(&self) -> common::Store {
+        common::Store::new(
             self.clients.dynamodb.clone(),
             &self.table,
             Duration::from_secs(3600),
-        );
+        )
+    }
+
+    /// The run's progress as status reads it.
+    pub async fn progress(&self, run: &str) -> common::progress::RunProgress {
         let run = common::RunId::parse(run).unwrap();
-        store
+        self.store()
             .run_view(&run)
             .await
             .unwrap()
             .expect("run exists")
             .progress
+    }
+
+    /// Every file recorded for the run, by key, with its state and reason.
+    pub async fn files(&self, run: &str) -> BTreeMap<String, FileStatus> {
+        let run = common::RunId::parse(run).unwrap();
+        self.store()
+            .files(&run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.file.key.clone(), f))
+            .collect()
+    }
+
+    /// One recorded file of the run.
+    pub async fn file(&self, run: &str, key: &str) -> FileStatus {
+        self.files(run)
+            .await
+            .remove(key)
+            .unwrap_or_else(|| panic!("{key} is not recorded for run {run}"))
+    }
+
+    /// The run's failed files with their reasons, as status lists them.
+    pub async fn failed_files(&self, run: &str) -> Vec<(String, String)> {
+        let run = common::RunId::parse(run).unwrap();
+        self.store().failed_files(&run, 1000).await.unwrap()
     }
 }
 

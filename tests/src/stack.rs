@@ -47,6 +47,12 @@ pub fn local_stack() -> &'static LocalStack {
             "MULTIPART_THRESHOLD_BYTES=6291456".to_string(),
             "--function-env".to_string(),
             "MULTIPART_PART_SIZE_BYTES=5242880".to_string(),
+            // A status call waits for the run at most 5 s, so slow runs go through the
+            // state machine's retry.
+            "--function-env".to_string(),
+            "STATUS_WAIT_SECONDS=5".to_string(),
+            "--function-env".to_string(),
+            "STATUS_CHECK_INTERVAL_MS=250".to_string(),
         ];
         let running = RunningStack::start(
             &workspace_root(),

@@ -78,29 +78,24 @@ fn malformed_master_event() -> impl Strategy<Value = Value> {
 }
 
 fn malformed_slave_event() -> impl Strategy<Value = Value> {
-    let listed = prop::sample::select(vec!["raw/a.csv", "raw/b.csv"]);
+    // The run "recorded" has one batch, named by its first key, raw/a.csv.
     prop_oneof![
         not_an_object(),
-        Just(json!({"keys": ["raw/a.csv"]})),
-        bad_run_id().prop_map(|id| json!({"run_id": id, "keys": ["raw/a.csv"]})),
+        Just(json!({"batch": "raw/a.csv"})),
+        bad_run_id().prop_map(|id| json!({"run_id": id, "batch": "raw/a.csv"})),
         Just(json!({"run_id": "recorded"})),
-        Just(json!({"run_id": "recorded", "keys": []})),
-        wrong_type().prop_map(|keys| json!({"run_id": "recorded", "keys": keys})),
-        Just(json!({"run_id": "recorded", "keys": "raw/a.csv"})),
-        Just(json!({"run_id": "recorded", "keys": [1, 2]})),
-        listed
-            .clone()
-            .prop_map(|k| json!({"run_id": "recorded", "keys": [k, k]})),
-        // keys master never recorded for the run, inside the prefix or not
+        wrong_type().prop_map(|batch| json!({"run_id": "recorded", "batch": batch})),
+        Just(json!({"run_id": "recorded", "batch": ["raw/a.csv"]})),
+        Just(json!({"run_id": "recorded", "keys": ["raw/a.csv"]})),
+        // batches master never recorded for the run: a later key of the batch, or any other
         ".{0,30}"
-            .prop_filter("not a recorded key", |k| k != "raw/a.csv"
-                && k != "raw/b.csv")
-            .prop_map(|k| json!({"run_id": "recorded", "keys": ["raw/a.csv", k]})),
+            .prop_filter("not a recorded batch", |b| b != "raw/a.csv")
+            .prop_map(|b| json!({"run_id": "recorded", "batch": b})),
         // a run nobody started
-        listed.prop_map(|k| json!({"run_id": "never-started", "keys": [k]})),
+        Just(json!({"run_id": "never-started", "batch": "raw/a.csv"})),
         "[a-z_]{1,10}"
-            .prop_filter("an unknown field", |f| f != "run_id" && f != "keys")
-            .prop_map(|f| json!({"run_id": "recorded", "keys": ["raw/a.csv"], f: 1})),
+            .prop_filter("an unknown field", |f| f != "run_id" && f != "batch")
+            .prop_map(|f| json!({"run_id": "recorded", "batch": "raw/a.csv", f: 1})),
     ]
 }
 

@@ -1,8 +1,8 @@
 //! Duplicate deliveries, crashes between steps, failures and bad input: no file lost,
 //! none counted twice, every fate recorded.
 
+use common::batch::{FileState, ListedFile};
 use common::run::SlaveEvent;
-use common::store::ListedFile;
 use common::transfer::Mover;
 use integration_tests::{Fixture, body_of, deliver};
 use serde_json::json;
@@ -82,25 +82,18 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
     .unwrap();
     let mover = Mover::new(&f.clients.s3, &f.slave_settings);
     let f = &f;
-    let listed = |key: &'static str| async move {
-        let row = f.row("crash", key).await.unwrap();
-        ListedFile {
-            key: key.into(),
-            size: row["size"].parse().unwrap(),
-            etag: row["etag"].clone(),
-        }
-    };
-    let (copied, deleted) = (
+    let listed = |key: &'static str| async move { f.file("crash", key).await.file };
+    let (copied, deleted): (ListedFile, ListedFile) = (
         listed("raw/copied.csv").await,
         listed("raw/deleted.csv").await,
     );
     mover.copy_verified(&spec, &copied).await.unwrap();
     mover.copy_verified(&spec, &deleted).await.unwrap();
     let results = mover.delete_sources(&f.bucket, &[&deleted]).await;
-    assert!(results[0].1.is_ok());
+    assert!(results[0].is_ok());
     assert_eq!(
-        f.row("crash", "raw/copied.csv").await.unwrap()["status"],
-        "started"
+        f.file("crash", "raw/copied.csv").await.state,
+        FileState::Started
     );
 
     // WHEN Lambda delivers the batch again
@@ -116,7 +109,7 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
             "{key}"
         );
         assert_eq!(f.get(key).await, None, "{key}");
-        assert_eq!(f.row("crash", key).await.unwrap()["status"], "completed");
+        assert_eq!(f.file("crash", key).await.state, FileState::Completed);
     }
     let progress = f.progress("crash").await;
     assert_eq!((progress.completed, progress.failed), (3, 0));
@@ -162,25 +155,27 @@ async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
         f.get("raw/rewritten.csv").await.unwrap(),
         b"a different, longer body than before"
     );
-    let rewritten = f.row("fail", "raw/rewritten.csv").await.unwrap();
-    assert_eq!(rewritten["status"], "failed");
+    let files = f.files("fail").await;
+    let rewritten = &files["raw/rewritten.csv"];
+    assert_eq!(rewritten.state, FileState::Failed);
+    let reason = rewritten.reason.as_deref().unwrap();
     assert!(
-        rewritten["reason"].contains("changed after it was listed")
-            || rewritten["reason"].contains("not the"),
-        "{}",
-        rewritten["reason"]
+        reason.contains("changed after it was listed") || reason.contains("not the"),
+        "{reason}"
     );
-    let vanished = f.row("fail", "raw/vanished.csv").await.unwrap();
-    assert_eq!(vanished["status"], "failed");
+    let vanished = &files["raw/vanished.csv"];
+    assert_eq!(vanished.state, FileState::Failed);
     assert_eq!(
-        vanished["reason"],
-        "the source is gone and the destination \"refined/vanished.csv\" does not exist"
+        vanished.reason.as_deref(),
+        Some("the source is gone and the destination \"refined/vanished.csv\" does not exist")
     );
-    let failures = f.partition("fail#failed").await;
-    assert_eq!(
-        failures.keys().collect::<Vec<_>>(),
-        ["raw/rewritten.csv", "raw/vanished.csv"]
-    );
+    let failed: Vec<String> = f
+        .failed_files("fail")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(failed, ["raw/rewritten.csv", "raw/vanished.csv"]);
     let progress = f.progress("fail").await;
     assert_eq!((progress.completed, progress.failed), (2, 2));
     assert_eq!(progress.verdict(), common::progress::Verdict::Failed);
@@ -328,9 +323,9 @@ async fn master_resumes_where_it_stopped_without_recording_anything_twice() {
         (progress.selected, progress.completed, progress.failed),
         (2500, 2500, 0)
     );
-    let rows = f.partition("cont").await;
-    assert_eq!(rows.len(), 2500);
-    assert!(rows.values().all(|r| r["status"] == "completed"));
+    let files = f.files("cont").await;
+    assert_eq!(files.len(), 2500);
+    assert!(files.values().all(|f| f.state == FileState::Completed));
     assert!(f.keys("raw/").await.is_empty());
     // AND a master call after the end changes nothing
     let after = f.run_master("cont").await;
@@ -382,12 +377,9 @@ async fn a_retried_master_call_does_not_reset_completed_files() {
     assert_eq!(out.selected, 31);
     let progress = f.progress("retry").await;
     assert_eq!((progress.selected, progress.completed), (31, 31));
-    assert!(
-        f.partition("retry")
-            .await
-            .values()
-            .all(|r| r["status"] == "completed")
-    );
+    let files = f.files("retry").await;
+    assert_eq!(files.len(), 31, "no file recorded twice");
+    assert!(files.values().all(|f| f.state == FileState::Completed));
 }
 
 #[tokio::test]
@@ -419,17 +411,21 @@ async fn two_runs_at_once_keep_to_their_own_files_and_counters() {
     let (pa, pb) = (f.progress("run-a").await, f.progress("run-b").await);
     assert_eq!((pa.selected, pa.completed), (120, 120));
     assert_eq!((pb.selected, pb.completed), (80, 80));
-    assert!(
-        f.partition("run-a")
-            .await
-            .keys()
-            .all(|k| k.starts_with("in-a/"))
+    assert_eq!(
+        f.files("run-a").await.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut a = a.clone();
+            a.sort();
+            a
+        }
     );
-    assert!(
-        f.partition("run-b")
-            .await
-            .keys()
-            .all(|k| k.starts_with("in-b/"))
+    assert_eq!(
+        f.files("run-b").await.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut b = b.clone();
+            b.sort();
+            b
+        }
     );
 }
 
@@ -481,33 +477,45 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
     assert!(err.to_string().contains("different spec"), "{err}");
     let handed = f.inbox.take();
 
-    // slave: keys outside the prefix, keys master never recorded, unknown runs, empty
-    // or repeated keys are refused before anything moves
+    // slave: batches master never recorded, unknown runs, malformed events, and a
+    // recorded batch whose files lie outside the run's prefix (the table tampered with)
+    // are refused before anything moves
+    let run = common::RunId::parse("once").unwrap();
+    let outside = [ListedFile {
+        key: "elsewhere/c.csv".into(),
+        ..f.file("once", "raw/a.csv").await.file
+    }];
+    f.store()
+        .put_batches(&run, &[&outside[..]], 1)
+        .await
+        .unwrap();
     let slave = f.slave();
-    let event = |run: &str, keys: &[&str]| {
+    let event = |run: &str, batch: &str| {
         serde_json::to_value(SlaveEvent {
             run_id: common::RunId::parse(run).unwrap(),
-            keys: keys.iter().map(|k| k.to_string()).collect(),
+            batch: batch.into(),
         })
         .unwrap()
     };
     for (payload, expected) in [
         (
-            event("once", &["raw/a.csv", "elsewhere/c.csv"]),
+            event("once", "elsewhere/c.csv"),
             "not under the run's source prefix",
         ),
         (
-            event("once", &["raw/a.csv", "raw/never-listed.csv"]),
-            "was not recorded for run once",
+            event("once", "raw/b.csv"),
+            "no batch \"raw/b.csv\" was recorded for run once",
         ),
-        (event("nobody", &["raw/a.csv"]), "run nobody is unknown"),
-        (event("once", &[]), "keys is empty"),
-        (event("once", &["raw/a.csv", "raw/a.csv"]), "appears twice"),
+        (event("nobody", "raw/a.csv"), "run nobody is unknown"),
         (
-            json!({"run_id": "once", "keys": ["raw/a.csv"], "extra": 1}),
+            json!({"run_id": "once", "batch": "raw/a.csv", "extra": 1}),
             "unknown field `extra`",
         ),
-        (json!({"keys": ["raw/a.csv"]}), "missing field `run_id`"),
+        (json!({"batch": "raw/a.csv"}), "missing field `run_id`"),
+        (
+            json!({"run_id": "once", "batch": ["raw/a.csv"]}),
+            "batch: invalid type",
+        ),
     ] {
         let err = slave.handle(payload.clone()).await.unwrap_err();
         assert_eq!(err.error_type(), "InvalidEvent", "{payload}");
@@ -515,10 +523,10 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
     }
     assert_eq!(f.objects().await, before, "a refused event moved something");
     assert!(
-        f.partition("once")
+        f.files("once")
             .await
             .values()
-            .all(|r| r["status"] == "started")
+            .all(|f| f.state == FileState::Started)
     );
     assert_eq!(handed.len(), 1);
 }

@@ -1,6 +1,7 @@
 //! Master and slave against the local S3 and DynamoDB APIs: what moves, what stays,
 //! and what the status table says afterwards.
 
+use common::batch::FileState;
 use integration_tests::{Fixture, body_of, md5_hex};
 use serde_json::json;
 
@@ -53,13 +54,13 @@ async fn a_run_moves_every_selected_file_and_leaves_the_rest() {
     assert_eq!(objects.len(), moved.len() + untouched.len());
 
     // AND the table records each file completed, and the counters agree
-    let files = f.partition("run-1").await;
+    let files = f.files("run-1").await;
     assert_eq!(files.len(), moved.len());
     for key in moved {
-        let row = &files[key];
-        assert_eq!(row["status"], "completed", "{key}");
-        assert_eq!(row["destination_key"], format!("refined/{}", &key[4..]));
-        assert_eq!(row["size"], body_of(key).len().to_string());
+        let file = &files[key];
+        assert_eq!(file.state, FileState::Completed, "{key}");
+        assert_eq!(file.file.size, body_of(key).len() as u64);
+        assert_eq!(file.reason, None);
     }
     let progress = f.progress("run-1").await;
     assert!(progress.listing_complete);
@@ -87,13 +88,16 @@ async fn thousands_of_files_across_listing_pages_are_each_moved_once() {
     assert_eq!((out.listing_complete, out.selected), (true, 3100));
     let events = f.deliver_all(8).await;
 
-    // THEN the batches cover every selected key exactly once
+    // THEN 31 batches were handed out, each once, and together they record every
+    // selected key exactly once
     assert_eq!(events.len(), 31);
-    let mut handed: Vec<String> = events.iter().flat_map(|e| e.keys.clone()).collect();
-    handed.sort();
+    let batches: std::collections::BTreeSet<&String> = events.iter().map(|e| &e.batch).collect();
+    assert_eq!(batches.len(), 31);
+    let files = f.files("big-run").await;
     let mut expected = selected.clone();
     expected.sort();
-    assert_eq!(handed, expected);
+    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), expected);
+    assert!(files.values().all(|f| f.state == FileState::Completed));
 
     // AND every file is at its destination with its bytes (by MD5), none left at the source
     let checksums = f.checksums("refined/").await;
@@ -115,9 +119,6 @@ async fn thousands_of_files_across_listing_pages_are_each_moved_once() {
         (progress.selected, progress.completed, progress.failed),
         (3100, 3100, 0)
     );
-    let rows = f.partition("big-run").await;
-    assert_eq!(rows.len(), 3100);
-    assert!(rows.values().all(|r| r["status"] == "completed"));
 }
 
 #[tokio::test]

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
+use common::batch::FileState;
 use common::run::RunId;
-use common::store::FileState;
 use integration_tests::stack::{
-    LocalStack, bucket_with, contents, input, keys, local_stack, output, put, store,
+    LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, output, put,
+    store,
 };
 use integration_tests::{body_of, md5_hex, workspace_root};
 use serde_json::{Value, json};
@@ -125,11 +126,13 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
         ),
         (5000, 5000, 0, bytes as u64)
     );
-    for chunk in files.chunks(500) {
-        let (_, rows) = store.load_batch(&run, chunk).await.unwrap();
-        assert_eq!(rows.len(), chunk.len());
-        assert!(rows.values().all(|r| r.state == FileState::Completed));
-    }
+    let recorded = store.files(&run).await.unwrap();
+    assert_eq!(
+        recorded.iter().map(|f| &f.file.key).collect::<Vec<_>>(),
+        files.iter().collect::<Vec<_>>(),
+        "each file recorded once"
+    );
+    assert!(recorded.iter().all(|f| f.state == FileState::Completed));
     assert!(store.failed_files(&run, 10).await.unwrap().is_empty());
     let succeeded = stack
         .history(&execution)
@@ -138,6 +141,65 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
         .filter(|e| e.r#type == HistoryEventType::ActivitySucceeded)
         .count();
     assert_eq!(succeeded, 1);
+}
+
+#[tokio::test]
+async fn status_waits_for_slow_files_is_retried_and_ends_the_run_soon_after_the_last() {
+    // GIVEN 64 files in one batch whose copies each take 2 s (the front delays the
+    // slave's CopyObject), so the batch takes about 8 s: longer than one status call
+    // waits on the test stack (STATUS_WAIT_SECONDS=5)
+    let stack = local_stack();
+    let files = keys("raw/slow-", 64);
+    let bucket = bucket_with(stack, &files).await;
+    let _turn = turn_with(
+        stack,
+        json!({"rules": [{"service": "s3", "operations": ["CopyObject"], "callers": ["slave"],
+                          "latency_ms": 2000}]}),
+    )
+    .await;
+
+    // WHEN an execution moves them, status starting at once
+    let execution = stack
+        .start(
+            "slow-files",
+            &input(&bucket, json!({"wait_before_status_seconds": 0})),
+        )
+        .await;
+    let store = store(stack).await;
+    let run = RunId::parse("slow-files").unwrap();
+    let last_file_done = loop {
+        let view = store.run_view(&run).await.unwrap();
+        if view.is_some_and(|v| v.progress.completed == 64) {
+            break std::time::SystemTime::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the first status call waited, answered TransferIncomplete and was retried,
+    // and the run succeeded with every file moved
+    let history = stack.history(&execution).await;
+    let failures = lambda_failures(&history);
+    assert!(
+        failures.iter().any(|e| e == "TransferIncomplete"),
+        "{failures:?}"
+    );
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert_eq!(output(&described)["completed"], 64);
+    assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
+    // AND the waiting call saw the last file and ended the run within seconds of it,
+    // not at a later retry
+    let stopped = std::time::SystemTime::try_from(described.stop_date.unwrap()).unwrap();
+    let lag = stopped.duration_since(last_file_done).unwrap_or_default();
+    assert!(
+        lag < std::time::Duration::from_secs(3),
+        "ended {lag:?} after the last file"
+    );
 }
 
 #[tokio::test]
@@ -403,9 +465,19 @@ const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
         "HeadObject of a missing key answers 404, not 403, only to a caller that may list",
     ),
     (
+        "master",
+        "dynamodb:Query",
+        "a call that stopped between recording batches and handing them out reads them back",
+    ),
+    (
         "slave",
         "dynamodb:DeleteItem",
-        "a file that failed and completes on a later delivery loses its failure marker",
+        "a batch whose failed files complete on a later delivery loses its failure marker",
+    ),
+    (
+        "slave",
+        "dynamodb:GetItem",
+        "a delivery that loses the race to record a batch reads what the other recorded",
     ),
     (
         "status",

@@ -138,13 +138,17 @@ fn status_polls_until_the_run_timeout_rather_than_a_fixed_count() {
         .find(|r| error_names(r) == ["TransferIncomplete"])
         .expect("status retries TransferIncomplete on its own");
     let number = |field: &str| retry[field].as_f64().unwrap();
-    // With the delay capped, attempts × the cap is how long a run can be polled.
-    let polled_seconds = number("MaxAttempts") * number("MaxDelaySeconds");
-    let defaults = &definition.root()["States"]["Defaults"]["Parameters"]["defaults"];
-    let timeout = defaults["run_timeout_seconds"].as_f64().unwrap();
+    // Even if a call waited for nothing, the attempts outlast the longest execution
+    // Step Functions allows (a year), so only the run timeout ends the polling.
+    let polled_seconds = number("MaxAttempts") * number("IntervalSeconds");
     assert!(
-        polled_seconds >= 100.0 * timeout,
-        "polled {polled_seconds} s against a {timeout} s timeout"
+        polled_seconds >= 365.0 * 24.0 * 3600.0,
+        "retries cover only {polled_seconds} s"
+    );
+    assert_eq!(
+        number("BackoffRate"),
+        1.0,
+        "each call already waits for the run"
     );
 }
 
@@ -206,7 +210,7 @@ fn the_template_gives_each_function_valid_settings() {
 }
 
 #[test]
-fn the_status_function_outlives_one_activity_poll() {
+fn the_status_function_outlives_its_wait_and_one_activity_poll() {
     let template = template();
     let status = template
         .functions()
@@ -217,13 +221,14 @@ fn the_status_function_outlives_one_activity_poll() {
         .function_setting(&status.resource, "Timeout")
         .and_then(Yaml::as_u64)
         .expect("status has a timeout");
-    let poll = StatusSettings::from_lookup(&environment(&status.resource))
-        .unwrap()
-        .activity_poll
-        .as_secs();
+    let settings = StatusSettings::from_lookup(&environment(&status.resource)).unwrap();
+    let (wait, poll) = (
+        settings.run_wait.as_secs(),
+        settings.activity_poll.as_secs(),
+    );
     assert!(
-        timeout >= poll + 30,
-        "status times out after {timeout} s, a poll lasts {poll} s"
+        timeout >= wait + poll + 10,
+        "status times out after {timeout} s; it waits up to {wait} s for a run, and a poll lasts {poll} s"
     );
 }
 

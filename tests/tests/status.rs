@@ -2,6 +2,7 @@
 //! so each call and its arguments can be checked.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_sfn::operation::get_activity_task::GetActivityTaskOutput;
 use aws_sdk_sfn::operation::send_task_failure::SendTaskFailureOutput;
@@ -28,6 +29,16 @@ impl Calls {
 
 /// A status function whose `GetActivityTask` hands out `tasks` in order (then nothing).
 fn status_with(f: &Fixture, tasks: Vec<(&str, Value)>, calls: &Calls) -> status::Status {
+    let settings = StatusSettings::from_lookup(&[("ACTIVITY_ARN", ACTIVITY)]).unwrap();
+    status_with_settings(f, tasks, calls, settings)
+}
+
+fn status_with_settings(
+    f: &Fixture,
+    tasks: Vec<(&str, Value)>,
+    calls: &Calls,
+    settings: StatusSettings,
+) -> status::Status {
     let tasks = Arc::new(Mutex::new(
         tasks
             .into_iter()
@@ -68,7 +79,6 @@ fn status_with(f: &Fixture, tasks: Vec<(&str, Value)>, calls: &Calls) -> status:
     });
     let mut clients = f.clients.clone();
     clients.sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&get, &success, &failure]);
-    let settings = StatusSettings::from_lookup(&[("ACTIVITY_ARN", ACTIVITY)]).unwrap();
     status::Status::new(&clients, &f.config, settings)
 }
 
@@ -119,6 +129,76 @@ async fn an_unfinished_run_is_transfer_incomplete_and_touches_no_activity() {
     // bad event
     let err = status.handle(json!({"run": "x"}), None).await.unwrap_err();
     assert_eq!(err.error_type(), "InvalidEvent");
+}
+
+#[tokio::test]
+async fn a_call_waits_for_files_still_moving_and_answers_as_soon_as_they_are_done() {
+    // GIVEN a run whose files are listed but not yet moved, and status calls that may
+    // wait up to 30 s (or 1 s), reading the counters every 100 ms
+    let f = Fixture::new().await;
+    for key in ["raw/a.csv", "raw/b.csv"] {
+        f.put(key, body_of(key)).await;
+    }
+    f.run_master("slow").await;
+    let calls = Calls::default();
+    let settings = |wait| {
+        StatusSettings::from_lookup(&[
+            ("ACTIVITY_ARN", ACTIVITY),
+            ("ACTIVITY_POLL_SECONDS", "1"),
+            ("STATUS_WAIT_SECONDS", wait),
+            ("STATUS_CHECK_INTERVAL_MS", "100"),
+        ])
+        .unwrap()
+    };
+    let deadline = Some(SystemTime::now() + Duration::from_secs(120));
+
+    // WHEN a call that may wait 1 s finds the files still moving
+    let short = status_with_settings(&f, vec![], &calls, settings("1"));
+    let started = Instant::now();
+    let err = short
+        .handle(json!({"run_id": "slow"}), deadline)
+        .await
+        .unwrap_err();
+    // THEN it waited its second, then answered TransferIncomplete
+    assert_eq!(err.error_type(), "TransferIncomplete");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // WHEN a call that may wait 30 s starts, and the slaves finish two seconds later
+    let status = status_with_settings(
+        &f,
+        vec![("token-slow", json!({"run_id": "slow"}))],
+        &calls,
+        settings("30"),
+    );
+    let (answer, done) = tokio::join!(status.handle(json!({"run_id": "slow"}), deadline), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        f.deliver_all(1).await;
+        Instant::now()
+    });
+
+    // THEN it answers with the summary within a few intervals of the last file, having
+    // completed the activity task once
+    let summary = answer.unwrap();
+    assert!(
+        done.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        done.elapsed()
+    );
+    assert_eq!(
+        (summary.files, summary.completed, summary.failed),
+        (2, 2, 0)
+    );
+    let calls = calls.list();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], "GetActivityTask");
+    assert!(
+        calls[1].starts_with("SendTaskSuccess token-slow "),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test]

@@ -42,7 +42,8 @@ pub struct Config {
 pub struct MasterSettings {
     /// `SLAVE_FUNCTION`: name or ARN of the slave function. Required.
     pub slave_function: String,
-    /// `BATCH_SIZE`, default 100: keys per slave invocation (also capped by payload size).
+    /// `BATCH_SIZE`, default 100: files per batch, that is per slave invocation (a batch
+    /// is also capped in bytes, so that it fits in one DynamoDB item).
     pub batch_size: usize,
     /// `MAX_INVOCATIONS_IN_FLIGHT`, default 8: concurrent `Invoke` calls.
     pub max_invocations_in_flight: usize,
@@ -63,8 +64,6 @@ pub struct SlaveSettings {
     pub part_size: u64,
     /// `PART_CONCURRENCY`, default 8: parts of one object copied at once.
     pub part_concurrency: usize,
-    /// `MAX_BATCH_KEYS`, default 1000: larger slave events are rejected.
-    pub max_batch_keys: usize,
 }
 
 /// Settings of the `status` function.
@@ -77,6 +76,13 @@ pub struct StatusSettings {
     pub activity_poll: Duration,
     /// `WORKER_NAME`, default `status`: the worker name given to `GetActivityTask`.
     pub worker_name: String,
+    /// `STATUS_WAIT_SECONDS`, default 45: how long one call waits for an unfinished run
+    /// to finish before it answers `TransferIncomplete`; the function's timeout must
+    /// cover this wait and one activity poll.
+    pub run_wait: Duration,
+    /// `STATUS_CHECK_INTERVAL_MS`, default 1000: how often a waiting call reads the
+    /// run's counters again.
+    pub check_interval: Duration,
 }
 
 /// S3's smallest part size for all parts but the last.
@@ -261,7 +267,6 @@ impl SlaveSettings {
                 MAX_PART_SIZE,
             )?,
             part_concurrency: env.number("PART_CONCURRENCY", 8usize, 1, 64)?,
-            max_batch_keys: env.number("MAX_BATCH_KEYS", 1000usize, 1, 10_000)?,
         })
     }
 }
@@ -291,6 +296,13 @@ impl StatusSettings {
             worker_name: env
                 .optional("WORKER_NAME")
                 .unwrap_or_else(|| "status".into()),
+            run_wait: Duration::from_secs(env.number("STATUS_WAIT_SECONDS", 45u64, 0, 840)?),
+            check_interval: Duration::from_millis(env.number(
+                "STATUS_CHECK_INTERVAL_MS",
+                1000u64,
+                50,
+                60_000,
+            )?),
         })
     }
 }
@@ -365,5 +377,9 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(ok.activity_poll, Duration::from_secs(60));
+        assert_eq!(
+            (ok.run_wait, ok.check_interval),
+            (Duration::from_secs(45), Duration::from_secs(1))
+        );
     }
 }

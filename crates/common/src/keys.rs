@@ -1,4 +1,4 @@
-//! Key rules: which keys a run takes, where each one goes, and how keys travel in requests.
+//! Key rules: which keys a run takes, where each one goes, and how a key is named in a copy.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -57,40 +57,6 @@ fn map_key(source: &Location, destination: &Location, key: &str) -> Result<Strin
             prefix: source.prefix.clone(),
         })?;
     Ok(format!("{}{}", destination.prefix, rest))
-}
-
-/// Splits keys into slave batches of at most `max_keys` keys and at most
-/// `max_payload_bytes` of JSON-encoded keys, so every async invocation stays under
-/// Lambda's payload limit whatever the keys look like.
-pub fn batches(keys: &[String], max_keys: usize, max_payload_bytes: usize) -> Vec<&[String]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (i, key) in keys.iter().enumerate() {
-        // A JSON string costs its escaped length, two quotes and a comma.
-        let cost = json_string_len(key) + 3;
-        let count = i - start;
-        if count > 0 && (count == max_keys || bytes + cost > max_payload_bytes) {
-            out.push(&keys[start..i]);
-            start = i;
-            bytes = 0;
-        }
-        bytes += cost;
-    }
-    if start < keys.len() {
-        out.push(&keys[start..]);
-    }
-    out
-}
-
-fn json_string_len(s: &str) -> usize {
-    s.chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
-        })
-        .sum()
 }
 
 #[cfg(test)]
@@ -167,23 +133,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn batches_respect_count_and_payload_size() {
-        let keys: Vec<String> = (0..10).map(|i| format!("raw/{i}.csv")).collect();
-        let sizes: Vec<usize> = batches(&keys, 4, 1 << 20).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [4, 4, 2]);
-        // Each key costs 12 bytes: "raw/0.csv" is 9 characters plus quotes and comma.
-        let sizes: Vec<usize> = batches(&keys, 100, 30).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [2, 2, 2, 2, 2]);
-        assert!(batches(&[], 4, 100).is_empty());
-        let huge = vec!["x".repeat(500)];
-        assert_eq!(
-            batches(&huge, 4, 100).len(),
-            1,
-            "a key larger than the budget still travels alone"
-        );
-    }
-
     proptest! {
         #[test]
         fn mapped_keys_stay_under_the_destination_and_are_distinct(
@@ -232,19 +181,6 @@ mod tests {
             prop_assert!(encoded.bytes().all(|c| c.is_ascii_graphic()));
             let decoded = percent_encoding::percent_decode_str(&encoded).decode_utf8().unwrap();
             prop_assert_eq!(decoded, format!("bucket/{key}"));
-        }
-
-        #[test]
-        fn batches_keep_every_key_in_order(n in 0usize..300, max_keys in 1usize..50, budget in 1usize..400) {
-            let keys: Vec<String> = (0..n).map(|i| format!("raw/{}\"{}.csv", "k".repeat(i % 7), i)).collect();
-            let out = batches(&keys, max_keys, budget);
-            let flat: Vec<String> = out.iter().flat_map(|b| b.iter().cloned()).collect();
-            prop_assert_eq!(&flat, &keys);
-            for b in out {
-                prop_assert!(!b.is_empty() && b.len() <= max_keys);
-                let bytes: usize = b.iter().map(|k| json_string_len(k) + 3).sum();
-                prop_assert!(b.len() == 1 || bytes <= budget);
-            }
         }
     }
 }

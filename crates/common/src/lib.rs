@@ -2,6 +2,7 @@
 //! move, the status table and error types.
 
 pub mod aws;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod keys;

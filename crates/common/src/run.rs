@@ -262,12 +262,14 @@ pub struct MasterOutput {
     pub invocations: u64,
 }
 
-/// What `slave` receives: keys that master recorded for the run.
+/// What `slave` receives: a batch that master recorded for the run, named by its first
+/// key. The files themselves are read from the status table, so an event can only ever
+/// move what master recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlaveEvent {
     pub run_id: RunId,
-    pub keys: Vec<String>,
+    pub batch: String,
 }
 
 /// What `slave` answers.
@@ -275,7 +277,7 @@ pub struct SlaveEvent {
 pub struct SlaveOutput {
     pub completed: u64,
     pub failed: u64,
-    /// Keys that an earlier delivery of the same batch had already completed.
+    /// Files that an earlier delivery of the same batch had already completed.
     pub already_done: u64,
     pub bytes: u64,
 }
@@ -346,8 +348,8 @@ mod tests {
             parse_event::<MasterEvent>(json!({"run_id": "r", "source_prefx": "x/"})).unwrap_err();
         assert!(err.0.contains("unknown field `source_prefx`"), "{err}");
         let err =
-            parse_event::<SlaveEvent>(json!({"run_id": "r", "keys": "raw/a.csv"})).unwrap_err();
-        assert!(err.0.starts_with("keys: invalid type"), "{err}");
+            parse_event::<SlaveEvent>(json!({"run_id": "r", "batch": ["raw/a.csv"]})).unwrap_err();
+        assert!(err.0.starts_with("batch: invalid type"), "{err}");
         let err =
             parse_event::<MasterEvent>(json!({"run_id": "r", "wait_before_status_seconds": -5}))
                 .unwrap_err();
@@ -471,7 +473,7 @@ mod tests {
                         Just("run_id".to_string()),
                         Just("source_prefix".to_string()),
                         Just("suffixes".to_string()),
-                        Just("keys".to_string()),
+                        Just("batch".to_string()),
                         "[a-z_]{1,10}",
                     ],
                     inner,

@@ -1,20 +1,23 @@
 //! The DynamoDB status table.
 //!
-//! One table, key `pk` (string) + `sk` (string), TTL on `expires_at`. A run owns three
+//! One table, key `pk` (string) + `sk` (string), TTL on `expires_at`. A run owns these
 //! partitions; `#` cannot occur in a run id, so they never collide with another run's:
 //!
-//! | `pk`            | `sk`             | what                                                    |
-//! |-----------------|------------------|---------------------------------------------------------|
-//! | `{run}#run`     | `run`            | the run: spec, listing progress, `selected`, task token |
-//! | `{run}#run`     | `counter#00`–`15`| outcome counters: `completed`, `failed`, `bytes`        |
-//! | `{run}`         | the source key   | one file: `status`, `size`, `etag`, `destination_key`, `reason` |
-//! | `{run}#failed`  | the source key   | a failed file and its `reason`, so failures are listed without a scan |
+//! | `pk`            | `sk`              | what                                                     |
+//! |-----------------|-------------------|----------------------------------------------------------|
+//! | `{run}#run`     | `run`             | the run: spec, listing progress, `selected`, task token  |
+//! | `{run}#run`     | `counter#00`–`15` | outcome counters: `completed`, `failed`, `bytes`         |
+//! | `{run}#batch`   | the batch's first key | `files`: the batch's files as master listed them, all `started` |
+//! | `{run}#outcome` | the batch's first key | `states`, `reasons`, `version`: what slaves recorded |
+//! | `{run}#failed`  | the batch's first key | present while the batch has failed files         |
 //!
-//! Master alone writes the run item's listing fields; slaves alone write the counters,
-//! spread over shards so concurrent batches rarely contend for one item; status reads
-//! the whole run partition in one query.
+//! Master alone writes the run item's listing fields and the batches; slaves alone
+//! write outcomes and counters, the counters spread over shards so concurrent batches
+//! rarely contend for one item; status reads the whole run partition in one query.
+//! A batch's files are written once and never rewritten: recording outcomes rewrites
+//! only the small outcome item, together with the counters, in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
@@ -26,60 +29,18 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::{StreamExt, TryStreamExt, stream};
 
+use crate::batch::{Delta, FileState, ListedFile, Outcome, Outcomes, decode_files, encode_files};
 use crate::error::{AwsError, is_transient_code};
 use crate::progress::RunProgress;
 use crate::run::{Location, RunId, RunSpec, Suffixes};
 
 /// Counter shards per run.
 pub const COUNTER_SHARDS: u64 = 16;
-/// Items per `TransactWriteItems`. DynamoDB accepts 100; moto, the local stack, 25.
-const TRANSACTION_ITEMS: usize = 25;
 const BATCH_WRITE_ITEMS: usize = 25;
 const BATCH_GET_KEYS: usize = 100;
 /// Attempts at unprocessed items, transaction conflicts and races before giving up.
 const ATTEMPTS: u32 = 10;
 const RUN_SK: &str = "run";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FileState {
-    Started,
-    Completed,
-    Failed,
-}
-
-impl FileState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileState::Started => "started",
-            FileState::Completed => "completed",
-            FileState::Failed => "failed",
-        }
-    }
-
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "started" => Some(FileState::Started),
-            "completed" => Some(FileState::Completed),
-            "failed" => Some(FileState::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// A file as the listing saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedFile {
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-}
-
-/// A file's row in the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRecord {
-    pub listed: ListedFile,
-    pub state: FileState,
-}
 
 /// How a finished run's activity task was completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +56,9 @@ pub struct RunRecord {
     pub spec: Option<RunSpec>,
     pub listing_complete: bool,
     pub selected: u64,
-    /// Listing position up to which every selected file is recorded and counted.
+    /// Listing position up to which every selected file is recorded in a batch and counted.
     pub recorded_through: Option<String>,
-    /// Listing position up to which every selected file has been handed to a slave.
+    /// Listing position up to which every recorded batch has been handed to a slave.
     pub handed_through: Option<String>,
     pub task_token: Option<String>,
     pub delivered: Option<Delivered>,
@@ -110,51 +71,22 @@ pub struct RunView {
     pub progress: RunProgress,
 }
 
-/// What became of one file in a slave batch.
+/// One batch as a slave reads it: its files and their outcomes so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Completed { destination_key: String, size: u64 },
-    Failed { reason: String },
+pub struct BatchView {
+    /// The batch's first key.
+    pub id: String,
+    pub files: Vec<ListedFile>,
+    pub outcomes: Outcomes,
 }
 
+/// One file of a run and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileOutcome {
-    pub key: String,
-    pub outcome: Outcome,
-}
-
-/// Counter changes, as applied in one transaction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delta {
-    pub completed: i64,
-    pub failed: i64,
-    pub bytes: i64,
-}
-
-impl std::ops::AddAssign for Delta {
-    fn add_assign(&mut self, o: Delta) {
-        self.completed += o.completed;
-        self.failed += o.failed;
-        self.bytes += o.bytes;
-    }
-}
-
-/// The counter change when a file in state `from` gets `outcome`, or `None` when the
-/// row must not change: a completed file stays completed (a duplicate delivery), and a
-/// failed file that fails again is already counted.
-pub fn transition(from: FileState, outcome: &Outcome) -> Option<Delta> {
-    match (from, outcome) {
-        (FileState::Completed, _) | (FileState::Failed, Outcome::Failed { .. }) => None,
-        (FileState::Started, Outcome::Failed { .. }) => Some(Delta {
-            failed: 1,
-            ..Delta::default()
-        }),
-        (from, Outcome::Completed { size, .. }) => Some(Delta {
-            completed: 1,
-            failed: if from == FileState::Failed { -1 } else { 0 },
-            bytes: *size as i64,
-        }),
-    }
+pub struct FileStatus {
+    pub file: ListedFile,
+    pub state: FileState,
+    /// Why it failed, for a failed file.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +110,8 @@ pub struct Store {
     ttl: Duration,
 }
 
+type Item = HashMap<String, AttributeValue>;
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -186,7 +120,7 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
+fn key(pk: String, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
 }
 
@@ -194,21 +128,25 @@ fn run_pk(run: &RunId) -> String {
     format!("{run}#run")
 }
 
-fn file_pk(run: &RunId) -> String {
-    run.to_string()
+fn batch_pk(run: &RunId) -> String {
+    format!("{run}#batch")
+}
+
+fn outcome_pk(run: &RunId) -> String {
+    format!("{run}#outcome")
 }
 
 fn failed_pk(run: &RunId) -> String {
     format!("{run}#failed")
 }
 
-fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
 }
 
-fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
+fn get_n(item: &Item, name: &str) -> Option<i64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
@@ -220,10 +158,10 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Which counter shard a transaction updates: spread by key, the same for a retry.
-fn shard_for(key: &str) -> String {
+/// Which counter shard a batch's transactions update: spread by batch, the same for a retry.
+fn shard_for(batch: &str) -> String {
     // FNV-1a: stable across processes and versions, unlike std's hasher.
-    let hash = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+    let hash = batch.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     });
     format!("counter#{:02}", hash % COUNTER_SHARDS)
@@ -265,26 +203,7 @@ impl Store {
     /// The run item and its counters, in one strongly consistent query; `None` for a run
     /// the table has never seen.
     pub async fn run_view(&self, run: &RunId) -> Result<Option<RunView>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(run_pk(run)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("Query", e))?;
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let items = self.query_all(&run_pk(run), |q| q).await?;
         let Some(run_item) = items.iter().find(|i| get_s(i, "sk") == Some(RUN_SK)) else {
             return Ok(None);
         };
@@ -465,25 +384,23 @@ impl Store {
         Ok(())
     }
 
-    // ---- file rows ----------------------------------------------------------------
+    // ---- batches ------------------------------------------------------------------
 
-    /// Records files as `started`, 25 to a `BatchWriteItem`, `concurrency` requests at once.
-    pub async fn put_started(
+    /// Records batches of files as `started`, 25 batches to a `BatchWriteItem`,
+    /// `concurrency` requests at once. Each batch is named by its first file's key.
+    pub async fn put_batches(
         &self,
         run: &RunId,
-        files: &[ListedFile],
+        batches: &[&[ListedFile]],
         concurrency: usize,
     ) -> Result<(), StoreError> {
-        let now = s(now_rfc3339());
         let expires = self.expires_at();
-        let requests: Vec<WriteRequest> = files
+        let requests: Vec<WriteRequest> = batches
             .iter()
-            .map(|f| {
-                let mut item = key(file_pk(run), &f.key);
-                item.insert("status".into(), s(FileState::Started.as_str()));
-                item.insert("size".into(), n(f.size));
-                item.insert("etag".into(), s(&f.etag));
-                item.insert("updated_at".into(), now.clone());
+            .filter(|files| !files.is_empty())
+            .map(|files| {
+                let mut item = key(batch_pk(run), &files[0].key);
+                item.insert("files".into(), s(encode_files(files)));
                 item.insert("expires_at".into(), expires.clone());
                 let put = PutRequest::builder()
                     .set_item(Some(item))
@@ -532,32 +449,79 @@ impl Store {
         .into())
     }
 
-    /// The run's spec and the rows of `keys`; a key with no row is absent from the map.
+    /// The ids of the run's batches whose first key is after `after` and at most
+    /// `through`, in order: those recorded but not yet handed out when a master call
+    /// stopped.
+    pub async fn batch_ids(
+        &self,
+        run: &RunId,
+        after: Option<&str>,
+        through: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let condition = match after {
+            Some(_) => "pk = :pk AND sk BETWEEN :from AND :through",
+            None => "pk = :pk AND sk <= :through",
+        };
+        let items = self
+            .query_all(&batch_pk(run), |q| {
+                let q = q
+                    .key_condition_expression(condition)
+                    .expression_attribute_values(":through", s(through))
+                    .projection_expression("sk");
+                match after {
+                    Some(after) => q.expression_attribute_values(":from", s(after)),
+                    None => q,
+                }
+            })
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| get_s(i, "sk"))
+            .filter(|sk| after.is_none_or(|a| *sk > a))
+            .map(String::from)
+            .collect())
+    }
+
+    /// The run item and one batch with its outcomes so far, in one strongly consistent
+    /// read; either is `None` when the table does not have it.
     pub async fn load_batch(
         &self,
         run: &RunId,
-        keys: &[String],
-    ) -> Result<(Option<RunRecord>, HashMap<String, FileRecord>), StoreError> {
-        let mut wanted = vec![key(run_pk(run), RUN_SK)];
-        wanted.extend(keys.iter().map(|k| key(file_pk(run), k)));
-        let items = self.batch_get(wanted).await?;
-        let mut record = None;
-        let mut files = HashMap::with_capacity(keys.len());
-        for item in items {
-            if get_s(&item, "pk") == Some(run_pk(run).as_str()) {
-                record = Some(parse_run(run, &item)?);
-            } else {
-                let file = parse_file(run, &item)?;
-                files.insert(file.listed.key.clone(), file);
-            }
-        }
-        Ok((record, files))
+        id: &str,
+    ) -> Result<(Option<RunRecord>, Option<BatchView>), StoreError> {
+        let wanted = vec![
+            key(run_pk(run), RUN_SK),
+            key(batch_pk(run), id),
+            key(outcome_pk(run), id),
+        ];
+        let mut items = self.batch_get(wanted).await?;
+        let take = |pk: &str, items: &mut Vec<Item>| {
+            let at = items.iter().position(|i| get_s(i, "pk") == Some(pk))?;
+            Some(items.swap_remove(at))
+        };
+        let record = take(&run_pk(run), &mut items)
+            .map(|i| parse_run(run, &i))
+            .transpose()?;
+        let Some(files) = take(&batch_pk(run), &mut items) else {
+            return Ok((record, None));
+        };
+        let files = parse_files(run, &files)?;
+        let outcomes = parse_outcomes(
+            run,
+            take(&outcome_pk(run), &mut items).as_ref(),
+            files.len(),
+        )?;
+        Ok((
+            record,
+            Some(BatchView {
+                id: id.to_string(),
+                files,
+                outcomes,
+            }),
+        ))
     }
 
-    async fn batch_get(
-        &self,
-        keys: Vec<HashMap<String, AttributeValue>>,
-    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_KEYS) {
             let mut pending = chunk.to_vec();
@@ -606,40 +570,70 @@ impl Store {
         Ok(found)
     }
 
-    /// Records outcomes of files last seen in the given states. Each file's row changes
-    /// only if it is still in the state it was seen in, in the same transaction as the
-    /// counter change, so no outcome is ever counted twice, whatever runs concurrently.
-    /// Returns the counter change this call made.
+    /// Every item of a partition, strongly consistent, in key order; `shape` adds the
+    /// key condition beyond `pk = :pk` and any projection.
+    async fn query_all(
+        &self,
+        pk: &str,
+        shape: impl Fn(
+            aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .consistent_read(true)
+                .set_exclusive_start_key(start);
+            let page = shape(request)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("Query", e))?;
+            items.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// Records outcomes (by file position) of a batch as it was read. The outcome item
+    /// is written only if no other delivery wrote it since it was read, in the same
+    /// transaction as the counter change, so no outcome is ever counted twice, whatever
+    /// runs concurrently; when another delivery got there first, the batch is read
+    /// again and only what is still left is recorded. Returns the counter change this
+    /// call made.
     pub async fn record_outcomes(
         &self,
         run: &RunId,
-        outcomes: Vec<(FileOutcome, FileState)>,
+        batch: &BatchView,
+        outcomes: &[(usize, Outcome)],
     ) -> Result<Delta, StoreError> {
-        let mut total = Delta::default();
-        let mut pending: Vec<(FileOutcome, FileState)> = outcomes
-            .into_iter()
-            .filter(|(o, from)| transition(*from, &o.outcome).is_some())
-            .collect();
+        let mut seen = batch.outcomes.clone();
         let mut attempt = 0;
-        while !pending.is_empty() {
-            let split = chunk_len(&pending);
-            let chunk: Vec<_> = pending.drain(..split).collect();
-            match self.transact(run, &chunk).await? {
-                Ok(delta) => total += delta,
+        loop {
+            let mut next = seen.clone();
+            let delta = next.apply(outcomes);
+            if delta.is_zero() {
+                return Ok(delta);
+            }
+            next.version = seen.version + 1;
+            match self
+                .write_outcomes(run, &batch.id, &seen, &next, delta)
+                .await?
+            {
+                Ok(()) => return Ok(delta),
                 Err(Cancelled::Raced) => {
-                    // A concurrent delivery changed some rows: look again and retry what is left.
-                    attempt += 1;
-                    let keys: Vec<String> = chunk.iter().map(|(o, _)| o.key.clone()).collect();
-                    let (_, rows) = self.load_batch(run, &keys).await?;
-                    let again = chunk.into_iter().filter_map(|(o, _)| {
-                        let now = rows.get(&o.key)?.state;
-                        transition(now, &o.outcome).map(|_| (o, now))
-                    });
-                    pending.splice(0..0, again);
+                    // Another delivery recorded first: start again from what it wrote.
+                    seen = self.outcomes(run, &batch.id, batch.files.len()).await?;
                 }
                 Err(Cancelled::Contended(reason)) => {
-                    attempt += 1;
-                    if attempt >= ATTEMPTS {
+                    if attempt + 1 >= ATTEMPTS {
                         return Err(AwsError {
                             operation: "TransactWriteItems",
                             code: Some(reason.clone()),
@@ -651,103 +645,107 @@ impl Store {
                         .into());
                     }
                     backoff(attempt).await;
-                    pending.splice(0..0, chunk);
                 }
             }
+            attempt += 1;
             if attempt > ATTEMPTS * 2 {
                 return Err(StoreError::Corrupt {
                     run: run.clone(),
-                    problem: "file rows keep changing under concurrent writers".into(),
+                    problem: format!(
+                        "batch {:?} keeps changing under concurrent writers",
+                        batch.id
+                    ),
                 });
             }
         }
-        Ok(total)
     }
 
-    async fn transact(
+    async fn outcomes(&self, run: &RunId, id: &str, files: usize) -> Result<Outcomes, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(outcome_pk(run), id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetItem", e))?
+            .item;
+        parse_outcomes(run, item.as_ref(), files)
+    }
+
+    /// One transaction: the batch's outcome item goes from `seen` to `next`, the
+    /// counters change by `delta`, and the batch's failed marker appears or goes when
+    /// the batch starts or stops having failed files.
+    async fn write_outcomes(
         &self,
         run: &RunId,
-        chunk: &[(FileOutcome, FileState)],
-    ) -> Result<Result<Delta, Cancelled>, StoreError> {
-        let now = s(now_rfc3339());
+        id: &str,
+        seen: &Outcomes,
+        next: &Outcomes,
+        delta: Delta,
+    ) -> Result<Result<(), Cancelled>, StoreError> {
         let expires = self.expires_at();
-        let mut delta = Delta::default();
-        let mut items = Vec::with_capacity(TRANSACTION_ITEMS);
-        for (file, from) in chunk {
-            delta += transition(*from, &file.outcome).expect("only transitions are recorded");
-            let row = key(file_pk(run), &file.key);
-            let marker = key(failed_pk(run), &file.key);
-            let update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(row))
-                .condition_expression("#status = :from")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":from", s(from.as_str()))
-                .expression_attribute_values(":now", now.clone());
-            match &file.outcome {
-                Outcome::Completed {
-                    destination_key, ..
-                } => {
-                    items.push(
-                        update
-                            .update_expression("SET #status = :to, destination_key = :dk, updated_at = :now REMOVE reason")
-                            .expression_attribute_values(":to", s(FileState::Completed.as_str()))
-                            .expression_attribute_values(":dk", s(destination_key))
-                            .build()
-                            .map(|u| TransactWriteItem::builder().update(u).build())
-                            .expect("update is complete"),
-                    );
-                    if *from == FileState::Failed {
-                        let delete = Delete::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(marker))
-                            .build();
-                        items.push(
-                            TransactWriteItem::builder()
-                                .delete(delete.expect("delete is complete"))
-                                .build(),
-                        );
-                    }
-                }
-                Outcome::Failed { reason } => {
-                    items.push(
-                        update
-                            .update_expression(
-                                "SET #status = :to, reason = :why, updated_at = :now",
-                            )
-                            .expression_attribute_values(":to", s(FileState::Failed.as_str()))
-                            .expression_attribute_values(":why", s(reason))
-                            .build()
-                            .map(|u| TransactWriteItem::builder().update(u).build())
-                            .expect("update is complete"),
-                    );
-                    let mut item = marker;
-                    item.insert("reason".into(), s(reason));
-                    item.insert("expires_at".into(), expires.clone());
-                    let put = Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(item))
-                        .build();
-                    items.push(
-                        TransactWriteItem::builder()
-                            .put(put.expect("put is complete"))
-                            .build(),
-                    );
-                }
-            }
+        let mut item = key(outcome_pk(run), id);
+        item.insert("states".into(), s(next.encode_states()));
+        item.insert("version".into(), n(next.version));
+        item.insert("updated_at".into(), s(now_rfc3339()));
+        item.insert("expires_at".into(), expires.clone());
+        if !next.reasons.is_empty() {
+            let reasons = next
+                .reasons
+                .iter()
+                .map(|(i, reason)| (i.to_string(), s(reason)))
+                .collect();
+            item.insert("reasons".into(), AttributeValue::M(reasons));
         }
+        let put = Put::builder().table_name(&self.table).set_item(Some(item));
+        let put = if seen.version == 0 {
+            put.condition_expression("attribute_not_exists(pk)")
+        } else {
+            put.condition_expression("version = :seen")
+                .expression_attribute_values(":seen", n(seen.version))
+        };
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(put.build().expect("put is complete"))
+                .build(),
+        ];
         let counters = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(key(run_pk(run), shard_for(&chunk[0].0.key))))
+            .set_key(Some(key(run_pk(run), shard_for(id))))
             .update_expression("ADD completed :c, failed :f, #bytes :b SET expires_at = :exp")
             .expression_attribute_names("#bytes", "bytes")
             .expression_attribute_values(":c", n(delta.completed))
             .expression_attribute_values(":f", n(delta.failed))
             .expression_attribute_values(":b", n(delta.bytes))
-            .expression_attribute_values(":exp", expires)
+            .expression_attribute_values(":exp", expires.clone())
             .build()
             .expect("update is complete");
         items.push(TransactWriteItem::builder().update(counters).build());
+        match (seen.failed() > 0, next.failed() > 0) {
+            (false, true) => {
+                let mut marker = key(failed_pk(run), id);
+                marker.insert("expires_at".into(), expires);
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(marker));
+                items.push(
+                    TransactWriteItem::builder()
+                        .put(put.build().expect("put is complete"))
+                        .build(),
+                );
+            }
+            (true, false) => {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key(failed_pk(run), id)))
+                    .build()
+                    .expect("delete is complete");
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+            _ => {}
+        }
 
         let sent = self
             .client
@@ -756,7 +754,7 @@ impl Store {
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(Ok(delta)),
+            Ok(_) => Ok(Ok(())),
             Err(err) => {
                 let reasons: Vec<String> = err
                     .as_service_error()
@@ -791,56 +789,97 @@ impl Store {
     pub async fn failed_files(
         &self,
         run: &RunId,
-        limit: i32,
+        limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(failed_pk(run)))
-            .consistent_read(true)
-            .limit(limit)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("Query", e))?;
-        Ok(out
-            .items
-            .unwrap_or_default()
+        let marked = self
+            .query_all(&failed_pk(run), |q| q.projection_expression("sk"))
+            .await?;
+        let mut failed = Vec::new();
+        // A batch has at least one failed file, so `limit` batches are enough.
+        for ids in marked
             .iter()
-            .filter_map(|i| {
-                Some((
-                    get_s(i, "sk")?.to_string(),
-                    get_s(i, "reason").unwrap_or("").to_string(),
-                ))
+            .filter_map(|i| get_s(i, "sk"))
+            .take(limit)
+            .collect::<Vec<_>>()
+            .chunks(BATCH_GET_KEYS / 2)
+        {
+            let batches = self.batches(run, ids).await?;
+            for status in batches.into_iter().flatten() {
+                if status.state == FileState::Failed && failed.len() < limit {
+                    failed.push((status.file.key, status.reason.unwrap_or_default()));
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// The files of the named batches with their states, batch by batch, in the order given.
+    async fn batches(&self, run: &RunId, ids: &[&str]) -> Result<Vec<Vec<FileStatus>>, StoreError> {
+        let wanted = ids
+            .iter()
+            .flat_map(|id| [key(batch_pk(run), *id), key(outcome_pk(run), *id)])
+            .collect();
+        let items = self.batch_get(wanted).await?;
+        let mut files = HashMap::new();
+        let mut outcomes = HashMap::new();
+        for item in items {
+            let sk = get_s(&item, "sk").unwrap_or_default().to_string();
+            if get_s(&item, "pk") == Some(batch_pk(run).as_str()) {
+                files.insert(sk, item);
+            } else {
+                outcomes.insert(sk, item);
+            }
+        }
+        ids.iter()
+            .map(|id| {
+                let item = files.get(*id).ok_or_else(|| StoreError::Corrupt {
+                    run: run.clone(),
+                    problem: format!("batch {id:?} is marked but not recorded"),
+                })?;
+                join(run, item, outcomes.get(*id))
             })
-            .collect())
+            .collect()
+    }
+
+    /// Every file of the run with its state and reason, in key order.
+    pub async fn files(&self, run: &RunId) -> Result<Vec<FileStatus>, StoreError> {
+        let batches = self.query_all(&batch_pk(run), |q| q).await?;
+        let outcomes: HashMap<String, Item> = self
+            .query_all(&outcome_pk(run), |q| q)
+            .await?
+            .into_iter()
+            .filter_map(|i| Some((get_s(&i, "sk")?.to_string(), i)))
+            .collect();
+        let mut all = Vec::new();
+        for batch in &batches {
+            let id = get_s(batch, "sk").unwrap_or_default();
+            all.extend(join(run, batch, outcomes.get(id))?);
+        }
+        Ok(all)
     }
 }
 
 enum Cancelled {
-    /// A row was no longer in the state it was seen in.
+    /// The outcome item was written by someone else since it was read.
     Raced,
     /// DynamoDB refused for now (conflict with another transaction, throttling).
     Contended(String),
 }
 
-/// How many of the pending outcomes fit in one transaction beside the counter update.
-fn chunk_len(pending: &[(FileOutcome, FileState)]) -> usize {
-    let mut used = 1; // the counter update
-    let mut count = 0;
-    for (file, from) in pending {
-        let writes = match (&file.outcome, from) {
-            (Outcome::Completed { .. }, FileState::Failed) | (Outcome::Failed { .. }, _) => 2,
-            _ => 1,
-        };
-        if used + writes > TRANSACTION_ITEMS {
-            break;
-        }
-        used += writes;
-        count += 1;
-    }
-    count.max(1)
+/// A batch item and its outcome item (if any), as one file status each.
+fn join(run: &RunId, batch: &Item, outcome: Option<&Item>) -> Result<Vec<FileStatus>, StoreError> {
+    let files = parse_files(run, batch)?;
+    let mut outcomes = parse_outcomes(run, outcome, files.len())?;
+    Ok(files
+        .into_iter()
+        .zip(outcomes.states)
+        .enumerate()
+        .map(|(i, (file, state))| FileStatus {
+            file,
+            state,
+            reason: outcomes.reasons.remove(&i),
+        })
+        .collect())
 }
 
 fn describe(spec: &RunSpec) -> String {
@@ -896,109 +935,57 @@ fn parse_run(run: &RunId, item: &HashMap<String, AttributeValue>) -> Result<RunR
     })
 }
 
-fn parse_file(
-    run: &RunId,
-    item: &HashMap<String, AttributeValue>,
-) -> Result<FileRecord, StoreError> {
-    let corrupt = |problem: &str| StoreError::Corrupt {
+fn parse_files(run: &RunId, item: &Item) -> Result<Vec<ListedFile>, StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt {
         run: run.clone(),
-        problem: problem.to_string(),
+        problem,
     };
-    let key = get_s(item, "sk").ok_or_else(|| corrupt("file row has no sk"))?;
-    let state = get_s(item, "status")
-        .and_then(FileState::parse)
-        .ok_or_else(|| corrupt("file row has no valid status"))?;
-    Ok(FileRecord {
-        listed: ListedFile {
-            key: key.to_string(),
-            size: get_n(item, "size")
-                .ok_or_else(|| corrupt("file row has no size"))?
-                .max(0) as u64,
-            etag: get_s(item, "etag").unwrap_or("").to_string(),
-        },
-        state,
-    })
+    let raw = get_s(item, "files").ok_or_else(|| corrupt("a batch item has no files".into()))?;
+    let files = decode_files(raw).map_err(corrupt)?;
+    if files.is_empty() {
+        return Err(corrupt("a batch item has an empty file list".into()));
+    }
+    Ok(files)
+}
+
+/// A batch's outcomes from its outcome item; a batch without one has none yet.
+fn parse_outcomes(run: &RunId, item: Option<&Item>, files: usize) -> Result<Outcomes, StoreError> {
+    let Some(item) = item else {
+        return Ok(Outcomes::started(files));
+    };
+    let corrupt = |problem: String| StoreError::Corrupt {
+        run: run.clone(),
+        problem,
+    };
+    let reasons = match item.get("reasons").map(|v| v.as_m()) {
+        None => BTreeMap::new(),
+        Some(Ok(map)) => map
+            .iter()
+            .map(|(i, reason)| {
+                let i = i.parse().map_err(|_| format!("reason index {i:?}"))?;
+                let reason = reason
+                    .as_s()
+                    .map_err(|_| format!("reason {i} is not a string"))?;
+                Ok((i, reason.clone()))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(corrupt)?,
+        Some(Err(_)) => return Err(corrupt("an outcome item's reasons are not a map".into())),
+    };
+    let states =
+        get_s(item, "states").ok_or_else(|| corrupt("an outcome item has no states".into()))?;
+    let version = get_n(item, "version").unwrap_or(0).max(0) as u64;
+    Outcomes::decode(states, reasons, version, files).map_err(corrupt)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn completed(size: u64) -> Outcome {
-        Outcome::Completed {
-            destination_key: "refined/x".into(),
-            size,
-        }
-    }
-
-    fn failed() -> Outcome {
-        Outcome::Failed {
-            reason: "denied".into(),
-        }
-    }
-
-    #[test]
-    fn each_outcome_is_counted_once() {
-        use FileState::*;
-        assert_eq!(
-            transition(Started, &completed(7)),
-            Some(Delta {
-                completed: 1,
-                failed: 0,
-                bytes: 7
-            })
-        );
-        assert_eq!(
-            transition(Completed, &completed(7)),
-            None,
-            "a duplicate delivery counts nothing"
-        );
-        assert_eq!(
-            transition(Completed, &failed()),
-            None,
-            "a completed file never turns failed"
-        );
-        assert_eq!(
-            transition(Started, &failed()),
-            Some(Delta {
-                completed: 0,
-                failed: 1,
-                bytes: 0
-            })
-        );
-        assert_eq!(transition(Failed, &failed()), None);
-        assert_eq!(
-            transition(Failed, &completed(3)),
-            Some(Delta {
-                completed: 1,
-                failed: -1,
-                bytes: 3
-            }),
-            "a retried failure that succeeds moves from one counter to the other"
-        );
-    }
-
-    #[test]
-    fn transactions_hold_at_most_25_writes() {
-        let file = |o: Outcome| FileOutcome {
-            key: "k".into(),
-            outcome: o,
-        };
-        let all_completed: Vec<_> = (0..60)
-            .map(|_| (file(completed(1)), FileState::Started))
-            .collect();
-        assert_eq!(chunk_len(&all_completed), 24);
-        let all_failed: Vec<_> = (0..60)
-            .map(|_| (file(failed()), FileState::Started))
-            .collect();
-        assert_eq!(chunk_len(&all_failed), 12);
-        assert_eq!(chunk_len(&all_failed[..3]), 3);
-    }
-
     mod sdk_error_paths {
         use super::*;
-        use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
         use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput;
+        use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
         use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
         use aws_sdk_dynamodb::types::CancellationReason;
@@ -1025,14 +1012,20 @@ mod tests {
             )
         }
 
-        fn outcome(key: &str) -> (FileOutcome, FileState) {
-            (
-                FileOutcome {
-                    key: key.into(),
-                    outcome: completed(10),
-                },
-                FileState::Started,
-            )
+        fn file(key: &str) -> ListedFile {
+            ListedFile {
+                key: key.into(),
+                size: 10,
+                etag: "e".into(),
+            }
+        }
+
+        fn batch_of(keys: &[&str]) -> BatchView {
+            BatchView {
+                id: keys[0].into(),
+                files: keys.iter().map(|k| file(k)).collect(),
+                outcomes: Outcomes::started(keys.len()),
+            }
         }
 
         #[tokio::test]
@@ -1054,14 +1047,12 @@ mod tests {
                 RuleMode::Sequential,
                 [&unprocessed, &rest]
             );
-            let files: Vec<ListedFile> = (0..3)
-                .map(|i| ListedFile {
-                    key: format!("raw/{i}"),
-                    size: 1,
-                    etag: "e".into(),
-                })
-                .collect();
-            store(client).put_started(&run(), &files, 2).await.unwrap();
+            let files: Vec<ListedFile> = (0..3).map(|i| file(&format!("raw/{i}"))).collect();
+            let batches: Vec<&[ListedFile]> = files.chunks(1).collect();
+            store(client)
+                .put_batches(&run(), &batches, 2)
+                .await
+                .unwrap();
             assert_eq!((unprocessed.num_calls(), rest.num_calls()), (1, 1));
         }
 
@@ -1087,7 +1078,11 @@ mod tests {
                 .build();
             let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&conflict]);
             let delta = store(client)
-                .record_outcomes(&run(), vec![outcome("raw/a")])
+                .record_outcomes(
+                    &run(),
+                    &batch_of(&["raw/a"]),
+                    &[(0, Outcome::Completed { size: 10 })],
+                )
                 .await
                 .unwrap();
             assert_eq!(delta.completed, 1);
@@ -1095,25 +1090,28 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn a_row_changed_by_another_delivery_is_read_again_and_not_counted() {
-            // The transaction is cancelled because the row is no longer `started`; reading
-            // it again shows `completed`, so nothing is left to record.
+        async fn a_batch_recorded_by_another_delivery_is_read_again_and_not_counted_twice() {
+            // The transaction is cancelled because another delivery wrote the outcome
+            // item first; reading it again shows the file completed, so nothing is left
+            // to record.
             let raced = mock!(Client::transact_write_items)
                 .then_error(|| cancelled(&["ConditionalCheckFailed", "None"]));
-            let reread = mock!(Client::batch_get_item).then_output(|| {
-                let row = HashMap::from([
-                    ("pk".to_string(), s("r")),
+            let reread = mock!(Client::get_item).then_output(|| {
+                let item = HashMap::from([
+                    ("pk".to_string(), s("r#outcome")),
                     ("sk".to_string(), s("raw/a")),
-                    ("status".to_string(), s("completed")),
-                    ("size".to_string(), n(10)),
+                    ("states".to_string(), s("c")),
+                    ("version".to_string(), n(1)),
                 ]);
-                BatchGetItemOutput::builder()
-                    .responses("table", vec![row])
-                    .build()
+                GetItemOutput::builder().set_item(Some(item)).build()
             });
             let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&raced, &reread]);
             let delta = store(client)
-                .record_outcomes(&run(), vec![outcome("raw/a")])
+                .record_outcomes(
+                    &run(),
+                    &batch_of(&["raw/a"]),
+                    &[(0, Outcome::Completed { size: 10 })],
+                )
                 .await
                 .unwrap();
             assert_eq!(delta, Delta::default());
@@ -1146,5 +1144,25 @@ mod tests {
             .map(|i| shard_for(&format!("raw/{i}.csv")))
             .collect();
         assert_eq!(shards.len(), COUNTER_SHARDS as usize);
+    }
+
+    #[test]
+    fn outcome_items_read_back_with_their_reasons() {
+        let run = RunId::parse("r").unwrap();
+        assert_eq!(parse_outcomes(&run, None, 2).unwrap(), Outcomes::started(2));
+        let item = HashMap::from([
+            ("states".to_string(), s("cf")),
+            ("version".to_string(), n(3)),
+            (
+                "reasons".to_string(),
+                AttributeValue::M(HashMap::from([("1".to_string(), s("denied"))])),
+            ),
+        ]);
+        let read = parse_outcomes(&run, Some(&item), 2).unwrap();
+        assert_eq!(read.version, 3);
+        assert_eq!(read.states, [FileState::Completed, FileState::Failed]);
+        assert_eq!(read.reasons, BTreeMap::from([(1, "denied".to_string())]));
+        let err = parse_outcomes(&run, Some(&item), 3).unwrap_err();
+        assert!(err.to_string().contains("batch of 3 files"), "{err}");
     }
 }

@@ -6,11 +6,11 @@ use aws_sdk_s3::types::{
 };
 use futures::{StreamExt, TryStreamExt, stream};
 
+use crate::batch::ListedFile;
 use crate::config::SlaveSettings;
 use crate::error::AwsError;
 use crate::keys::copy_source;
 use crate::run::RunSpec;
-use crate::store::ListedFile;
 
 /// `DeleteObjects` takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
@@ -45,7 +45,6 @@ fn permanent(reason: String) -> MoveFailure {
 /// A file whose destination is verified to hold what the listing saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    pub listed: ListedFile,
     pub destination_key: String,
     /// False when an earlier attempt already deleted the source.
     pub source_present: bool,
@@ -127,13 +126,8 @@ impl<'a> Mover<'a> {
         } else {
             self.copy_whole(spec, file, &destination_key).await?
         };
-        let verified = |source_present| Verified {
-            listed: file.clone(),
-            destination_key: destination_key.clone(),
-            source_present,
-        };
-        match copied {
-            Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => Ok(verified(true)),
+        let source_present = match copied {
+            Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => true,
             Copied::Done { etag, etag_is_md5 } => {
                 if etag_is_md5
                     && is_content_md5(&file.etag)
@@ -147,15 +141,19 @@ impl<'a> Mover<'a> {
                 }
                 self.check_destination(spec, &destination_key, file.size, Some(&etag))
                     .await?;
-                Ok(verified(true))
+                true
             }
             Copied::SourceMissing => {
                 self.check_destination(spec, &destination_key, file.size, None)
                     .await
                     .map_err(|e| permanent(format!("the source is gone and {}", e.reason)))?;
-                Ok(verified(false))
+                false
             }
-        }
+        };
+        Ok(Verified {
+            destination_key,
+            source_present,
+        })
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
@@ -397,12 +395,12 @@ impl<'a> Mover<'a> {
 
     /// Deletes verified sources, 1,000 to a `DeleteObjects`, each only while it still
     /// has the listed ETag (where S3 supports conditional deletes), so a source rewritten
-    /// after the copy is kept. Returns each key's result.
+    /// after the copy is kept. Returns each file's result, in the order given.
     pub async fn delete_sources(
         &self,
         bucket: &str,
         files: &[&ListedFile],
-    ) -> Vec<(String, Result<(), MoveFailure>)> {
+    ) -> Vec<Result<(), MoveFailure>> {
         let mut results = Vec::with_capacity(files.len());
         for chunk in files.chunks(DELETE_BATCH) {
             let objects: Vec<ObjectIdentifier> = chunk
@@ -458,7 +456,7 @@ impl<'a> Mover<'a> {
                     results.extend(
                         chunk
                             .iter()
-                            .map(|f| (f.key.clone(), errors.remove(&f.key).map_or(Ok(()), Err))),
+                            .map(|f| errors.remove(&f.key).map_or(Ok(()), Err)),
                     );
                 }
                 Err(err) => {
@@ -470,7 +468,7 @@ impl<'a> Mover<'a> {
                         ),
                         ..failure
                     };
-                    results.extend(chunk.iter().map(|f| (f.key.clone(), Err(failure.clone()))));
+                    results.extend(chunk.iter().map(|_| Err(failure.clone())));
                 }
             }
         }

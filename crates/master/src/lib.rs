@@ -1,20 +1,21 @@
-//! `master`: lists a run's source prefix, records every selected file as `started`, and
-//! hands the files to `slave` in batches of asynchronous invocations.
+//! `master`: lists a run's source prefix, records every selected file as `started` in
+//! batches, and hands each batch to `slave` in an asynchronous invocation.
 //!
 //! Listing progress lives on the run item, not in the event: `recorded_through` is the
-//! listing position up to which files are recorded and counted, `handed_through` the
-//! position up to which they have been handed to slaves. A call resumes from there, so
-//! a retried or continued call never records a file twice (which could reset a
-//! completed file to `started`) and never leaves a recorded file without a slave.
+//! listing position up to which files are recorded in batches and counted,
+//! `handed_through` the position up to which those batches have been handed to slaves.
+//! A call resumes from there: batches recorded but not handed out are read back from
+//! the table and handed out, and listing goes on after `recorded_through`. So a retried
+//! or continued call never records a file twice (which could reset a completed file to
+//! `started`) and never leaves a recorded file without a slave.
 
 use std::time::SystemTime;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use common::keys::batches;
+use common::batch::{ListedFile, split};
 use common::lambda::remaining;
 use common::run::{MasterEvent, MasterOutput, SlaveEvent, parse_event};
-use common::store::ListedFile;
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
     StoreError,
@@ -24,9 +25,9 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::info;
 
-/// Payload budget for the keys of one async invocation: Lambda accepts 256 KB; the rest
-/// is left for the JSON around the keys.
-const PAYLOAD_BUDGET: usize = 200 * 1024;
+/// The most bytes of encoded files in one batch: a batch is one DynamoDB item (400 KB
+/// at most), and its outcome item must hold a reason for each of its files.
+const BATCH_BYTES: usize = 96 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,7 +129,7 @@ impl Master {
         let (run, spec) = event.resolve(&self.config.defaults)?;
         let record = self.store.start_run(&run, &spec).await?;
         let mut cursor = Cursor {
-            recorded_through: record.recorded_through,
+            recorded_through: record.recorded_through.clone(),
             selected: record.selected,
             invocations: 0,
         };
@@ -142,9 +143,22 @@ impl Master {
             return Ok(output(&cursor, true));
         }
         info!(run_id = %run, source = %spec.source, destination = %spec.destination,
-              resume_after = record.handed_through.as_deref().unwrap_or(""), "listing");
+              resume_after = record.recorded_through.as_deref().unwrap_or(""), "listing");
+        if let Some(recorded) = &record.recorded_through
+            && record.handed_through.as_ref() != Some(recorded)
+        {
+            // An earlier call stopped between recording batches and handing them out.
+            let pending = self
+                .store
+                .batch_ids(&run, record.handed_through.as_deref(), recorded)
+                .await?;
+            cursor.invocations += self.invoke_slaves(&run, pending.iter()).await?;
+            self.store.advance_handed(&run, recorded).await?;
+        }
 
-        let mut page = self.list(&spec, record.handed_through, None).await?;
+        let mut page = self
+            .list(&spec, cursor.recorded_through.clone(), None)
+            .await?;
         loop {
             // The next page is fetched while this one is recorded and handed out.
             let next = async {
@@ -211,7 +225,7 @@ impl Master {
         })
     }
 
-    /// Records the page's files not yet recorded, then hands all its files to slaves.
+    /// Records the page's selected files in batches, then hands each batch to a slave.
     async fn hand_page(
         &self,
         run: &RunId,
@@ -222,41 +236,54 @@ impl Master {
         let Some(last_key) = &page.last_key else {
             return Ok(());
         };
-        let recorded = cursor.recorded_through.as_deref();
-        if recorded.is_none_or(|r| last_key.as_str() > r) {
-            // Listing order is key order, so the files not yet recorded are a tail of the page.
-            let split = page
-                .selected
-                .partition_point(|f| recorded.is_some_and(|r| f.key.as_str() <= r));
-            let fresh = &page.selected[split..];
-            self.store
-                .put_started(run, fresh, self.settings.max_invocations_in_flight)
-                .await?;
-            self.store
-                .advance_recorded(run, recorded, last_key, fresh.len() as u64)
-                .await?;
-            cursor.recorded_through = Some(last_key.clone());
-            cursor.selected += fresh.len() as u64;
-        }
+        let batches = split(&page.selected, self.settings.batch_size, BATCH_BYTES);
+        self.store
+            .put_batches(run, &batches, self.settings.max_invocations_in_flight)
+            .await?;
+        self.store
+            .advance_recorded(
+                run,
+                cursor.recorded_through.as_deref(),
+                last_key,
+                page.selected.len() as u64,
+            )
+            .await?;
+        cursor.recorded_through = Some(last_key.clone());
+        cursor.selected += page.selected.len() as u64;
 
-        let keys: Vec<String> = page.selected.iter().map(|f| f.key.clone()).collect();
-        let batches = batches(&keys, self.settings.batch_size, PAYLOAD_BUDGET);
-        let count = batches.len() as u64;
-        stream::iter(batches)
-            .map(|batch| self.invoke_slave(run, batch))
-            .buffer_unordered(self.settings.max_invocations_in_flight)
-            .try_collect::<()>()
+        let invocations = self
+            .invoke_slaves(run, batches.iter().map(|files| &files[0].key))
             .await?;
         self.store.advance_handed(run, last_key).await?;
-        cursor.invocations += count;
-        info!(run_id = %run, source = %spec.source, through = %last_key, files = keys.len(), invocations = count, "page handed");
+        cursor.invocations += invocations;
+        info!(run_id = %run, source = %spec.source, through = %last_key, files = page.selected.len(),
+              invocations, "page handed");
         Ok(())
     }
 
-    async fn invoke_slave(&self, run: &RunId, keys: &[String]) -> Result<(), Error> {
+    /// Invokes slave asynchronously once per batch, `MAX_INVOCATIONS_IN_FLIGHT` at once;
+    /// returns how many invocations were made.
+    async fn invoke_slaves<'a>(
+        &self,
+        run: &RunId,
+        batches: impl Iterator<Item = &'a String>,
+    ) -> Result<u64, Error> {
+        let mut count = 0;
+        stream::iter(batches)
+            .map(|batch| {
+                count += 1;
+                self.invoke_slave(run, batch)
+            })
+            .buffer_unordered(self.settings.max_invocations_in_flight)
+            .try_collect::<()>()
+            .await?;
+        Ok(count)
+    }
+
+    async fn invoke_slave(&self, run: &RunId, batch: &str) -> Result<(), Error> {
         let event = SlaveEvent {
             run_id: run.clone(),
-            keys: keys.to_vec(),
+            batch: batch.to_string(),
         };
         let payload = serde_json::to_vec(&event).expect("a slave event always serializes");
         self.lambda

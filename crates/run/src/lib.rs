@@ -12,7 +12,7 @@ use common::store::Store;
 use serde_json::Value;
 
 /// Failed files listed after a failed run.
-const FAILED_FILES_SHOWN: i32 = 100;
+const FAILED_FILES_SHOWN: usize = 100;
 
 pub struct Runner {
     pub sfn: aws_sdk_sfn::Client,

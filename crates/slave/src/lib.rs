@@ -1,17 +1,17 @@
 //! `slave`: moves one batch of a run's files. Each file is copied, verified at the
 //! destination, and only then deleted at the source; each outcome is recorded once.
 //!
-//! The batch is checked whole before anything moves: the run must exist and every key
-//! must be one that master recorded for it, under the run's source prefix. Files an
-//! earlier delivery completed are skipped, so a batch delivered twice moves and counts
-//! nothing twice. Transient failures (throttling, 5xx, timeouts) are tried again a few
-//! rounds within the invocation; what still fails is recorded `failed` with its reason.
+//! The event names a batch that master recorded; its files are read from the status
+//! table, so an event can only move what master listed for the run, and only under the
+//! run's source prefix. Files an earlier delivery completed are skipped, so a batch
+//! delivered twice moves and counts nothing twice. Transient failures (throttling, 5xx,
+//! timeouts) are tried again a few rounds within the invocation; what still fails is
+//! recorded `failed` with its reason.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use common::batch::{FileState, ListedFile, Outcome};
 use common::run::{SlaveEvent, SlaveOutput, parse_event};
-use common::store::{FileOutcome, FileRecord, FileState, ListedFile, Outcome};
 use common::transfer::{MoveFailure, Mover, Verified};
 use common::{Clients, Config, ConfigError, EventError, RunSpec, SlaveSettings, Store, StoreError};
 use futures::{StreamExt, stream};
@@ -73,190 +73,135 @@ impl Slave {
 
     #[tracing::instrument(skip_all)]
     pub async fn handle(&self, payload: Value) -> Result<SlaveOutput, Error> {
-        let event: SlaveEvent = parse_event(payload)?;
-        let run = &event.run_id;
-        self.check_shape(&event)?;
-        let (record, mut rows) = self.store.load_batch(run, &event.keys).await?;
+        let SlaveEvent {
+            run_id: run,
+            batch: batch_id,
+        } = parse_event(payload)?;
+        let (record, batch) = self.store.load_batch(&run, &batch_id).await?;
         let spec = record.and_then(|r| r.spec).ok_or_else(|| {
             EventError(format!("run {run} is unknown: master has not recorded it"))
         })?;
-        for key in &event.keys {
-            spec.destination_key(key)
+        let batch = batch.ok_or_else(|| {
+            EventError(format!("no batch {batch_id:?} was recorded for run {run}"))
+        })?;
+        // The files come from the table, but a run's files are only ever under its prefix.
+        for file in &batch.files {
+            spec.destination_key(&file.key)
                 .map_err(|e| EventError(e.to_string()))?;
-            if !rows.contains_key(key) {
-                return Err(
-                    EventError(format!("key {key:?} was not recorded for run {run}")).into(),
-                );
-            }
         }
 
-        let mut output = SlaveOutput::default();
-        let todo: Vec<FileRecord> = event
-            .keys
-            .iter()
-            .filter_map(|k| rows.remove(k))
-            .filter(|row| {
-                let done = row.state == FileState::Completed;
-                output.already_done += done as u64;
-                !done
-            })
+        let todo: Vec<usize> = (0..batch.files.len())
+            .filter(|&i| batch.outcomes.states[i] != FileState::Completed)
             .collect();
-        let states: HashMap<String, FileState> = todo
-            .iter()
-            .map(|r| (r.listed.key.clone(), r.state))
-            .collect();
-
-        let outcomes = self.move_files(&spec, todo).await;
-        for file in &outcomes {
-            match &file.outcome {
-                Outcome::Completed {
-                    destination_key,
-                    size,
-                } => {
-                    info!(run_id = %run, key = %file.key, destination_key = %destination_key, size, "completed")
-                }
+        let mut output = SlaveOutput {
+            already_done: (batch.files.len() - todo.len()) as u64,
+            ..SlaveOutput::default()
+        };
+        let outcomes = self.move_files(&spec, &batch.files, todo).await;
+        for (i, outcome) in &outcomes {
+            let key = &batch.files[*i].key;
+            match outcome {
+                Outcome::Completed { size } => info!(run_id = %run, key = %key, size, "completed"),
                 Outcome::Failed { reason } => {
-                    warn!(run_id = %run, key = %file.key, reason = %reason, "failed")
+                    warn!(run_id = %run, key = %key, reason = %reason, "failed")
                 }
             }
         }
-        let recorded = outcomes.into_iter().map(|o| {
-            let from = states[&o.key];
-            (o, from)
-        });
-        let delta = self.store.record_outcomes(run, recorded.collect()).await?;
+        let delta = self.store.record_outcomes(&run, &batch, &outcomes).await?;
         output.completed = delta.completed.max(0) as u64;
         output.failed = delta.failed.max(0) as u64;
         output.bytes = delta.bytes.max(0) as u64;
-        info!(run_id = %run, keys = event.keys.len(), completed = output.completed, failed = output.failed,
-              already_done = output.already_done, bytes = output.bytes, "batch done");
+        info!(run_id = %run, batch = %batch.id, files = batch.files.len(), completed = output.completed,
+              failed = output.failed, already_done = output.already_done, bytes = output.bytes, "batch done");
         Ok(output)
     }
 
-    fn check_shape(&self, event: &SlaveEvent) -> Result<(), EventError> {
-        if event.keys.is_empty() {
-            return Err(EventError("keys is empty".into()));
-        }
-        if event.keys.len() > self.settings.max_batch_keys {
-            return Err(EventError(format!(
-                "{} keys exceed MAX_BATCH_KEYS ({})",
-                event.keys.len(),
-                self.settings.max_batch_keys
-            )));
-        }
-        let mut seen = HashSet::with_capacity(event.keys.len());
-        if let Some(dup) = event.keys.iter().find(|k| !seen.insert(k.as_str())) {
-            return Err(EventError(format!("key {dup:?} appears twice")));
-        }
-        Ok(())
-    }
-
-    /// Copies and verifies every file, then deletes the verified sources in batches.
-    async fn move_files(&self, spec: &RunSpec, files: Vec<FileRecord>) -> Vec<FileOutcome> {
+    /// Copies and verifies the files at positions `todo`, then deletes the verified
+    /// sources in batches; returns each file's outcome by position.
+    async fn move_files(
+        &self,
+        spec: &RunSpec,
+        files: &[ListedFile],
+        todo: Vec<usize>,
+    ) -> Vec<(usize, Outcome)> {
         let mover = &Mover::new(&self.s3, &self.settings);
         let concurrency = self.settings.move_concurrency;
-        let copied = in_rounds(
-            files.into_iter().map(|r| r.listed).collect(),
-            |batch| async move {
-                stream::iter(batch)
-                    .map(|file| async {
-                        let result = mover.copy_verified(spec, &file).await;
-                        (file, result)
-                    })
-                    .buffer_unordered(concurrency)
-                    .collect::<Vec<_>>()
-                    .await
-            },
-        )
+        let copied = in_rounds(todo, |round| async move {
+            stream::iter(round)
+                .map(|i| async move { (i, mover.copy_verified(spec, &files[i]).await) })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await
+        })
         .await;
 
         let mut outcomes = Vec::with_capacity(copied.len());
-        let mut to_delete: Vec<Verified> = Vec::new();
-        for (file, result) in copied {
+        let mut to_delete = Vec::new();
+        for (i, result) in copied {
             match result {
-                Ok(v) if v.source_present => to_delete.push(v),
-                Ok(v) => outcomes.push(completed(v)),
-                Err(failure) => outcomes.push(failed(file.key, failure)),
+                Ok(Verified {
+                    source_present: true,
+                    ..
+                }) => to_delete.push(i),
+                Ok(_) => outcomes.push((i, completed(&files[i]))),
+                Err(failure) => outcomes.push((i, failed(failure))),
             }
         }
         #[cfg(feature = "fault-injection")]
         if !to_delete.is_empty() {
             fault_injection::crash_if_armed();
         }
-        let verified: HashMap<String, Verified> = to_delete
-            .into_iter()
-            .map(|v| (v.listed.key.clone(), v))
-            .collect();
-        let deleted = in_rounds(
-            verified.values().map(|v| v.listed.clone()).collect(),
-            |batch| async move {
-                let refs: Vec<&ListedFile> = batch.iter().collect();
-                let results = mover.delete_sources(&spec.source.bucket, &refs).await;
-                let by_key: HashMap<String, ListedFile> =
-                    batch.iter().map(|f| (f.key.clone(), f.clone())).collect();
-                results
-                    .into_iter()
-                    .map(|(key, r)| (by_key[&key].clone(), r))
-                    .collect()
-            },
-        )
+        let deleted = in_rounds(to_delete, |round| async move {
+            let sources: Vec<&ListedFile> = round.iter().map(|&i| &files[i]).collect();
+            let results = mover.delete_sources(&spec.source.bucket, &sources).await;
+            round.into_iter().zip(results).collect()
+        })
         .await;
-        for (file, result) in deleted {
-            let v = verified[&file.key].clone();
-            outcomes.push(match result {
-                Ok(()) => completed(v),
-                Err(failure) => failed(file.key, failure),
-            });
-        }
+        outcomes.extend(deleted.into_iter().map(|(i, result)| match result {
+            Ok(()) => (i, completed(&files[i])),
+            Err(failure) => (i, failed(failure)),
+        }));
         outcomes
     }
 }
 
-fn completed(v: Verified) -> FileOutcome {
-    FileOutcome {
-        key: v.listed.key,
-        outcome: Outcome::Completed {
-            destination_key: v.destination_key,
-            size: v.listed.size,
-        },
+fn completed(file: &ListedFile) -> Outcome {
+    Outcome::Completed { size: file.size }
+}
+
+fn failed(failure: MoveFailure) -> Outcome {
+    Outcome::Failed {
+        reason: failure.reason,
     }
 }
 
-fn failed(key: String, failure: MoveFailure) -> FileOutcome {
-    FileOutcome {
-        key,
-        outcome: Outcome::Failed {
-            reason: failure.reason,
-        },
-    }
-}
-
-/// Runs `attempt` over the files, then again over those that failed transiently, up to
-/// [`ROUNDS`] times with a growing pause; returns every file's last result.
+/// Runs `attempt` over the files (by position), then again over those that failed
+/// transiently, up to [`ROUNDS`] times with a growing pause; returns every file's last
+/// result.
 async fn in_rounds<T, F, Fut>(
-    mut files: Vec<ListedFile>,
+    mut todo: Vec<usize>,
     attempt: F,
-) -> Vec<(ListedFile, Result<T, MoveFailure>)>
+) -> Vec<(usize, Result<T, MoveFailure>)>
 where
-    F: Fn(Vec<ListedFile>) -> Fut,
-    Fut: std::future::Future<Output = Vec<(ListedFile, Result<T, MoveFailure>)>>,
+    F: Fn(Vec<usize>) -> Fut,
+    Fut: std::future::Future<Output = Vec<(usize, Result<T, MoveFailure>)>>,
 {
-    let mut settled = Vec::with_capacity(files.len());
+    let mut settled = Vec::with_capacity(todo.len());
     for round in 0..ROUNDS {
-        if files.is_empty() {
+        if todo.is_empty() {
             break;
         }
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(500 << round)).await;
         }
         let mut retry = Vec::new();
-        for (file, result) in attempt(std::mem::take(&mut files)).await {
+        for (i, result) in attempt(std::mem::take(&mut todo)).await {
             match result {
-                Err(f) if f.transient && round + 1 < ROUNDS => retry.push(file),
-                result => settled.push((file, result)),
+                Err(f) if f.transient && round + 1 < ROUNDS => retry.push(i),
+                result => settled.push((i, result)),
             }
         }
-        files = retry;
+        todo = retry;
     }
     settled
 }
