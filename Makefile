@@ -24,11 +24,15 @@ RCLONE_VERSION := 1.60.1+dfsg-2+b5
 GARAGE := .tools/garage/bin/garage
 GARAGE_VERSION := 2.5.0
 CARGO_FLAGS := --workspace --locked
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The debug build of everything, as `make test` builds it: tests, the functions the
+# local stack runs, and the project commands, with one set of features.
+XTASK := $(TARGET_DIR)/debug/xtask
 # The SAM CLI finds cargo-lambda on PATH; it reports nothing home.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build release test check lint security sam-build diagram demo bench bench-smoke local-up local-down fmt clean
+.PHONY: help tools build binaries release test check lint security sam-build diagram demo bench bench-smoke local-up local-down fmt clean
 
 N ?= 300
 
@@ -84,6 +88,11 @@ tools: $(PY_STAMP) $(NPM_STAMP)
 build:
 	cargo build $(CARGO_FLAGS)
 
+# Everything `cargo test` needs, and the binaries the local stack and the project
+# commands run, in one build.
+binaries:
+	cargo build $(CARGO_FLAGS) --bins --tests
+
 release:
 	cargo build $(CARGO_FLAGS) --release --bins
 
@@ -93,10 +102,10 @@ check:
 
 # cfn-lint validates a state machine definition only when it is inline in a plain
 # AWS::StepFunctions::StateMachine, so the definition is also rendered into one.
-lint: tools
+lint: tools binaries
 	cfn-lint template.yaml
 	sam validate --lint
-	cargo xtask render-definition .tools/lint
+	$(XTASK) render-definition .tools/lint
 	cfn-lint .tools/lint/statemachine-cfn.yaml
 	$(NPM_DIR)/node_modules/.bin/asl-validator --json-path .tools/lint/statemachine.json
 
@@ -107,37 +116,36 @@ security: $(CHECKOV_STAMP) $(CARGO_DENY)
 		|| { cat .tools/checkov.log; exit 1; }
 	@grep -E "^(Passed checks|the project)" .tools/checkov.log
 
-sam-build: tools
+sam-build: tools binaries
 	sam build
-	cargo xtask check-build .aws-sam/build
+	$(XTASK) check-build .aws-sam/build
 
 diagram:
 	cargo xtask diagram
 
-# Unit tests and integration tests (which start moto on a free loopback port
-# themselves), then one line adding up every suite's result; sam build last, as it is
-# the slowest step.
-test: tools check lint security
+# Unit tests and integration tests (which start moto and the local stack on free
+# loopback ports themselves, with the binaries built here), then one line adding up
+# every suite's result; sam build last, as it is the slowest step.
+test: tools check binaries lint security
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory sam-build
 
 bench: tools $(BENCH_STAMP) $(RCLONE) $(GARAGE)
-	cargo build --locked --release -p xtask -p master -p slave -p status -p run
-	$(PYTHON) bench/run.py
+	cargo build --locked --release --bins
+	$(BENCH_VENV)/bin/python bench/run.py
 
 # A small benchmark on moto's S3 (this project's move and s5cmd, 200 objects), so the
 # benchmark cannot rot; make test runs it with the debug build it already has.
-bench-smoke: tools $(BENCH_STAMP)
-	cargo build --locked -p xtask
-	BENCH_PROFILE=debug $(PYTHON) bench/run.py --smoke
+bench-smoke: tools $(BENCH_STAMP) binaries
+	$(BENCH_VENV)/bin/python bench/run.py --smoke --profile debug
 
 demo: tools
 	cargo xtask demo $(N)
 
-# The whole workflow on this machine: moto, the functions under `cargo lambda watch`,
-# and a front on port 4566 that makes local Lambda invocations behave as on AWS.
+# The whole workflow on this machine: moto, the functions under local Lambda, and a
+# front on port 4566 (and [::1]:9000, for `cargo lambda invoke`) that answers as AWS does.
 local-up: tools
 	$(VENV)/bin/python local/stack.py up .local
 

@@ -1,24 +1,31 @@
 """Benchmarks: this project's move against s5cmd, rclone and the AWS CLI on one S3
-server, in one run on one machine.
+server, in one run on one machine; the functions' cold starts and peak memory; and the
+whole workflow on the local stack.
 
-Usage: python bench/run.py [--files 10000] [--large 20] [--runs 3]   (make bench)
-       python bench/run.py --smoke                                    (make bench-smoke)
+Usage: python bench/run.py [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
+                           [--lambdas 8] [--no-functions] [--no-workflow]   (make bench)
+       python bench/run.py --smoke [--profile debug]                        (make bench-smoke)
 
-The full run starts Garage (a production S3 server) and moto (for the status table's
-DynamoDB), each pinned to core 0 while the movers run on core 1, and for every mover,
-`--runs` times: empties the bucket, seeds the same data set under raw/, moves it to
-refined/, checks that every object arrived and none is left, and reads from Garage's
-metrics how many S3 requests the move sent. It then measures each function's cold
-start and peak memory against a minimal Lambda runtime API, and times the whole
-workflow (state machine included) on the local stack. Results go to bench/results/
-(results.md, results.json, chart.png) with the machine's description.
+The full run starts Garage (a production S3 server) on core 0, and moto for the status
+table's DynamoDB on core 1, where each mover runs too. For every mover, `--runs` times:
+empty the bucket, seed the same data set under raw/, move it to refined/, check that
+every object arrived with its bytes (by ETag) and none is left, and read from Garage's
+metrics how many S3 requests the move sent. This project's mover is `xtask bench-move`:
+master's and slave's own code, driving a whole run's batches as the Lambdas would,
+status table included.
+
+Then it measures each function's cold start (process start to its first request to the
+Lambda runtime API) and peak memory (master listing 1,000 files, slave moving them as
+one 1,000-file batch) under local Lambda (local/lambdas.py), and times the whole
+workflow on the local stack, state machine included, with the functions' S3 on Garage.
+Results go to bench/results/ (results.md, results.json, chart.png) with the machine's
+description.
 
 --smoke is what CI runs so the benchmark cannot rot: 200 objects on moto's S3, this
-project's mover and s5cmd only, one run each, results under .tools/bench-smoke/.
+project's mover and s5cmd only, one run each; results under .tools/bench-smoke/.
 """
 
 import argparse
-import concurrent.futures
 import json
 import os
 import platform
@@ -37,12 +44,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, ".tools")
-BENCH_VENV = os.path.join(TOOLS, "bench")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+sys.path.insert(0, os.path.join(ROOT, "local"))
+import lambdas  # noqa: E402  (local Lambda, shared with the local stack)
+
 BUCKET = "bench"
 REGION = "us-east-1"
 KIB = 1024
 MIB = 1024 * KIB
 SERVER_CPU, MOVER_CPU = "0", "1"
+MOVERS = ("s3-transfer-flow", "s5cmd", "rclone", "aws s3 mv")
 
 
 def log(message):
@@ -68,13 +79,14 @@ def wait_for_port(port, seconds=60):
 
 def pinned(cpu, command):
     """The command, pinned to one core when the machine has more than one."""
-    if os.cpu_count() and os.cpu_count() > 1 and shutil.which("taskset"):
+    if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
         return ["taskset", "-c", cpu, *command]
     return command
 
 
 def tool(name):
-    for path in (os.path.join(BENCH_VENV, "bin", name), os.path.join(TOOLS, "rclone", "usr", "bin", name),
+    for path in (os.path.join(TOOLS, "bench", "bin", name),
+                 os.path.join(TOOLS, "rclone", "usr", "bin", name),
                  os.path.join(TOOLS, "garage", "bin", name)):
         if os.path.exists(path):
             return path
@@ -87,9 +99,9 @@ class Processes:
     def __init__(self):
         self.children = []
 
-    def start(self, command, log_file, env=None, cwd=ROOT):
+    def start(self, command, log_file, env=None):
         out = open(log_file, "w")
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                  start_new_session=True)
         self.children.append(child)
         return child
@@ -101,14 +113,21 @@ class Processes:
                 child.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        self.children = []
 
 
 # ---------------------------------------------------------------- servers
 
 class Garage:
+    """Garage, one node, its S3 API on a free port; counts requests from its metrics."""
+
+    name = "Garage"
+    core = SERVER_CPU
+
     def __init__(self, processes, workdir):
         self.dir = os.path.join(workdir, "garage")
-        os.makedirs(self.dir, exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
         self.s3_port, rpc_port, self.admin_port = free_port(), free_port(), free_port()
         self.metrics_token = secrets.token_hex(16)
         self.config = os.path.join(self.dir, "garage.toml")
@@ -147,12 +166,17 @@ admin_token = "{secrets.token_hex(16)}"
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
 
     def cli(self, *args):
-        for attempt in range(50):
+        for _ in range(50):
             done = subprocess.run([self.binary, "-c", self.config, *args], capture_output=True, text=True)
             if done.returncode == 0:
                 return done.stdout
             time.sleep(0.2)
         raise RuntimeError(f"garage {' '.join(args)}: {done.stderr}")
+
+    def version(self):
+        # "garage cargo:2.5.0 [features: ...]"
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
+        return "Garage " + out.split("[")[0].split(":")[-1].strip()
 
     def requests(self):
         """S3 requests Garage has answered so far, by API endpoint."""
@@ -170,15 +194,23 @@ admin_token = "{secrets.token_hex(16)}"
 
 
 class Moto:
-    """moto's server: the status table's DynamoDB (and S3, for the smoke run)."""
+    """moto's server: the status table's DynamoDB (and the smoke run's S3)."""
 
-    def __init__(self, processes, workdir):
+    name = "moto"
+
+    def __init__(self, processes, workdir, cpu):
+        self.core = cpu
         self.port = free_port()
-        processes.start(pinned(SERVER_CPU, [os.path.join(TOOLS, "venv", "bin", "python"),
-                                            "local/moto_server.py", str(self.port)]),
+        processes.start(pinned(cpu, [os.path.join(TOOLS, "venv", "bin", "python"),
+                                     "local/moto_server.py", str(self.port)]),
                         os.path.join(workdir, "moto.log"))
         wait_for_port(self.port)
         self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def version(self):
+        out = subprocess.run([os.path.join(TOOLS, "venv", "bin", "python"), "-c",
+                              "import moto; print(moto.__version__)"], capture_output=True, text=True)
+        return f"moto {out.stdout.strip()}"
 
     def requests(self):
         return None
@@ -186,32 +218,44 @@ class Moto:
     def credentials(self):
         return {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
+    def create_bucket(self):
+        subprocess.run([os.path.join(TOOLS, "venv", "bin", "python"), "-c",
+                        f"import boto3; boto3.client('s3', endpoint_url='{self.endpoint}', "
+                        f"region_name='{REGION}', aws_access_key_id='test', "
+                        f"aws_secret_access_key='test').create_bucket(Bucket='{BUCKET}')"],
+                       check=True)
+
 
 # ---------------------------------------------------------------- data and movers
 
 def data_set(workdir, files, large):
-    """The files to seed: `files` of 1 KiB and `large` of 8 MiB, written once."""
-    source = os.path.join(workdir, "data")
+    """The files to seed, `files` of 1 KiB and `large` of 8 MiB, written once; returns
+    the directory and each file's MD5 (its ETag once uploaded whole)."""
+    source = os.path.join(workdir, f"data-{files}-{large}")
     if not os.path.exists(source):
-        os.makedirs(source)
+        os.makedirs(source + ".partial", exist_ok=True)
         for i in range(files):
-            with open(os.path.join(source, f"part-{i:06d}.csv"), "wb") as f:
+            with open(os.path.join(source + ".partial", f"part-{i:06d}.csv"), "wb") as f:
                 f.write((f"{i},".encode() * KIB)[:KIB])
         for i in range(large):
-            with open(os.path.join(source, f"large-{i:03d}.csv"), "wb") as f:
+            with open(os.path.join(source + ".partial", f"large-{i:03d}.csv"), "wb") as f:
                 f.write(os.urandom(8 * MIB))
+        os.rename(source + ".partial", source)
     return source
 
 
 class Bench:
-    def __init__(self, s3, moto, workdir, files, large):
-        self.s3, self.moto, self.workdir = s3, moto, workdir
+    def __init__(self, s3, table, workdir, files, large, profile, lambdas_at_once):
+        self.s3, self.table = s3, table
         self.objects = files + large
+        self.profile = profile
+        self.lambdas = lambdas_at_once
         self.source = data_set(workdir, files, large)
         self.env = dict(os.environ, AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION,
                         AWS_ENDPOINT_URL_S3=s3.endpoint, **s3.credentials())
         self.env.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 fails on it
         self.env.pop("AWS_ENDPOINT_URL", None)
+        self.expected = None
 
     def s5cmd(self, *args):
         done = subprocess.run([tool("s5cmd"), "--endpoint-url", self.s3.endpoint, *args],
@@ -220,38 +264,55 @@ class Bench:
             raise RuntimeError(f"s5cmd {' '.join(args)}: {done.stderr[-500:]}")
         return done.stdout
 
-    def count(self, prefix):
-        return len([l for l in self.s5cmd("ls", f"s3://{BUCKET}/{prefix}*").splitlines() if l.strip()])
+    def listing(self, prefix):
+        """Key (under `prefix`) -> ETag of what the bucket holds."""
+        out = self.s5cmd("ls", "--etag", f"s3://{BUCKET}/{prefix}*")
+        found = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 5:
+                found[parts[-1]] = parts[-2].strip('"')
+        return found
 
     def reseed(self):
         self.s5cmd("rm", f"s3://{BUCKET}/*")
         self.s5cmd("cp", os.path.join(self.source, "*"), f"s3://{BUCKET}/raw/")
-        seeded = self.count("raw/")
-        if seeded != self.objects:
-            raise RuntimeError(f"seeded {seeded} objects, not {self.objects}")
+        seeded = self.listing("raw/")
+        if len(seeded) != self.objects:
+            raise RuntimeError(f"seeded {len(seeded)} objects, not {self.objects}")
+        if self.expected is None:
+            self.expected = seeded
+        elif seeded != self.expected:
+            raise RuntimeError("the data set changed between runs")
+
+    def check_moved(self, name):
+        moved, left = self.listing("refined/"), self.listing("raw/")
+        if left or moved != self.expected:
+            missing = len(set(self.expected) - set(moved))
+            raise RuntimeError(f"{name}: {len(left)} objects left at the source, {missing} missing "
+                               f"at the destination, {len(moved)} there")
 
     def movers(self, which):
-        table_env = dict(self.env, AWS_ENDPOINT_URL_DYNAMODB=self.moto.endpoint,
-                         TABLE_NAME=f"bench-status-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET,
-                         SUFFIXES=".csv", S3_FORCE_PATH_STYLE="true", SLAVE_FUNCTION="slave",
-                         AWS_ACCESS_KEY_ID=self.env["AWS_ACCESS_KEY_ID"])
-        # moto takes any credentials; DynamoDB requests are signed with the S3 keys.
-        rclone_env = dict(self.env, RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
-                          RCLONE_CONFIG_BENCH_ENDPOINT=self.s3.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
-                          RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=self.env["AWS_ACCESS_KEY_ID"],
-                          RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=self.env["AWS_SECRET_ACCESS_KEY"],
-                          RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
-        all_movers = {
-            "s3-transfer-flow": (lambda run: [xtask_binary(), "bench-move", f"bench-{run}"], table_env),
+        ours = dict(self.env, AWS_ENDPOINT_URL_DYNAMODB=self.table.endpoint,
+                    TABLE_NAME=f"bench-status-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET,
+                    SUFFIXES=".csv", S3_FORCE_PATH_STYLE="true", SLAVE_FUNCTION="slave")
+        rclone = dict(self.env, RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+                      RCLONE_CONFIG_BENCH_ENDPOINT=self.s3.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
+                      RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=self.env["AWS_ACCESS_KEY_ID"],
+                      RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=self.env["AWS_SECRET_ACCESS_KEY"],
+                      RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
+        everything = {
+            "s3-transfer-flow": (lambda run: [binary(self.profile, "xtask"), "bench-move",
+                                              f"bench-{run}", str(self.lambdas)], ours),
             "s5cmd": (lambda run: [tool("s5cmd"), "--endpoint-url", self.s3.endpoint, "mv",
                                    f"s3://{BUCKET}/raw/*", f"s3://{BUCKET}/refined/"], self.env),
             "rclone": (lambda run: [tool("rclone"), "move", f"bench:{BUCKET}/raw", f"bench:{BUCKET}/refined",
-                                    "--transfers", "16", "--checkers", "16"], rclone_env),
+                                    "--transfers", "16", "--checkers", "16"], rclone),
             "aws s3 mv": (lambda run: [tool("aws"), "--endpoint-url", self.s3.endpoint, "s3", "mv",
                                        "--recursive", "--only-show-errors", f"s3://{BUCKET}/raw/",
                                        f"s3://{BUCKET}/refined/"], self.env),
         }
-        return {name: all_movers[name] for name in which}
+        return {name: everything[name] for name in which}
 
     def measure(self, name, command, env, run):
         self.reseed()
@@ -262,187 +323,164 @@ class Bench:
         after = self.s3.requests()
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed: {done.stderr[-1000:]}")
-        moved, left = self.count("refined/"), self.count("raw/")
-        if (moved, left) != (self.objects, 0):
-            raise RuntimeError(f"{name} left {left} objects and moved {moved} of {self.objects}")
+        self.check_moved(name)
         requests = None
         if before is not None:
-            requests = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+            requests = {k: after.get(k, 0) - before.get(k, 0) for k in after
+                        if after.get(k, 0) != before.get(k, 0)}
         log(f"{name} run {run + 1}: {seconds:.2f} s, {self.objects / seconds:.0f} objects/s"
-            + (f", {sum(requests.values()) / self.objects:.3f} requests/object {requests}" if requests else ""))
+            + (f", {sum(requests.values()) / self.objects:.3f} requests/object {requests}"
+               if requests else ""))
         return {"seconds": seconds, "requests": requests}
 
+    def median_of(self, name, command, env, runs):
+        measured = [self.measure(name, command, env, run) for run in range(runs)]
+        seconds = statistics.median(m["seconds"] for m in measured)
+        counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
+        return {
+            "seconds": seconds,
+            "runs": [m["seconds"] for m in measured],
+            "objects_per_second": self.objects / seconds,
+            "requests_per_object": statistics.median(counted) / self.objects if counted else None,
+            "requests": measured[0]["requests"],
+        }
 
-def xtask_binary():
-    return os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"), "xtask")
+
+def binary(profile, name):
+    path = os.path.join(TARGET, profile, name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is not built (cargo build --bins{' --release' if profile == 'release' else ''})")
+    return path
 
 
 # ---------------------------------------------------------------- cold start and memory
 
-class RuntimeApi(BaseHTTPRequestHandler):
-    """The Lambda runtime API, enough for one invocation; also a Lambda Invoke endpoint
-    that accepts asynchronous invocations and keeps their payloads."""
+class InvokeSink(BaseHTTPRequestHandler):
+    """A Lambda Invoke endpoint that accepts every invocation (202) and keeps its payload."""
 
     protocol_version = "HTTP/1.1"
-    event = b"{}"
-    first_poll = None
-    answered = None
-    answer = None
-    invoked = []
-    served = False
+    payloads = []
 
     def log_message(self, *args):
         pass
 
-    def reply(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        cls = type(self)
-        if self.path.endswith("/runtime/invocation/next"):
-            if cls.first_poll is None:
-                cls.first_poll = time.perf_counter()
-            if cls.served:
-                time.sleep(3600)  # the process is stopped before this returns
-            cls.served = True
-            deadline = str(int(time.time() * 1000) + 900_000)
-            return self.reply(200, cls.event, [
-                ("Lambda-Runtime-Aws-Request-Id", "bench-1"), ("Lambda-Runtime-Deadline-Ms", deadline),
-                ("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:bench"),
-                ("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000"),
-                ("Content-Type", "application/json")])
-        self.reply(404)
-
     def do_POST(self):
-        cls = type(self)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if "/runtime/" in self.path:
-            cls.answered, cls.answer = time.perf_counter(), (self.path.rsplit("/", 1)[1], body)
-            return self.reply(202, b"{}")
-        if self.path.startswith("/2015-03-31/functions/"):
-            cls.invoked.append(body)
-            return self.reply(202)
-        self.reply(404)
+        type(self).payloads.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
-def invoke_once(binary, env, event, handle):
-    """Starts the function against a fresh runtime API; returns (cold start in ms, peak
-    RSS in MB after handling the event (or None), the answer)."""
-    RuntimeApi.event, RuntimeApi.first_poll, RuntimeApi.answered, RuntimeApi.served = event, None, None, False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"127.0.0.1:{server.server_address[1]}"
-    env = dict(env, AWS_LAMBDA_RUNTIME_API=api, AWS_LAMBDA_FUNCTION_NAME="bench",
-               AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256", AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
-               AWS_ENDPOINT_URL_LAMBDA=f"http://{api}", RUST_LOG="warn")
-    started = time.perf_counter()
-    child = subprocess.Popen(pinned(MOVER_CPU, [binary]), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+def run_function(name, profile, env, event, workdir):
+    """Starts one instance of the function under local Lambda and invokes it once;
+    returns (cold start in ms, peak resident memory in MB, ok, answer)."""
+    local = lambdas.Lambdas(
+        {name: dict(binary=binary(profile, name), environment=env, timeout=900, memory=256,
+                    concurrency=1)},
+        os.path.join(workdir, f"{name}.log"),
+    )
     try:
-        while RuntimeApi.first_poll is None or (handle and RuntimeApi.answered is None):
-            if child.poll() is not None:
-                raise RuntimeError(f"{binary} exited with {child.returncode}")
-            if time.perf_counter() - started > 300:
-                raise RuntimeError(f"{binary} did not answer")
-            time.sleep(0.0005)
-        peak = None
-        if handle:
-            status = open(f"/proc/{child.pid}/status").read()
-            peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-        return (RuntimeApi.first_poll - started) * 1000, peak, RuntimeApi.answer
+        ok, answer = local.function(name).invoke(event)
+        (instance,) = local.function(name).instances.values()
+        status = open(f"/proc/{instance.process.pid}/status").read()
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        cold = (instance.first_poll - instance.started) * 1000
+        return cold, peak, ok, answer
     finally:
-        child.kill()
-        child.wait()
-        server.shutdown()
+        local.stop()
 
 
-def functions_profile(bench, runs):
-    """Cold start of each function, and peak memory of master listing 1,000 files and
-    of slave moving them in one 1,000-key batch."""
-    binaries = {name: os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"), name)
-                for name in ("master", "slave", "status")}
-    env = dict(bench.env, AWS_ENDPOINT_URL_DYNAMODB=bench.moto.endpoint, TABLE_NAME=f"cold-{secrets.token_hex(4)}",
-               SOURCE_BUCKET=BUCKET, S3_FORCE_PATH_STYLE="true", SLAVE_FUNCTION="slave", BATCH_SIZE="1000",
+def functions_profile(bench, workdir, runs):
+    """Each function's cold start (median of `runs`), and the peak memory of master
+    listing 1,000 files and of slave moving them as one batch."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), InvokeSink)
+    sink.daemon_threads = True
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    env = dict(bench.env, AWS_ENDPOINT_URL_DYNAMODB=bench.table.endpoint,
+               TABLE_NAME=f"cold-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET, S3_FORCE_PATH_STYLE="true",
+               SLAVE_FUNCTION="slave", BATCH_SIZE="1000", RUST_LOG="warn",
                ACTIVITY_ARN="arn:aws:states:us-east-1:123456789012:activity:bench",
-               AWS_ENDPOINT_URL_SFN=bench.moto.endpoint)
-    subprocess.run([xtask_binary(), "create-table"], env=env, check=True, capture_output=True)
+               AWS_ENDPOINT_URL_SFN=bench.table.endpoint,
+               AWS_ENDPOINT_URL_LAMBDA=f"http://127.0.0.1:{sink.server_address[1]}")
+    subprocess.run([binary(bench.profile, "xtask"), "create-table"], env=env, check=True, capture_output=True)
     profile = {}
-    for name, binary in binaries.items():
-        cold = [invoke_once(binary, env, b"{}", handle=False)[0] for _ in range(runs)]
-        profile[name] = {"cold_start_ms": statistics.median(cold)}
-    # 1,000 files under raw/: master lists and records them and invokes slave once.
-    bench.s5cmd("rm", f"s3://{BUCKET}/*")
-    bench.s5cmd("cp", os.path.join(bench.source, "part-000*"), f"s3://{BUCKET}/raw/")
-    RuntimeApi.invoked = []
-    _, peak, answer = invoke_once(binaries["master"], env, b'{"run_id": "memory"}', handle=True)
-    if answer[0] != "response" or len(RuntimeApi.invoked) != 1:
-        raise RuntimeError(f"master: {answer} with {len(RuntimeApi.invoked)} invocations")
-    profile["master"]["peak_mb"] = peak
-    batch = RuntimeApi.invoked[0]
-    keys = len(json.loads(batch)["keys"])
-    _, peak, answer = invoke_once(binaries["slave"], env, batch, handle=True)
-    result = json.loads(answer[1])
-    if answer[0] != "response" or result.get("completed") != keys:
-        raise RuntimeError(f"slave: {answer}")
-    profile["slave"]["peak_mb"] = peak
-    profile["slave"]["batch_keys"] = keys
+    try:
+        for name in ("master", "slave", "status"):
+            cold = [run_function(name, bench.profile, env, b"{}", workdir)[0] for _ in range(runs)]
+            profile[name] = {"cold_start_ms": statistics.median(cold)}
+        # 1,000 files under raw/: master records them as one batch and invokes slave once.
+        bench.s5cmd("rm", f"s3://{BUCKET}/*")
+        bench.s5cmd("cp", os.path.join(bench.source, "part-000*"), f"s3://{BUCKET}/raw/")
+        InvokeSink.payloads = []
+        _, peak, ok, answer = run_function("master", bench.profile, env, b'{"run_id": "memory"}', workdir)
+        if not ok or len(InvokeSink.payloads) != 1:
+            raise RuntimeError(f"master: {answer!r} with {len(InvokeSink.payloads)} invocations")
+        profile["master"]["peak_mb"] = peak
+        _, peak, ok, answer = run_function("slave", bench.profile, env, InvokeSink.payloads[0], workdir)
+        moved = json.loads(answer).get("completed") if ok else None
+        if moved != 1000:
+            raise RuntimeError(f"slave: {answer!r}")
+        profile["slave"]["peak_mb"] = peak
+        profile["slave"]["batch_files"] = moved
+    finally:
+        sink.shutdown()
     for name, p in profile.items():
-        log(f"{name}: cold start {p['cold_start_ms']:.1f} ms" + (f", peak {p['peak_mb']:.1f} MB" if "peak_mb" in p else ""))
+        log(f"{name}: cold start {p['cold_start_ms']:.1f} ms"
+            + (f", peak {p['peak_mb']:.1f} MB" if "peak_mb" in p else ""))
     return profile
 
 
 # ---------------------------------------------------------------- the whole workflow
 
-def whole_workflow(workdir, files, large):
-    """The same data set through the state machine on the local stack (moto's S3), and
-    this project's bare move on the same S3, for comparison."""
+def whole_workflow(bench, workdir):
+    """The data set through the state machine on the local stack (moto for DynamoDB,
+    Step Functions and the front; local Lambda for the functions), with the functions'
+    S3 on the same server as the movers. Returns the execution's own duration and the
+    time `run-transfer` took, start to exit."""
     processes = Processes()
     state = os.path.join(workdir, "stack")
-    port = free_port()
+    shutil.rmtree(state, ignore_errors=True)
+    s3 = bench.s3
+    options = ["--function-env", f"AWS_ENDPOINT_URL_S3={s3.endpoint}"]
+    for name, value in s3.credentials().items():
+        options += ["--function-env", f"{name}={value}"]
     try:
-        processes.start([os.path.join(TOOLS, "venv", "bin", "python"), "local/stack.py", "run", state,
-                         "--port", str(port), "--lambda-port", str(free_port()), "--bucket", BUCKET,
-                         "--stack", "bench", "--release"], os.path.join(workdir, "stack.log"))
-        deadline = time.monotonic() + 900
+        stack = processes.start(
+            pinned(MOVER_CPU, [os.path.join(TOOLS, "venv", "bin", "python"), "local/stack.py", "run", state,
+                               "--port", str(free_port()), "--lambda-port", str(free_port()),
+                               "--bucket", BUCKET, "--stack", "bench", "--no-build",
+                               "--bin-dir", os.path.join(TARGET, bench.profile), *options]),
+            os.path.join(workdir, "stack.log"))
+        deadline = time.monotonic() + 300
         while not os.path.exists(os.path.join(state, "ready")):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the local stack did not start")
-            time.sleep(0.5)
+            if stack.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local stack did not start: {open(os.path.join(workdir, 'stack.log')).read()[-2000:]}")
+            time.sleep(0.2)
         env = dict(os.environ)
         for line in open(os.path.join(state, "env")):
             if line.startswith("export "):
-                name, _, value = line[7:].strip().partition("=")
+                name, _, value = line[len("export "):].strip().partition("=")
                 env[name] = value.strip("'")
         env.pop("AWS_CA_BUNDLE", None)
-
-        class LocalS3:
-            endpoint = env["AWS_ENDPOINT_URL"]
-
-            def requests(self):
-                return None
-
-            def credentials(self):
-                return {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-
-        bench = Bench(LocalS3(), LocalS3(), workdir, files, large)
         bench.reseed()
         started = time.perf_counter()
-        done = subprocess.run([os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"), "run-transfer"),
-                               "--input", '{"wait_before_master_seconds": 0, "wait_before_status_seconds": 0}'],
+        done = subprocess.run(pinned(MOVER_CPU, [binary(bench.profile, "run-transfer"), "--name", "bench-workflow",
+                                                 "--input", '{"wait_before_master_seconds": 0, '
+                                                            '"wait_before_status_seconds": 0}']),
                               env=env, capture_output=True, text=True)
-        workflow = time.perf_counter() - started
+        wall = time.perf_counter() - started
         if done.returncode != 0:
-            raise RuntimeError(f"run-transfer: {done.stdout[-1000:]} {done.stderr[-1000:]}")
-        log(f"whole workflow on the local stack: {workflow:.2f} s")
-        bench.moto = type("Dynamo", (), {"endpoint": env["AWS_ENDPOINT_URL"]})()
-        bare = bench.measure("s3-transfer-flow (bare, local stack's S3)", *bench.movers(["s3-transfer-flow"])["s3-transfer-flow"], 0)
-        return {"workflow_seconds": workflow, "bare_seconds": bare["seconds"]}
+            raise RuntimeError(f"run-transfer: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+        bench.check_moved("the whole workflow")
+        arn = re.search(r"execution (\S+)", done.stdout).group(1)
+        described = subprocess.run(
+            [os.path.join(TOOLS, "venv", "bin", "python"), "-c",
+             "import boto3, sys, json; d = boto3.client('stepfunctions').describe_execution(executionArn=sys.argv[1]);"
+             "print((d['stopDate'] - d['startDate']).total_seconds())", arn],
+            env=env, capture_output=True, text=True, check=True)
+        execution = float(described.stdout)
+        log(f"whole workflow on the local stack: execution {execution:.2f} s, run-transfer {wall:.2f} s")
+        return {"execution_seconds": execution, "run_transfer_seconds": wall}
     finally:
         processes.stop()
 
@@ -459,18 +497,19 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {memory} GiB, {platform.system()} {platform.release()}"
 
 
-def versions():
+def versions(s3, movers):
     def first_line(command):
         try:
             return subprocess.run(command, capture_output=True, text=True).stdout.splitlines()[0].strip()
         except (OSError, IndexError):
             return "?"
-    return {
-        "garage": first_line([tool("garage"), "--version"]) if os.path.exists(os.path.join(TOOLS, "garage", "bin", "garage")) else "-",
-        "s5cmd": first_line([tool("s5cmd"), "version"]),
-        "rclone": first_line([tool("rclone"), "version"]) if os.path.exists(os.path.join(TOOLS, "rclone")) else "-",
-        "aws": first_line([tool("aws"), "--version"]) if os.path.exists(os.path.join(BENCH_VENV, "bin", "aws")) else "-",
-    }
+    found = {"S3 server": s3.version()}
+    commands = {"s5cmd": [tool("s5cmd"), "version"], "rclone": [tool("rclone"), "version"],
+                "aws s3 mv": [tool("aws"), "--version"]}
+    for name in movers:
+        if name in commands:
+            found[name] = first_line(commands[name])
+    return found
 
 
 def report(results, out_dir, chart):
@@ -482,30 +521,41 @@ def report(results, out_dir, chart):
     lines = [
         f"# Benchmark results, {results['date']}",
         "",
-        f"Machine: {results['machine']}. S3 server: {results['server']}; the server on core "
-        f"{SERVER_CPU}, each mover on core {MOVER_CPU}. Data set: {results['objects']} objects "
-        f"({results['files']} of 1 KiB, {results['large']} of 8 MiB) under raw/, moved to refined/; "
-        f"median of {results['runs']} runs, reseeded before each. Tools: "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+        f"Machine: {results['machine']}. S3 server: {results['versions']['S3 server']} on core "
+        f"{results['server_core']}; each mover on core {MOVER_CPU}, with moto for this project's status table. "
+        f"Data set: {results['objects']} objects ({results['files']} of 1 KiB, {results['large']} of "
+        f"8 MiB) under raw/, moved to refined/; median of {results['runs']} runs, reseeded before each. "
+        f"This project's mover: `xtask bench-move` with {results['lambdas']} slave invocations at once."
+        + "".join(f" {k}: {v}." for k, v in results["versions"].items() if k != "S3 server"),
         "",
-        "| mover | seconds (median) | objects/s | vs s3-transfer-flow | S3 requests per object |",
+        "| mover | seconds (median) | objects/s | s3-transfer-flow's speed × | S3 requests per object |",
         "|---|---|---|---|---|",
     ]
     for name, m in movers.items():
-        ratio = f"{m['objects_per_second'] / ours['objects_per_second']:.2f}×" if ours else "-"
+        ratio = f"{ours['objects_per_second'] / m['objects_per_second']:.2f}" if ours else "-"
         per_object = f"{m['requests_per_object']:.3f}" if m["requests_per_object"] is not None else "-"
         lines.append(f"| {name} | {m['seconds']:.2f} | {m['objects_per_second']:.0f} | {ratio} | {per_object} |")
+    lines += ["", "S3 requests of the first run, by operation:", ""]
+    for name, m in movers.items():
+        if m["requests"]:
+            lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(m["requests"].items())))
     if results.get("functions"):
-        lines += ["", "| function | cold start (median) | peak memory |", "|---|---|---|"]
+        lines += ["", "| function | cold start (median of 5) | peak memory |", "|---|---|---|"]
         for name, p in results["functions"].items():
-            peak = f"{p['peak_mb']:.1f} MB" + (f" ({p['batch_keys']}-key batch)" if "batch_keys" in p else " (listing 1,000 files)") if "peak_mb" in p else "-"
+            peak = "-"
+            if "peak_mb" in p:
+                what = f"{p['batch_files']}-file batch" if "batch_files" in p else "listing 1,000 files"
+                peak = f"{p['peak_mb']:.1f} MB ({what})"
             lines.append(f"| {name} | {p['cold_start_ms']:.1f} ms | {peak} |")
-    if results.get("workflow"):
+    if results.get("workflow") and ours:
         w = results["workflow"]
-        lines += ["", f"Whole workflow on the local stack (moto's S3, state machine included, waits 0): "
-                      f"{w['workflow_seconds']:.2f} s; this project's bare move on the same S3: "
-                      f"{w['bare_seconds']:.2f} s (target: within 2 s + 1.2 × bare = "
-                      f"{2 + 1.2 * w['bare_seconds']:.2f} s)."]
+        bare = ours["seconds"]
+        lines += ["", f"Whole workflow on the local stack (state machine, local Lambda, moto for "
+                      f"DynamoDB and Step Functions, the functions' S3 on {results['versions']['S3 server']}), "
+                      f"waits 0: the execution took {w['execution_seconds']:.2f} s "
+                      f"(`run-transfer`, start to exit: {w['run_transfer_seconds']:.2f} s); "
+                      f"the bare move took {bare:.2f} s, so the target, 2 s + 1.2 × bare, is "
+                      f"{2 + 1.2 * bare:.2f} s."]
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -513,14 +563,15 @@ def report(results, out_dir, chart):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        names = list(movers)
-        figure, (speed, requests) = plt.subplots(1, 2, figsize=(10, 3.5))
+        names = list(movers)[::-1]
+        figure, (speed, requests) = plt.subplots(1, 2, figsize=(10, 3.2))
         speed.barh(names, [movers[n]["objects_per_second"] for n in names], color="#3b7dd8")
         speed.set_xlabel("objects per second (higher is better)")
         requests.barh(names, [movers[n]["requests_per_object"] or 0 for n in names], color="#d8823b")
         requests.set_xlabel("S3 requests per object (lower is better)")
         requests.set_yticks([])
-        figure.suptitle(f"{results['objects']} objects on {results['server']}, {results['date']}")
+        figure.suptitle(f"Moving {results['objects']:,} objects on {results['versions']['S3 server']}, "
+                        f"{results['date']}")
         figure.tight_layout()
         figure.savefig(os.path.join(out_dir, "chart.png"), dpi=120)
 
@@ -530,48 +581,48 @@ def main():
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--movers", default=",".join(MOVERS))
+    parser.add_argument("--lambdas", type=int, default=8, help="slave invocations at once")
+    parser.add_argument("--profile", default="release", choices=["release", "debug"])
+    parser.add_argument("--no-functions", action="store_true")
+    parser.add_argument("--no-workflow", action="store_true")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    movers = args.movers.split(",")
     if args.smoke:
         args.files, args.large, args.runs = 200, 0, 1
+        movers, args.no_functions, args.no_workflow = ["s3-transfer-flow", "s5cmd"], True, True
+    unknown = set(movers) - set(MOVERS)
+    if unknown:
+        parser.error(f"unknown movers {sorted(unknown)}; known: {', '.join(MOVERS)}")
     workdir = os.path.join(TOOLS, "bench-smoke" if args.smoke else "bench-work")
-    shutil.rmtree(os.path.join(workdir, "garage"), ignore_errors=True)
     os.makedirs(workdir, exist_ok=True)
     processes = Processes()
     try:
-        moto = Moto(processes, workdir)
-        s3 = moto if args.smoke else Garage(processes, workdir)
+        table = Moto(processes, workdir, MOVER_CPU)
         if args.smoke:
-            subprocess.run([os.path.join(TOOLS, "venv", "bin", "python"), "-c",
-                            f"import boto3; boto3.client('s3', endpoint_url='{moto.endpoint}', region_name='{REGION}',"
-                            f" aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{BUCKET}')"],
-                           check=True)
-        bench = Bench(s3, moto, workdir, args.files, args.large)
-        names = ["s3-transfer-flow", "s5cmd"] if args.smoke else ["s3-transfer-flow", "s5cmd", "rclone", "aws s3 mv"]
-        movers = {}
-        for name, (command, env) in bench.movers(names).items():
-            runs = [bench.measure(name, command, env, run) for run in range(args.runs)]
-            seconds = statistics.median(r["seconds"] for r in runs)
-            requests = [sum(r["requests"].values()) for r in runs if r["requests"]]
-            movers[name] = {
-                "seconds": seconds, "objects_per_second": bench.objects / seconds,
-                "requests_per_object": statistics.median(requests) / bench.objects if requests else None,
-                "requests": runs[0]["requests"],
-            }
-        functions = None if args.smoke else functions_profile(bench, 5)
+            s3 = table
+            s3.create_bucket()
+        else:
+            s3 = Garage(processes, workdir)
+        bench = Bench(s3, table, workdir, args.files, args.large, args.profile, args.lambdas)
+        results = {
+            "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(s3, movers),
+            "files": args.files, "large": args.large, "objects": bench.objects, "runs": args.runs,
+            "lambdas": args.lambdas, "server_core": s3.core,
+            "movers": {name: bench.median_of(name, command, env, args.runs)
+                       for name, (command, env) in bench.movers(movers).items()},
+        }
+        results["functions"] = None if args.no_functions else functions_profile(bench, workdir, 5)
+        results["workflow"] = None if args.no_workflow else whole_workflow(bench, workdir)
     finally:
         processes.stop()
-    workflow = None if args.smoke else whole_workflow(workdir, args.files, args.large)
-    results = {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
-        "server": "moto (smoke run)" if args.smoke else "Garage", "files": args.files, "large": args.large,
-        "objects": args.files + args.large, "runs": args.runs, "movers": movers,
-        "functions": functions, "workflow": workflow,
-    }
     report(results, workdir if args.smoke else os.path.join(ROOT, "bench", "results"), chart=not args.smoke)
-    ours, s5cmd = movers["s3-transfer-flow"], movers["s5cmd"]
-    log(f"s3-transfer-flow moves {ours['objects_per_second'] / s5cmd['objects_per_second']:.2f}× as many "
-        f"objects per second as s5cmd")
+    ours = results["movers"].get("s3-transfer-flow")
+    for name, m in results["movers"].items():
+        if ours and name != "s3-transfer-flow":
+            log(f"s3-transfer-flow moves {ours['objects_per_second'] / m['objects_per_second']:.2f}× as many "
+                f"objects per second as {name}")
 
 
 if __name__ == "__main__":

@@ -3,25 +3,28 @@
 Usage: python local/stack.py up DIR     start it in the background; return once it is up
        python local/stack.py down DIR   stop what `up` started
        python local/stack.py run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
-                                     [--stack NAME] [--exit-with-parent]
-                                     [--faults FILE] [--features F] [--release]
-                                     [--function-env K=V]...
+                                     [--stack NAME] [--exit-with-parent] [--faults FILE]
+                                     [--release] [--no-build] [--bin-dir DIR]
+                                     [--concurrency 16] [--function-env K=V]...
                                         run it in the foreground
 
 Starts, and stops together when this process ends:
   * moto's server (local/moto_server.py) for S3, DynamoDB and Step Functions;
-  * `cargo lambda watch`, serving the master, slave and status binaries;
+  * local Lambda (local/lambdas.py), which runs the master, slave and status binaries
+    as Lambda does: one invocation at a time per instance, a new instance (a cold start)
+    when none is idle, up to --concurrency per function, with the template's timeouts;
   * a front on --port, the one endpoint the functions, the state machine's engine and
-    users talk to. It sends Lambda invocations to `cargo lambda watch` and everything
-    else to moto, and makes local Lambda answer as AWS does where the workflow depends
-    on it: an `Event` invocation answers 202 at once and runs in the background (a
-    bounded pool, retried twice on error as AWS does), and a function error answers
-    200 with `X-Amz-Function-Error` and the error body, so the state machine's Retry
-    and Catch see the function's `errorType`. It can also inject faults into the
-    functions' own AWS calls and record them (local/faults.py).
-Then deploys onto it what template.yaml deploys (`cargo xtask local-deploy`) and writes
-DIR/env with the endpoint, credentials, names and ARNs, and DIR/ready when it is up.
-Logs go to DIR/*.log.
+    users talk to, and on [::1]:--lambda-port, where `cargo lambda invoke` calls. It
+    sends Lambda invocations to local Lambda and everything else to moto, and answers
+    as AWS does where the workflow depends on it: an `Event` invocation answers 202 at
+    once and runs in the background (retried twice on error, as AWS does), and a
+    function error answers 200 with `X-Amz-Function-Error` and the error body, so the
+    state machine's Retry and Catch see the function's `errorType`. It can also inject
+    faults into the functions' own AWS calls and record them (local/faults.py).
+It builds the binaries (`cargo build`; --no-build takes them from --bin-dir as they
+are), deploys onto the stack what template.yaml deploys (`xtask local-deploy`), and
+writes DIR/env with the endpoint, credentials, names and ARNs, and DIR/ready when it is
+up. Logs go to DIR/*.log.
 """
 
 import argparse
@@ -41,12 +44,14 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import faults
+import lambdas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVOKE = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations(\?.*)?$")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 # `cargo lambda invoke` calls localhost, which resolves to ::1 first.
 LAMBDA_HOST = "::1"
+FUNCTIONS = ("master", "slave", "status")
 # The front's own response writer sets these.
 OWN_HEADERS = {"server", "date", "content-length"}
 # AWS retries a failed async invocation twice; here after seconds, not minutes.
@@ -87,7 +92,7 @@ def function_name(raw):
 class Front(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     moto_port = None
-    lambda_port = None
+    lambdas = None
     background = None
     injector = faults.Faults()
 
@@ -180,43 +185,34 @@ class Front(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = handle_any
 
-    def call_function(self, name, body):
-        return self.forward(
-            self.lambda_port,
-            "POST",
-            f"/2015-03-31/functions/{name}/invocations",
-            {"Content-Type": "application/json"},
-            body,
-            host=LAMBDA_HOST,
-        )
-
     def invoke(self, name, body):
+        function = self.lambdas.function(name)
+        if function is None:
+            message = f"Function not found: arn:aws:lambda:{lambdas.REGION}:{lambdas.ACCOUNT}:function:{name}"
+            return self.respond(404, [("X-Amzn-ErrorType", "ResourceNotFoundException"),
+                                      ("Content-Type", "application/json")],
+                                json.dumps({"Type": "User", "Message": message}).encode())
         kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if kind == "DryRun":
             return self.respond(204, [], b"")
         if kind == "Event":
             for _ in range(2 if self.injector.duplicates(name) else 1):
-                self.background.submit(self.run_async, name, body)
+                self.background.submit(self.run_async, function, body)
             return self.respond(202, [("Content-Type", "application/json")], b"")
-        status, _, response = self.call_function(name, body)
+        ok, response = function.invoke(body)
         headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
-        if status == 404:
-            return self.respond(404, [("X-Amzn-ErrorType", "ResourceNotFoundException")], response)
-        if status != 200:
+        if not ok:
             headers.append(("X-Amz-Function-Error", "Unhandled"))
         self.respond(200, headers, response)
 
-    def run_async(self, name, body):
+    def run_async(self, function, body):
         for attempt, delay in enumerate((0,) + ASYNC_RETRY_DELAYS):
             time.sleep(delay)
-            try:
-                status, _, response = self.call_function(name, body)
-            except OSError as error:
-                status, response = 0, str(error).encode()
-            if status == 200:
+            ok, response = function.invoke(body)
+            if ok:
                 return
-            log(f"async {name} attempt {attempt + 1} failed ({status}): {response[:300]!r}")
-        log(f"async {name} event dropped after {1 + len(ASYNC_RETRY_DELAYS)} attempts")
+            log(f"async {function.name} attempt {attempt + 1} failed: {response[:300]!r}")
+        log(f"async {function.name} event dropped after {1 + len(ASYNC_RETRY_DELAYS)} attempts")
 
 
 def read_env_file(path):
@@ -287,19 +283,25 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("dir")
     parser.add_argument("--port", type=int, default=4566)
-    parser.add_argument("--lambda-port", type=int, default=9000)
+    parser.add_argument("--lambda-port", type=int, default=9000,
+                        help="where `cargo lambda invoke` finds the functions, on [::1]")
     parser.add_argument("--bucket", default="s3-transfer-local")
     parser.add_argument("--stack", default="s3-transfer-flow")
-    parser.add_argument("--async-concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="instances per function, and async invocations at once")
     parser.add_argument("--exit-with-parent", action="store_true")
     parser.add_argument("--faults", help="JSON fault configuration (see local/faults.py)")
-    parser.add_argument("--features", help="cargo features to build the functions with")
     parser.add_argument("--release", action="store_true", help="optimized builds of the functions")
+    parser.add_argument("--no-build", action="store_true",
+                        help="run the binaries in --bin-dir as they are")
+    parser.add_argument("--bin-dir", help="where the binaries are (default: cargo's target dir)")
     parser.add_argument("--function-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra environment variable for the functions")
     args = parser.parse_args()
     if args.faults:
         Front.injector.configure(json.load(open(args.faults)))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    bin_dir = args.bin_dir or os.path.join(target, "release" if args.release else "debug")
 
     state = os.path.abspath(args.dir)
     os.makedirs(state, exist_ok=True)
@@ -310,8 +312,11 @@ def main():
         f.write(str(os.getpid()))
     parent = os.getppid()
     children = []
+    functions = None
 
     def stop(*_, code=0):
+        if functions is not None:
+            functions.stop()
         for child in reversed(children):
             try:
                 os.killpg(child.pid, signal.SIGTERM)
@@ -327,8 +332,6 @@ def main():
                 os.remove(os.path.join(state, name))
         sys.exit(code)
 
-    # cargo finds `cargo lambda` (cargo-lambda) beside this interpreter, in .tools/venv.
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
@@ -342,6 +345,17 @@ def main():
         return child
 
     try:
+        if not args.no_build:
+            log("building the functions")
+            subprocess.run(
+                ["cargo", "build", "--locked", *(f"--bin={b}" for b in (*FUNCTIONS, "xtask")),
+                 *(["--release"] if args.release else [])],
+                cwd=ROOT, check=True,
+            )
+        missing = [b for b in (*FUNCTIONS, "xtask") if not os.path.exists(os.path.join(bin_dir, b))]
+        if missing:
+            raise RuntimeError(f"{', '.join(missing)} not built in {bin_dir}")
+
         endpoint = f"http://127.0.0.1:{args.port}"
         moto_port = free_port()
         moto_env = dict(os.environ)
@@ -352,45 +366,39 @@ def main():
         wait_for_port(moto_port, 60, moto)
 
         Front.moto_port = moto_port
-        Front.lambda_port = args.lambda_port
-        Front.background = concurrent.futures.ThreadPoolExecutor(args.async_concurrency)
-        front = ThreadingHTTPServer(("127.0.0.1", args.port), Front)
-        front.daemon_threads = True
-        threading.Thread(target=front.serve_forever, daemon=True).start()
-        log(f"front on {endpoint}, moto on port {moto_port}")
+        Front.background = concurrent.futures.ThreadPoolExecutor(args.concurrency)
+        fronts = [ThreadingHTTPServer(("127.0.0.1", args.port), Front)]
+        fronts.append(type("IPv6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})(
+            (LAMBDA_HOST, args.lambda_port), Front))
+        for front in fronts:
+            front.daemon_threads = True
+            threading.Thread(target=front.serve_forever, daemon=True).start()
+        log(f"front on {endpoint} and [{LAMBDA_HOST}]:{args.lambda_port}, moto on port {moto_port}")
 
         env_file = os.path.join(state, "env.partial")
+        functions_file = os.path.join(state, "functions.json")
         subprocess.run(
-            ["cargo", "xtask", "local-deploy", endpoint, args.stack, args.bucket, env_file],
+            [os.path.join(bin_dir, "xtask"), "local-deploy", endpoint, args.stack, args.bucket,
+             env_file, functions_file],
             cwd=ROOT, check=True,
         )
-        settings = read_env_file(env_file)
-
-        functions_env = dict(os.environ)
-        functions_env.update(settings)
-        # One activity poll must end well before the local function's timeout.
-        functions_env["ACTIVITY_POLL_SECONDS"] = moto_env["MOTO_ACTIVITY_POLL_SECONDS"]
-        functions_env["RUST_LOG"] = functions_env.get("RUST_LOG", "info")
+        environment = dict(os.environ)
+        environment.update(read_env_file(env_file))
+        # One activity poll must end well before status's timeout, as on AWS.
+        environment["ACTIVITY_POLL_SECONDS"] = moto_env["MOTO_ACTIVITY_POLL_SECONDS"]
+        environment["RUST_LOG"] = environment.get("RUST_LOG", "info")
         for setting in args.function_env:
             name, _, value = setting.partition("=")
-            functions_env[name] = value
-        build_options = ["--features", args.features] if args.features else []
-        if args.release:
-            build_options.append("--release")
-        log("building the functions")
-        subprocess.run(
-            ["cargo", "build", "--locked", "--bin", "master", "--bin", "slave", "--bin", "status",
-             *build_options],
-            cwd=ROOT, check=True,
+            environment[name] = value
+        limits = json.load(open(functions_file))
+        functions = lambdas.Lambdas(
+            {name: dict(binary=os.path.join(bin_dir, name), environment=environment,
+                        timeout=limits[name]["timeout"], memory=limits[name]["memory"],
+                        concurrency=args.concurrency)
+             for name in FUNCTIONS},
+            os.path.join(state, "functions.log"),
         )
-        watch = start(
-            "functions",
-            ["cargo", "lambda", "watch", "--invoke-address", LAMBDA_HOST,
-             "--invoke-port", str(args.lambda_port), "--ignore-changes",
-             "--concurrency", "16", "--timeout", "900", *build_options],
-            functions_env,
-        )
-        wait_for_port(args.lambda_port, 600, watch, host=LAMBDA_HOST)
+        Front.lambdas = functions
         os.replace(env_file, os.path.join(state, "env"))
         with open(os.path.join(state, "ready"), "w") as f:
             f.write(endpoint)

@@ -1,10 +1,12 @@
-//! The whole local stack (`local/stack.py`): moto, the three functions under
-//! `cargo lambda watch`, the front that makes local Lambda behave as on AWS, and the
-//! state machine deployed from `statemachine.asl.json`. One per test binary.
+//! The whole local stack (`local/stack.py`): moto, the three functions under local
+//! Lambda, the front that makes them answer as on AWS, and the state machine deployed
+//! from `statemachine.asl.json`. One per test binary.
 //!
-//! The slave is built with its `fault-injection` feature, so a test can crash it between
-//! copy and delete ([`LocalStack::arm_crash`]); the front injects faults into the
-//! functions' AWS calls and records them ([`LocalStack::set_faults`], [`LocalStack::calls`]).
+//! The functions are the debug binaries of this workspace, built with the tests'
+//! features, so a test run builds every crate once. A debug slave can be crashed
+//! between copy and delete ([`LocalStack::arm_crash`]); the front injects faults into
+//! the functions' AWS calls and records them ([`LocalStack::set_faults`],
+//! [`LocalStack::calls`]).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -37,9 +39,9 @@ pub fn local_stack() -> &'static LocalStack {
     STACK.get_or_init(|| {
         let dir = std::env::temp_dir().join(unique("local-stack"));
         let crash_file = dir.join("crash-armed");
+        build_binaries();
         let options = [
-            "--features".to_string(),
-            "slave/fault-injection".to_string(),
+            "--no-build".to_string(),
             "--function-env".to_string(),
             format!("CRASH_AFTER_COPY_FILE={}", crash_file.display()),
             // Small enough that a test's 7 MiB file is copied in parts.
@@ -68,6 +70,18 @@ pub fn local_stack() -> &'static LocalStack {
             crash_file,
         }
     })
+}
+
+/// Builds the workspace's binaries as `make test` builds everything (`--workspace
+/// --bins --tests`), so that the features the tests enable in shared crates are the
+/// same and nothing is built twice; a no-op when `make test` built them already.
+fn build_binaries() {
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .current_dir(workspace_root())
+        .args(["build", "--locked", "--workspace", "--bins", "--tests"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the functions failed");
 }
 
 impl LocalStack {

@@ -147,7 +147,7 @@ impl Slave {
                 Err(failure) => outcomes.push((i, failed(failure))),
             }
         }
-        #[cfg(feature = "fault-injection")]
+        #[cfg(debug_assertions)]
         if !to_delete.is_empty() {
             fault_injection::crash_if_armed();
         }
@@ -206,9 +206,9 @@ where
     settled
 }
 
-/// Faults a test can ask of a build with the `fault-injection` feature; release builds
-/// and the deployed functions do not have it.
-#[cfg(feature = "fault-injection")]
+/// Faults a test can ask of a debug build; release builds, which are what `sam build`
+/// deploys, do not have them.
+#[cfg(debug_assertions)]
 mod fault_injection {
     /// The file `CRASH_AFTER_COPY_FILE` names arms one crash: the first invocation to
     /// find it removes it and aborts the process after copying its files and before

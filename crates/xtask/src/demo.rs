@@ -122,7 +122,7 @@ pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
             .as_secs()
     ))
     .expect("a valid run id");
-    let input = json!({"wait_before_master_seconds": 1, "wait_before_status_seconds": 2});
+    let input = json!({"wait_before_master_seconds": 1});
     println!("starting execution {run_id} with input {input}");
     let finished = runner
         .run(&run_id, &input, &mut out)

@@ -36,7 +36,7 @@ impl LocalNames {
     pub fn activity(&self) -> String {
         format!("{}-transfer", self.stack)
     }
-    /// Local functions are named by their binary, which is how `cargo lambda watch`
+    /// Local functions are named by their binary, which is how local Lambda
     /// serves them.
     pub fn function_arn(binary: &str) -> String {
         format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{binary}")
@@ -53,6 +53,15 @@ pub struct Deployed {
     pub state_machine_arn: String,
     /// Every function's variables from the template, merged (they agree where they meet).
     pub function_environment: BTreeMap<String, String>,
+    /// Each function (by binary) with its timeout and memory from the template.
+    pub functions: BTreeMap<String, FunctionLimits>,
+}
+
+/// What local Lambda needs of a function beyond its binary and environment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionLimits {
+    pub timeout: u64,
+    pub memory: u64,
 }
 
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
@@ -164,6 +173,22 @@ pub async fn deploy(
         }
     }
 
+    let mut functions = BTreeMap::new();
+    for (resource, binary) in &binaries {
+        let setting = |name, default| {
+            template
+                .function_setting(resource, name)
+                .and_then(serde_norway::Value::as_u64)
+                .unwrap_or(default)
+        };
+        // Lambda's own defaults for a function that sets neither.
+        let limits = FunctionLimits {
+            timeout: setting("Timeout", 3),
+            memory: setting("MemorySize", 128),
+        };
+        functions.insert(binary.clone(), limits);
+    }
+
     Ok(Deployed {
         endpoint: endpoint.to_string(),
         bucket: names.bucket.clone(),
@@ -171,6 +196,7 @@ pub async fn deploy(
         activity_arn,
         state_machine_arn,
         function_environment,
+        functions,
     })
 }
 

@@ -17,10 +17,11 @@ fn usage() -> &'static str {
                           write DIR/statemachine.json (substitutions filled with example
                           ARNs) and DIR/statemachine-cfn.yaml (a plain CloudFormation
                           state machine holding it), for asl-validator and cfn-lint
-  xtask local-deploy ENDPOINT STACK BUCKET ENV_FILE
+  xtask local-deploy ENDPOINT STACK BUCKET ENV_FILE FUNCTIONS_FILE
                           create on the local AWS APIs at ENDPOINT what template.yaml
-                          deploys, and write their names, ARNs and the functions'
-                          settings to ENV_FILE
+                          deploys, write their names, ARNs and the functions' settings
+                          to ENV_FILE, and each function's timeout and memory (JSON) to
+                          FUNCTIONS_FILE
   xtask demo [N]          the whole workflow on the local stack with N CSV files (300),
                           checked end to end
   xtask bench-move RUN_ID [LAMBDAS]
@@ -48,9 +49,20 @@ fn main() -> ExitCode {
         ["bench-move", run] => bench_move(run, "8"),
         ["bench-move", run, lambdas] => bench_move(run, lambdas),
         ["create-table"] => create_table(),
-        ["local-deploy", endpoint, stack, bucket, env_file] => {
-            local_deploy(endpoint, stack, bucket, Path::new(env_file))
-        }
+        [
+            "local-deploy",
+            endpoint,
+            stack,
+            bucket,
+            env_file,
+            functions_file,
+        ] => local_deploy(
+            endpoint,
+            stack,
+            bucket,
+            Path::new(env_file),
+            Path::new(functions_file),
+        ),
         _ => {
             eprintln!("{}", usage());
             return ExitCode::from(2);
@@ -152,7 +164,13 @@ fn check_build(dir: &Path) -> Result<(), Problem> {
     Ok(())
 }
 
-fn local_deploy(endpoint: &str, stack: &str, bucket: &str, env_file: &Path) -> Result<(), Problem> {
+fn local_deploy(
+    endpoint: &str,
+    stack: &str,
+    bucket: &str,
+    env_file: &Path,
+    functions_file: &Path,
+) -> Result<(), Problem> {
     let template = Template::parse(&read("template.yaml")?)?;
     let (uri, _) = template.state_machine()?;
     let definition = Definition::parse(&read(&uri)?)?;
@@ -168,6 +186,8 @@ fn local_deploy(endpoint: &str, stack: &str, bucket: &str, env_file: &Path) -> R
         &names,
     ))?;
     write(env_file, &deployed.env_file())?;
+    let functions = serde_json::to_string_pretty(&deployed.functions).expect("limits serialize");
+    write(functions_file, &functions)?;
     println!("state machine {}", deployed.state_machine_arn);
     Ok(())
 }
