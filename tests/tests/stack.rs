@@ -243,3 +243,12 @@ fn the_readme_diagram_matches_the_definition() {
         "README.md's state machine diagram is out of date: run `make diagram`"
     );
 }
+
+#[test]
+fn the_sample_events_are_events_the_functions_accept() {
+    use common::run::{MasterEvent, SlaveEvent, StatusEvent, parse_event};
+    let event = |name: &str| serde_json::from_str(&read(&format!("events/{name}.json"))).unwrap();
+    parse_event::<MasterEvent>(event("master")).unwrap();
+    parse_event::<SlaveEvent>(event("slave")).unwrap();
+    parse_event::<StatusEvent>(event("status")).unwrap();
+}

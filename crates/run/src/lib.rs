@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sfn::types::ExecutionStatus;
 use common::progress::RunProgress;
 use common::run::RunId;
-use common::store::Store;
+use common::store::{FileStatus, Store};
 use serde_json::Value;
 
 /// Failed files listed after a failed run.
@@ -210,6 +210,15 @@ pub fn report(finished: &Finished) -> String {
     text
 }
 
+/// One line per file: its state, its key and, for a failed file, the reason, separated
+/// by tabs.
+pub fn file_line(file: &FileStatus) -> String {
+    match &file.reason {
+        Some(reason) => format!("{}\t{}\t{reason}", file.state.as_str(), file.file.key),
+        None => format!("{}\t{}", file.state.as_str(), file.file.key),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +258,28 @@ mod tests {
         assert!(
             empty.starts_with(&format!("[{}]", "#".repeat(30))),
             "{empty}"
+        );
+    }
+
+    #[test]
+    fn each_file_is_one_line_with_its_reason_if_it_failed() {
+        use common::batch::{FileState, ListedFile};
+        let file = |state, reason: Option<&str>| FileStatus {
+            file: ListedFile {
+                key: "raw/a b.csv".into(),
+                size: 3,
+                etag: "e".into(),
+            },
+            state,
+            reason: reason.map(String::from),
+        };
+        assert_eq!(
+            file_line(&file(FileState::Completed, None)),
+            "completed\traw/a b.csv"
+        );
+        assert_eq!(
+            file_line(&file(FileState::Failed, Some("CopyObject: AccessDenied"))),
+            "failed\traw/a b.csv\tCopyObject: AccessDenied"
         );
     }
 

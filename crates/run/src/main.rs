@@ -1,5 +1,6 @@
 //! `run-transfer`: starts one execution and follows it. See `USAGE`.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,10 +10,14 @@ use run::{Runner, report};
 use serde_json::Value;
 
 const USAGE: &str = "usage: run-transfer [--name NAME] [--input JSON | --input-file PATH]
+       run-transfer --files RUN_ID
 
 Starts an execution of the transfer state machine (its name is the run id; by default
 run-<unix time>), shows the run's progress until it ends, then reports the outcome and
 lists failed files with their reasons. Exits 0 if the execution succeeded.
+
+--files lists every file of a run, one per line: its state (started, completed or
+failed), its key and, for a failed file, the reason, separated by tabs.
 
 Reads STATE_MACHINE_ARN and TABLE_NAME from the environment (`.local/env` sets them for
 the local stack; on AWS take them from the stack's outputs), and the endpoint, region
@@ -38,6 +43,7 @@ async fn run_cli(args: Vec<String>) -> Result<bool, String> {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n\n{USAGE}"));
         match arg.as_str() {
             "--name" => name = Some(value()?),
+            "--files" => return list_files(&value()?).await,
             "--input" => input = parse_input(&value()?)?,
             "--input-file" => {
                 let path = value()?;
@@ -58,24 +64,53 @@ async fn run_cli(args: Vec<String>) -> Result<bool, String> {
         format!("run-{}", now.as_secs())
     });
     let run_id = RunId::parse(&name).map_err(|e| e.to_string())?;
-    let variable = |name: &str| {
-        std::env::var(name).map_err(|_| {
-            format!("{name} is not set (source .local/env, or export it from the stack's outputs)")
-        })
-    };
     let state_machine_arn = variable("STATE_MACHINE_ARN")?;
-    let table = variable("TABLE_NAME")?;
-
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let runner = Runner {
         sfn: aws_sdk_sfn::Client::new(&sdk),
-        // Only reads: the retention given to new rows is never used.
-        store: Store::new(aws_sdk_dynamodb::Client::new(&sdk), table, Duration::ZERO),
+        store: store(&sdk)?,
         state_machine_arn,
     };
     let finished = runner.run(&run_id, &input, &mut std::io::stdout()).await?;
     print!("{}", report(&finished));
     Ok(finished.succeeded())
+}
+
+/// Prints every file of the run with its state, and the reason of each failed file.
+async fn list_files(run: &str) -> Result<bool, String> {
+    let run = RunId::parse(run).map_err(|e| e.to_string())?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let files = store(&sdk)?
+        .files(&run)
+        .await
+        .map_err(|e| format!("reading the status table: {e}"))?;
+    if files.is_empty() {
+        return Err(format!("run {run} has no files recorded"));
+    }
+    let mut out = std::io::stdout().lock();
+    for file in &files {
+        if writeln!(out, "{}", run::file_line(file)).is_err() {
+            break; // the reader has gone (`| head`)
+        }
+    }
+    Ok(true)
+}
+
+fn variable(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| {
+        format!("{name} is not set (source .local/env, or export it from the stack's outputs)")
+    })
+}
+
+/// The status table named by `TABLE_NAME`.
+fn store(sdk: &aws_config::SdkConfig) -> Result<Store, String> {
+    let table = variable("TABLE_NAME")?;
+    // Only reads: the retention given to new items is never used.
+    Ok(Store::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table,
+        Duration::ZERO,
+    ))
 }
 
 fn parse_input(text: &str) -> Result<Value, String> {
