@@ -76,9 +76,12 @@ $(BENCH_STAMP): bench/requirements.txt bench/constraints.txt
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c bench/constraints.txt
 	touch $@
 
+# Unpacked from Debian's package into .tools, not installed on the system.
 $(RCLONE):
 	mkdir -p .tools/rclone
-	cd .tools/rclone && apt-get download rclone=$(RCLONE_VERSION) && dpkg-deb -x rclone_*.deb .
+	cd .tools/rclone && { apt-get download rclone=$(RCLONE_VERSION) \
+		|| { apt-get update -qq && apt-get download rclone=$(RCLONE_VERSION); }; } \
+		&& dpkg-deb -x rclone_*.deb .
 
 $(GARAGE):
 	cargo install garage --version $(GARAGE_VERSION) --locked --root .tools/garage
