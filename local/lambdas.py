@@ -70,7 +70,10 @@ class Function:
         self.lock = threading.Condition()
         self.waiting = collections.deque()
         self.instances = {}
+        # Instances waiting for an invocation, and instances started that have not asked
+        # for one yet: between them they take the next invocations without a new start.
         self.idle = 0
+        self.starting = 0
         self.numbers = itertools.count(1)
 
     def invoke(self, payload):
@@ -78,8 +81,7 @@ class Function:
         invocation = Invocation(payload, self.timeout)
         with self.lock:
             self.waiting.append(invocation)
-            if self.idle == 0 and len(self.instances) < self.concurrency:
-                self.start_instance()
+            self.start_instances()
             self.lock.notify()
         # The deadline counts from when an instance takes the invocation; the queue wait
         # before that is bounded by the other invocations' own timeouts.
@@ -95,17 +97,25 @@ class Function:
         with self.lock:
             return next((i for i in self.instances.values() if i.current is invocation), None)
 
-    def start_instance(self):
-        number = next(self.numbers)
-        instance = Instance(self, number)
-        self.instances[number] = instance
-        instance.start()
+    def start_instances(self):
+        """Starts instances for the invocations no instance will take, as far as the
+        concurrency allows. Called with the lock held."""
+        while (len(self.waiting) > self.idle + self.starting
+               and len(self.instances) < self.concurrency):
+            number = next(self.numbers)
+            instance = Instance(self, number)
+            self.instances[number] = instance
+            self.starting += 1
+            instance.start()
 
     def next_invocation(self, instance):
         """Blocks until an invocation is waiting, then hands it to `instance`; `None` if
         the instance exits meanwhile."""
         with self.lock:
             instance.current = None
+            if not instance.ready:
+                instance.ready = True
+                self.starting -= 1
             self.idle += 1
             try:
                 while not self.waiting and instance.number in self.instances:
@@ -128,16 +138,20 @@ class Function:
                 if instance.current is invocation:
                     instance.current = None
             self.waiting.appendleft(invocation)
-            if self.idle == 0 and len(self.instances) < self.concurrency:
-                self.start_instance()
+            self.start_instances()
             self.lock.notify()
 
     def instance_exited(self, instance, code):
         with self.lock:
             self.instances.pop(instance.number, None)
             invocation, instance.current = instance.current, None
-            if self.waiting and self.idle == 0:
-                self.start_instance()
+            if not instance.ready:
+                # It died before asking for work: as on AWS, an invocation that was
+                # waiting for it fails with it, instead of instances starting forever.
+                self.starting -= 1
+                if self.waiting:
+                    invocation = self.waiting.popleft()
+            self.start_instances()
             # Its waiting request for the next invocation, if any, must give up.
             self.lock.notify_all()
         if invocation is not None:
@@ -158,6 +172,8 @@ class Instance:
         self.number = number
         self.current = None
         self.process = None
+        # Whether it has asked for an invocation yet.
+        self.ready = False
         # time.perf_counter() when the process was started, and when it first asked for
         # an invocation: the difference is its cold start.
         self.started = None
@@ -184,8 +200,9 @@ class Instance:
     def watch(self):
         """Copies the instance's output to the log, then reports its exit."""
         prefix = f"[{self.function.name}#{self.number}] ".encode()
-        for line in self.process.stdout:
-            self.function.log(prefix + line)
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.function.log(prefix + line)
         code = self.process.wait()
         self.function.instance_exited(self, code)
 
@@ -221,7 +238,8 @@ class Lambdas:
 
     def log(self, line):
         with self.log_lock:
-            self.log_file.write(line)
+            if not self.log_file.closed:
+                self.log_file.write(line)
 
     def function(self, name):
         return self.functions.get(name)
@@ -230,6 +248,9 @@ class Lambdas:
         for function in self.functions.values():
             function.stop()
         self.server.shutdown()
+        self.server.server_close()
+        with self.log_lock:
+            self.log_file.close()
 
 
 class RuntimeApi(BaseHTTPRequestHandler):
