@@ -76,11 +76,22 @@ pub fn local_stack() -> &'static LocalStack {
 /// --bins --tests`), so that the features the tests enable in shared crates are the
 /// same and nothing is built twice; a no-op when `make test` built them already.
 fn build_binaries() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .current_dir(workspace_root())
-        .args(["build", "--locked", "--workspace", "--bins", "--tests"])
-        .status()
-        .expect("cargo runs");
+    let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    cargo.current_dir(workspace_root()).args([
+        "build",
+        "--locked",
+        "--workspace",
+        "--bins",
+        "--tests",
+    ]);
+    // cargo gives a test the variables it gives build scripts (CARGO_PKG_NAME, ...); some
+    // build scripts (ring's) rerun when they change, which would rebuild half the tree.
+    for (name, _) in std::env::vars() {
+        if xtask::local::set_by_cargo_for_a_package(&name) {
+            cargo.env_remove(name);
+        }
+    }
+    let status = cargo.status().expect("cargo runs");
     assert!(status.success(), "building the functions failed");
 }
 

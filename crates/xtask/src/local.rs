@@ -301,6 +301,27 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// Whether cargo sets the variable `name` for one package's program (a test, a build
+/// script, `cargo run`). A cargo started from such a program must not inherit them:
+/// build scripts that watch them (ring's does) would run again and rebuild their
+/// dependents.
+pub fn set_by_cargo_for_a_package(name: &str) -> bool {
+    const PREFIXES: [&str; 5] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "CARGO_BIN_",
+    ];
+    const NAMES: [&str; 4] = [
+        "OUT_DIR",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
 /// A local stack (`local/stack.py run`) started by this process, stopped when dropped
 /// (or when this process dies: the stack watches its parent).
 pub struct RunningStack {
@@ -327,7 +348,13 @@ impl RunningStack {
                 .map_err(|e| Problem(format!("no free port: {e}")))
         };
         let python = root.join(".tools/venv/bin/python");
-        let process = Command::new(&python)
+        let mut command = Command::new(&python);
+        for (name, _) in std::env::vars() {
+            if set_by_cargo_for_a_package(&name) {
+                command.env_remove(name);
+            }
+        }
+        let process = command
             .current_dir(root)
             .arg("local/stack.py")
             .args(["run", &dir.to_string_lossy(), "--exit-with-parent"])
