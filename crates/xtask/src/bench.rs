@@ -1,6 +1,6 @@
 //! `cargo xtask bench-move`: one run's move path as the Lambdas take it, without Step
-//! Functions. master's own code lists the source prefix, records each file `started`
-//! and invokes slave asynchronously; the invocations reach an in-process Lambda
+//! Functions. master's own code lists the source prefix, records its files `started` in
+//! batches and invokes slave asynchronously once per batch; the invocations reach an in-process Lambda
 //! endpoint that answers 202 and hands each event to slave's own code, `LAMBDAS` at a
 //! time, as Lambda would run them side by side. Every S3 and DynamoDB request is real.
 //!
@@ -50,7 +50,7 @@ pub async fn bench_move(run_id: &str, lambdas: usize) -> Result<Moved, Problem> 
     );
     let master = master::Master::new(&clients, config.clone(), master_settings);
     let slave = Arc::new(slave::Slave::new(&clients, &config, slave_settings));
-    let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let totals = Arc::new(Totals::default());
     let workers = run_slaves(slave, inbox, lambdas, totals.clone());
 
     let started = Instant::now();
@@ -66,7 +66,7 @@ pub async fn bench_move(run_id: &str, lambdas: usize) -> Result<Moved, Problem> 
         }
     };
     // Every invocation master made is in the channel; wait until each is handled.
-    while totals[0].load(Ordering::SeqCst) < invocations {
+    while totals.handled.load(Ordering::SeqCst) < invocations {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -75,17 +75,26 @@ pub async fn bench_move(run_id: &str, lambdas: usize) -> Result<Moved, Problem> 
         files: selected,
         seconds,
         invocations,
-        completed: totals[1].load(Ordering::SeqCst),
-        failed: totals[2].load(Ordering::SeqCst),
+        completed: totals.completed.load(Ordering::SeqCst),
+        failed: totals.failed.load(Ordering::SeqCst),
     })
 }
 
-/// Handles events `lambdas` at a time; counts handled events, completed and failed files.
+/// What the slaves have done so far.
+#[derive(Default)]
+struct Totals {
+    /// Events handled, successfully or not.
+    handled: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Handles events `lambdas` at a time, adding up what they did.
 fn run_slaves(
     slave: Arc<slave::Slave>,
     mut inbox: mpsc::UnboundedReceiver<crate::async_invoke::Invocation>,
     lambdas: usize,
-    totals: Arc<[AtomicU64; 3]>,
+    totals: Arc<Totals>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(lambdas));
@@ -100,9 +109,9 @@ fn run_slaves(
                         SlaveOutput::default()
                     }
                 };
-                totals[1].fetch_add(out.completed, Ordering::SeqCst);
-                totals[2].fetch_add(out.failed, Ordering::SeqCst);
-                totals[0].fetch_add(1, Ordering::SeqCst);
+                totals.completed.fetch_add(out.completed, Ordering::SeqCst);
+                totals.failed.fetch_add(out.failed, Ordering::SeqCst);
+                totals.handled.fetch_add(1, Ordering::SeqCst);
                 drop(permit);
             });
         }
