@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ TOOLS = os.path.join(ROOT, ".tools")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 sys.path.insert(0, os.path.join(ROOT, "local"))
 import lambdas  # noqa: E402  (local Lambda, shared with the local stack)
+from stack import free_port, wait_for_port  # noqa: E402
 
 BUCKET = "bench"
 REGION = "us-east-1"
@@ -58,23 +58,6 @@ MOVERS = ("s3-transfer-flow", "s5cmd", "rclone", "aws s3 mv")
 
 def log(message):
     print(f"[bench] {message}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, seconds=60):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def pinned(cpu, command):
@@ -153,8 +136,8 @@ admin_token = "{secrets.token_hex(16)}"
         self.binary = tool("garage")
         processes.start(pinned(SERVER_CPU, [self.binary, "-c", self.config, "server"]),
                         os.path.join(self.dir, "garage.log"))
-        wait_for_port(self.s3_port)
-        wait_for_port(self.admin_port)
+        wait_for_port(self.s3_port, 60)
+        wait_for_port(self.admin_port, 60)
         node = self.cli("node", "id", "-q").split("@")[0]
         self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node)
         self.cli("layout", "apply", "--version", "1")
@@ -204,7 +187,7 @@ class Moto:
         processes.start(pinned(cpu, [os.path.join(TOOLS, "venv", "bin", "python"),
                                      "local/moto_server.py", str(self.port)]),
                         os.path.join(workdir, "moto.log"))
-        wait_for_port(self.port)
+        wait_for_port(self.port, 60)
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def version(self):
@@ -536,10 +519,11 @@ def report(results, out_dir, chart):
         ratio = f"{ours['objects_per_second'] / m['objects_per_second']:.2f}" if ours else "-"
         per_object = f"{m['requests_per_object']:.3f}" if m["requests_per_object"] is not None else "-"
         lines.append(f"| {name} | {m['seconds']:.2f} | {m['objects_per_second']:.0f} | {ratio} | {per_object} |")
-    lines += ["", "S3 requests of the first run, by operation:", ""]
-    for name, m in movers.items():
-        if m["requests"]:
-            lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(m["requests"].items())))
+    counted = {name: m["requests"] for name, m in movers.items() if m["requests"]}
+    if counted:
+        lines += ["", "S3 requests of the first run, by operation:", ""]
+        for name, requests in counted.items():
+            lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(requests.items())))
     if results.get("functions"):
         lines += ["", "| function | cold start (median of 5) | peak memory |", "|---|---|---|"]
         for name, p in results["functions"].items():

@@ -21,7 +21,6 @@ milliseconds instead of going through cargo.
 import collections
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys

@@ -299,8 +299,8 @@ impl Fixture {
         events
     }
 
-    /// A file row of the status table, as attribute name → string value.
-    pub async fn row(&self, pk: &str, sk: &str) -> Option<BTreeMap<String, String>> {
+    /// An item of the status table, as attribute name → string value.
+    pub async fn item(&self, pk: &str, sk: &str) -> Option<BTreeMap<String, String>> {
         let item = self
             .clients
             .dynamodb
@@ -316,37 +316,9 @@ impl Fixture {
         Some(item.into_iter().map(|(k, v)| (k, plain(&v))).collect())
     }
 
-    /// Every row of one partition, by sort key.
-    pub async fn partition(&self, pk: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-        let mut rows = BTreeMap::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .clients
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .unwrap();
-            for item in out.items.unwrap_or_default() {
-                let row: BTreeMap<String, String> =
-                    item.into_iter().map(|(k, v)| (k, plain(&v))).collect();
-                rows.insert(row["sk"].clone(), row);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return rows;
-            }
-        }
-    }
-
-    /// Every row of the table, each as its attributes, in order.
-    pub async fn table_rows(&self) -> Vec<BTreeMap<String, String>> {
-        let mut rows = Vec::new();
+    /// Every item of the table, each as its attributes, in order.
+    pub async fn table_items(&self) -> Vec<BTreeMap<String, String>> {
+        let mut items = Vec::new();
         let mut start = None;
         loop {
             let out = self
@@ -358,7 +330,7 @@ impl Fixture {
                 .send()
                 .await
                 .unwrap();
-            rows.extend(
+            items.extend(
                 out.items
                     .unwrap_or_default()
                     .into_iter()
@@ -366,8 +338,8 @@ impl Fixture {
             );
             start = out.last_evaluated_key;
             if start.is_none() {
-                rows.sort();
-                return rows;
+                items.sort();
+                return items;
             }
         }
     }

@@ -112,7 +112,7 @@ fn malformed_events_are_refused_as_invalid_and_change_nothing() {
         f
     });
     let handed = f.inbox.take();
-    let (objects, rows) = runtime.block_on(async { (f.objects().await, f.table_rows().await) });
+    let (objects, items) = runtime.block_on(async { (f.objects().await, f.table_items().await) });
     let (master, slave) = (f.master(), f.slave());
     let mut runner = TestRunner::new(Config {
         cases: 128,
@@ -146,6 +146,6 @@ fn malformed_events_are_refused_as_invalid_and_change_nothing() {
     assert!(f.inbox.take().is_empty());
     runtime.block_on(async {
         assert_eq!(f.objects().await, objects);
-        assert_eq!(f.table_rows().await, rows);
+        assert_eq!(f.table_items().await, items);
     });
 }

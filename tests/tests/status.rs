@@ -241,11 +241,11 @@ async fn a_token_for_another_run_is_parked_there_and_delivered_by_that_run() {
         ]
     );
     assert_eq!(
-        f.row("run-b#run", "run").await.unwrap()["task_token"],
+        f.item("run-b#run", "run").await.unwrap()["task_token"],
         "token-b"
     );
     assert_eq!(
-        f.row("run-a#run", "run").await.unwrap()["delivered"],
+        f.item("run-a#run", "run").await.unwrap()["delivered"],
         "succeeded"
     );
 
@@ -264,7 +264,7 @@ async fn a_token_for_another_run_is_parked_there_and_delivered_by_that_run() {
         "{calls_b:?}"
     );
     assert!(
-        !f.row("run-b#run", "run")
+        !f.item("run-b#run", "run")
             .await
             .unwrap()
             .contains_key("task_token")
@@ -320,7 +320,7 @@ async fn a_failed_run_sends_task_failure_naming_each_failed_file() {
         format!("SendTaskFailure tok TransferFailed {cause}")
     );
     assert_eq!(
-        f.row("bad-run#run", "run").await.unwrap()["delivered"],
+        f.item("bad-run#run", "run").await.unwrap()["delivered"],
         "failed"
     );
 }
@@ -349,7 +349,7 @@ async fn a_task_without_a_run_id_is_failed_and_a_missing_token_is_pending() {
     );
     assert_eq!(list.iter().filter(|c| *c == "GetActivityTask").count(), 2);
     assert!(
-        !f.row("lonely#run", "run")
+        !f.item("lonely#run", "run")
             .await
             .unwrap()
             .contains_key("delivered")

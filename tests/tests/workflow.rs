@@ -208,7 +208,7 @@ async fn eight_executions_at_once_each_complete_their_own_activity_task() {
         )
         .unwrap();
         assert_eq!(result["run_id"], json!(run));
-        // and the run's rows and counters hold its own files only
+        // and the run's records and counters hold its own files only
         let run_id = RunId::parse(run).unwrap();
         let view = store.run_view(&run_id).await.unwrap().unwrap();
         assert_eq!(

@@ -226,17 +226,22 @@ impl Store {
     }
 
     pub async fn run_record(&self, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        let item = self
+        let item = self.get(key(run_pk(run), RUN_SK)).await?;
+        item.map(|i| parse_run(run, &i)).transpose()
+    }
+
+    /// One item, strongly consistent.
+    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        Ok(self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(run_pk(run), RUN_SK)))
+            .set_key(Some(key))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("GetItem", e))?
-            .item;
-        item.map(|i| parse_run(run, &i)).transpose()
+            .item)
     }
 
     /// Creates the run with its spec, or checks that an existing run has the same spec:
@@ -661,16 +666,7 @@ impl Store {
     }
 
     async fn outcomes(&self, run: &RunId, id: &str, files: usize) -> Result<Outcomes, StoreError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(outcome_pk(run), id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("GetItem", e))?
-            .item;
+        let item = self.get(key(outcome_pk(run), id)).await?;
         parse_outcomes(run, item.as_ref(), files)
     }
 
