@@ -575,8 +575,8 @@ impl Store {
         Ok(found)
     }
 
-    /// Every item of a partition, strongly consistent, in key order; `shape` adds the
-    /// key condition beyond `pk = :pk` and any projection.
+    /// Every item of the partition `pk`, strongly consistent, in key order. `shape` may
+    /// narrow the key condition (it must keep `pk = :pk`) and set a projection.
     async fn query_all(
         &self,
         pk: &str,

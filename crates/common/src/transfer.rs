@@ -42,12 +42,14 @@ fn permanent(reason: String) -> MoveFailure {
     }
 }
 
-/// A file whose destination is verified to hold what the listing saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub destination_key: String,
-    /// False when an earlier attempt already deleted the source.
-    pub source_present: bool,
+/// A file whose destination is verified to hold what the listing saw, and what is left
+/// to do with its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The source is still there, to be deleted.
+    SourceToDelete,
+    /// An earlier attempt already deleted the source.
+    SourceGone,
 }
 
 /// The quotes S3 puts around ETags are not part of the value.
@@ -126,8 +128,10 @@ impl<'a> Mover<'a> {
         } else {
             self.copy_whole(spec, file, &destination_key).await?
         };
-        let source_present = match copied {
-            Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => true,
+        match copied {
+            Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => {
+                Ok(Verified::SourceToDelete)
+            }
             Copied::Done { etag, etag_is_md5 } => {
                 if etag_is_md5
                     && is_content_md5(&file.etag)
@@ -141,19 +145,15 @@ impl<'a> Mover<'a> {
                 }
                 self.check_destination(spec, &destination_key, file.size, Some(&etag))
                     .await?;
-                true
+                Ok(Verified::SourceToDelete)
             }
             Copied::SourceMissing => {
                 self.check_destination(spec, &destination_key, file.size, None)
                     .await
                     .map_err(|e| permanent(format!("the source is gone and {}", e.reason)))?;
-                false
+                Ok(Verified::SourceGone)
             }
-        };
-        Ok(Verified {
-            destination_key,
-            source_present,
-        })
+        }
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted

@@ -25,8 +25,8 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::info;
 
-/// The most bytes of encoded files in one batch: a batch is one DynamoDB item (400 KB
-/// at most), and its outcome item must hold a reason for each of its files.
+/// The most bytes of encoded files in one batch: a batch is one DynamoDB item, and this
+/// keeps it well within the 400 KB an item may have, however long the keys.
 const BATCH_BYTES: usize = 96 * 1024;
 
 #[derive(Debug, thiserror::Error)]

@@ -139,11 +139,8 @@ impl Slave {
         let mut to_delete = Vec::new();
         for (i, result) in copied {
             match result {
-                Ok(Verified {
-                    source_present: true,
-                    ..
-                }) => to_delete.push(i),
-                Ok(_) => outcomes.push((i, completed(&files[i]))),
+                Ok(Verified::SourceToDelete) => to_delete.push(i),
+                Ok(Verified::SourceGone) => outcomes.push((i, completed(&files[i]))),
                 Err(failure) => outcomes.push((i, failed(failure))),
             }
         }
