@@ -29,13 +29,18 @@ pub struct Moved {
     pub failed: u64,
 }
 
-pub async fn bench_move(run_id: &str, lambdas: usize) -> Result<Moved, Problem> {
+/// `template` declares the status table, created if it does not exist yet.
+pub async fn bench_move(
+    run_id: &str,
+    lambdas: usize,
+    template: &crate::template::Template,
+) -> Result<Moved, Problem> {
     let problem = |e: common::ConfigError| Problem(e.to_string());
     let config = Config::from_env().map_err(problem)?;
     let master_settings = MasterSettings::from_env().map_err(problem)?;
     let slave_settings = SlaveSettings::from_env().map_err(problem)?;
     let mut clients = Clients::from_env(&config, "bench").await;
-    crate::local::table_if_missing(&clients.dynamodb, &config.table_name).await?;
+    crate::local::table_if_missing(&clients.dynamodb, template, &config.table_name).await?;
 
     let (events, inbox) = mpsc::unbounded_channel();
     let endpoint = crate::async_invoke::start(events)

@@ -200,21 +200,22 @@ pub async fn deploy(
     })
 }
 
-/// Creates the status table `name` as the template declares it, unless it exists;
-/// returns its name if it was created.
+/// Creates the status table `name` as the template declares it, unless it exists.
 pub async fn table_if_missing(
     dynamodb: &aws_sdk_dynamodb::Client,
+    template: &Template,
     name: &str,
-) -> Result<Option<String>, Problem> {
-    let found = dynamodb.describe_table().table_name(name).send().await;
-    if found.is_ok() {
-        return Ok(None);
+) -> Result<(), Problem> {
+    if dynamodb
+        .describe_table()
+        .table_name(name)
+        .send()
+        .await
+        .is_ok()
+    {
+        return Ok(());
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let text = std::fs::read_to_string(root.join("template.yaml"))
-        .map_err(|e| Problem(format!("reading template.yaml: {e}")))?;
-    create_table(dynamodb, &Template::parse(&text)?, name).await?;
-    Ok(Some(name.to_string()))
+    create_table(dynamodb, template, name).await
 }
 
 async fn create_table(

@@ -196,8 +196,9 @@ fn bench_move(run: &str, lambdas: &str) -> Result<(), Problem> {
     let lambdas = lambdas
         .parse()
         .map_err(|_| Problem(format!("LAMBDAS must be a number, not {lambdas:?}")))?;
+    let template = Template::parse(&read("template.yaml")?)?;
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-    let moved = runtime.block_on(xtask::bench::bench_move(run, lambdas))?;
+    let moved = runtime.block_on(xtask::bench::bench_move(run, lambdas, &template))?;
     println!(
         "{}",
         serde_json::json!({
@@ -215,13 +216,13 @@ fn bench_move(run: &str, lambdas: &str) -> Result<(), Problem> {
 }
 
 fn create_table() -> Result<(), Problem> {
+    let template = Template::parse(&read("template.yaml")?)?;
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     runtime.block_on(async {
         let config = common::Config::from_env().map_err(|e| Problem(e.to_string()))?;
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-        xtask::local::table_if_missing(&dynamodb, &config.table_name).await?;
-        Ok(())
+        xtask::local::table_if_missing(&dynamodb, &template, &config.table_name).await
     })
 }
 
