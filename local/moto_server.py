@@ -15,18 +15,46 @@ import time
 import types
 import uuid
 
+from werkzeug.serving import make_server
+
 from moto.core.config import default_user_config
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import dynamo_type
 from moto.dynamodb.models.table import Table
-from moto.server import ThreadedMotoServer
-from moto.stepfunctions.parser.api import ExecutionStatus
-from moto.stepfunctions.parser.asl.eval.callback.callback import ActivityCallbackEndpoint
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.stepfunctions.parser.api import (
+    ActivityTimedOutEventDetails,
+    ExecutionStatus,
+    HistoryEventType,
+)
+from moto.core.exceptions import AWSError
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
+    StatesErrorName,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+    StatesErrorNameType,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_activitiy import (
+    StateTaskActivity,
+)
+from moto.stepfunctions.parser.asl.eval.callback.callback import (
+    ActivityCallbackEndpoint,
+    CallbackPoolManager,
+    HeartbeatTimeoutError,
+)
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.backend import activity as parser_activity
 from moto.stepfunctions.parser import models as parser_models
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions.responses import StepFunctionResponse
 import moto.dynamodb.models as dynamodb_models
+
+import strict
 
 # The longest GetActivityTask waits for a task, as on AWS; tests may shorten it.
 ACTIVITY_POLL_SECONDS = float(os.environ.get("MOTO_ACTIVITY_POLL_SECONDS", "60"))
@@ -225,6 +253,135 @@ def name_unnamed_executions() -> None:
     backend.start_execution = start_execution
 
 
+class TaskTokens:
+    """Which activity task tokens Step Functions still takes an answer for.
+
+    On AWS a token answers TaskTimedOut once its task is closed: answered, timed out,
+    its heartbeat missed, or its execution ended. moto keeps a closed task's endpoint
+    while its execution runs, so a second SendTaskSuccess is accepted and a token whose
+    heartbeat lapsed still takes one (and drops it); after its execution ends, moto
+    answers InvalidToken. Here every token is open from when its task is scheduled
+    until one of those happens, and closed after.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.open = set()
+        self.closed = set()
+
+    def opened(self, token):
+        with self.lock:
+            self.open.add(token)
+
+    def close(self, token):
+        with self.lock:
+            self.open.discard(token)
+            self.closed.add(token)
+
+    def take_answer(self, token):
+        """Raises TaskTimedOut for a closed token; returns whether the token is open
+        (one this server scheduled), to be closed once its answer is taken."""
+        with self.lock:
+            if token in self.closed:
+                raise TaskTimedOut()
+            return token in self.open
+
+    def check_open(self, token):
+        with self.lock:
+            if token in self.closed:
+                raise TaskTimedOut()
+
+
+TASK_TOKENS = TaskTokens()
+
+
+class TaskTimedOut(AWSError):
+    """What Step Functions answers for the token of a closed task."""
+
+    TYPE = "TaskTimedOut"
+
+    def __init__(self):
+        super().__init__("Task Timed Out: 'Provided task does not exist anymore'")
+
+
+def close_answered_tasks() -> None:
+    """A task token takes one answer, as on AWS: see TaskTokens."""
+    add_activity_task = CallbackPoolManager.add_activity_task
+
+    def add(self, callback_id, activity_arn, activity_input):
+        endpoint = add_activity_task(self, callback_id, activity_arn, activity_input)
+        TASK_TOKENS.opened(callback_id)
+        return endpoint
+
+    CallbackPoolManager.add_activity_task = add
+
+    eval_execution = StateTaskActivity._eval_execution
+
+    def run_task(self, env):
+        try:
+            return eval_execution(self, env)
+        finally:
+            token = env.states.context_object.context_object_data.get("Task", {}).get("Token")
+            if token:
+                TASK_TOKENS.close(token)
+
+    StateTaskActivity._eval_execution = run_task
+
+    backend = parser_models.StepFunctionsParserBackend
+    for name in ("send_task_success", "send_task_failure"):
+        original = getattr(backend, name)
+
+        def answer(self, task_token, *args, _original=original, **kwargs):
+            ours = TASK_TOKENS.take_answer(task_token)
+            result = _original(self, task_token, *args, **kwargs)
+            if ours:
+                TASK_TOKENS.close(task_token)
+            return result
+
+        setattr(backend, name, answer)
+    heartbeat = backend.send_task_heartbeat
+
+    def send_task_heartbeat(self, task_token):
+        TASK_TOKENS.check_open(task_token)
+        return heartbeat(self, task_token)
+
+    backend.send_task_heartbeat = send_task_heartbeat
+
+
+def name_heartbeat_timeouts() -> None:
+    """A missed activity heartbeat is States.HeartbeatTimeout, which a Retry can match;
+    moto reports it as States.Timeout, the error of the task's whole timeout."""
+    from_error = StateTaskActivity._from_error
+
+    def named(self, env, ex):
+        if isinstance(ex, HeartbeatTimeoutError):
+            error = StatesErrorName(typ=StatesErrorNameType.StatesHeartbeatTimeout)
+            return FailureEvent(
+                env=env,
+                error_name=error,
+                event_type=HistoryEventType.ActivityTimedOut,
+                event_details=EventDetails(
+                    activityTimedOutEventDetails=ActivityTimedOutEventDetails(
+                        error=error.error_name,
+                        cause="The activity task's worker sent no heartbeat in time.",
+                    )
+                ),
+            )
+        return from_error(self, env, ex)
+
+    StateTaskActivity._from_error = named
+
+
+def serve(port):
+    """moto's application behind the strict layer (strict.py) unless LOCAL_AWS_STRICT=0."""
+    app = DomainDispatcherApplication(create_backend_app)
+    if os.environ.get("LOCAL_AWS_STRICT", "1") != "0":
+        app = strict.Strict(app)
+    server = make_server("127.0.0.1", port, app, True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def main() -> None:
     port = int(sys.argv[1])
     parent = os.getppid()
@@ -236,14 +393,15 @@ def main() -> None:
     serve_get_activity_task()
     keep_task_failure_cause()
     name_unnamed_executions()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    close_answered_tasks()
+    name_heartbeat_timeouts()
+    server = serve(port)
     print(f"moto listening on 127.0.0.1:{port}", flush=True)
     try:
         while os.getppid() == parent:
             time.sleep(0.5)
     finally:
-        server.stop()
+        server.shutdown()
 
 
 if __name__ == "__main__":

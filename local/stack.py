@@ -19,8 +19,10 @@ Starts, and stops together when this process ends:
     as AWS does where the workflow depends on it: an `Event` invocation answers 202 at
     once and runs in the background (retried twice on error, as AWS does), and a
     function error answers 200 with `X-Amz-Function-Error` and the error body, so the
-    state machine's Retry and Catch see the function's `errorType`. It can also inject
-    faults into the functions' own AWS calls and record them (local/faults.py).
+    state machine's Retry and Catch see the function's `errorType`. It refuses payloads
+    over Lambda's limits (1 MB asynchronous, 6 MB synchronous), as moto's server behind
+    it refuses what AWS refuses (local/strict.py). It can also inject faults into the
+    functions' own AWS calls and record them (local/faults.py).
 It builds the binaries (`cargo build`; --no-build takes them from --bin-dir as they
 are), deploys onto the stack what template.yaml deploys (`xtask local-deploy`), and
 writes DIR/env with the endpoint, credentials, names and ARNs, and DIR/ready when it is
@@ -56,6 +58,12 @@ FUNCTIONS = ("master", "slave", "status")
 OWN_HEADERS = {"server", "date", "content-length"}
 # AWS retries a failed async invocation twice; here after seconds, not minutes.
 ASYNC_RETRY_DELAYS = (1, 2)
+# Lambda's payload limits: 1 MB for an asynchronous invocation (since 2025-10, 256 KB
+# before), 6 MB for a synchronous one.
+MAX_PAYLOAD_BYTES = {"Event": 1024 * 1024, "RequestResponse": 6 * 1024 * 1024}
+# The local AWS server's strict layer (strict.py) and the front's own limits are on
+# unless LOCAL_AWS_STRICT=0.
+STRICT = os.environ.get("LOCAL_AWS_STRICT", "1") != "0"
 
 
 def log(message):
@@ -195,6 +203,13 @@ class Front(BaseHTTPRequestHandler):
         kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if kind == "DryRun":
             return self.respond(204, [], b"")
+        limit = MAX_PAYLOAD_BYTES.get(kind, MAX_PAYLOAD_BYTES["RequestResponse"])
+        if STRICT and len(body) > limit:
+            message = (f"{len(body)} byte payload is too large for the {kind} invocation "
+                       f"type (limit {limit} bytes)")
+            return self.respond(413, [("X-Amzn-ErrorType", "RequestEntityTooLargeException"),
+                                      ("Content-Type", "application/json")],
+                                json.dumps({"Type": "User", "message": message}).encode())
         if kind == "Event":
             for _ in range(2 if self.injector.duplicates(name) else 1):
                 self.background.submit(self.run_async, function, body)

@@ -1,7 +1,9 @@
 //! The local Step Functions (moto plus `local/moto_server.py`'s adaptations) runs
 //! activity tasks as AWS does: executions schedule them, `GetActivityTask` long-polls and
 //! hands each to one worker, and `SendTaskSuccess`/`SendTaskFailure` end the task with
-//! the worker's output, or its error and cause.
+//! the worker's output, or its error and cause. As on AWS, and unlike moto alone, a closed
+//! task's token answers `TaskTimedOut`, a missed heartbeat is `States.HeartbeatTimeout`,
+//! and payloads over the service's limits are refused.
 
 use std::time::Duration;
 
@@ -223,4 +225,224 @@ async fn an_execution_started_without_a_name_gets_one() {
         outcome(&sfn, &execution).await.0,
         ExecutionStatus::Succeeded
     );
+}
+
+/// A state machine whose one state is a task on `activity` with a heartbeat of
+/// `heartbeat` seconds, retried when the heartbeat is missed.
+async fn heartbeat_machine(sfn: &Client, activity: &str, heartbeat: u32) -> String {
+    let definition = json!({
+        "StartAt": "Await",
+        "States": {"Await": {
+            "Type": "Task", "Resource": activity,
+            "Parameters": {"run_id.$": "$$.Execution.Name"},
+            "TimeoutSeconds": 60, "HeartbeatSeconds": heartbeat,
+            "Retry": [{"ErrorEquals": ["States.HeartbeatTimeout"], "IntervalSeconds": 1,
+                       "MaxAttempts": 3}],
+            "End": true
+        }}
+    });
+    sfn.create_state_machine()
+        .name(unique("heartbeat"))
+        .role_arn(ROLE)
+        .definition(definition.to_string())
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn
+}
+
+fn error_code<T, E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(
+    result: Result<T, E>,
+) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().unwrap_or("(no code)").to_string(),
+    }
+}
+
+#[tokio::test]
+async fn an_answered_task_answers_task_timed_out_to_any_later_call() {
+    // GIVEN a task answered once
+    let sfn = client().await;
+    let (activity, machine) = activity_machine(&sfn).await;
+    let execution = start(&sfn, &machine, "answered").await;
+    let (token, _) = next_task(&sfn, &activity).await.expect("a task");
+    sfn.send_task_success()
+        .task_token(&token)
+        .output("{}")
+        .send()
+        .await
+        .unwrap();
+
+    // THEN a second answer, a failure or a heartbeat with its token is TaskTimedOut, as
+    // on AWS, and a token never handed out is InvalidToken
+    let again = sfn
+        .send_task_success()
+        .task_token(&token)
+        .output("{}")
+        .send()
+        .await;
+    let failure = sfn
+        .send_task_failure()
+        .task_token(&token)
+        .error("E")
+        .send()
+        .await;
+    let heartbeat = sfn.send_task_heartbeat().task_token(&token).send().await;
+    assert_eq!(error_code(again), "TaskTimedOut");
+    assert_eq!(error_code(failure), "TaskTimedOut");
+    assert_eq!(error_code(heartbeat), "TaskTimedOut");
+    let unknown = sfn
+        .send_task_success()
+        .task_token("not-a-token")
+        .output("{}")
+        .send()
+        .await;
+    assert_eq!(error_code(unknown), "InvalidToken");
+    assert_eq!(
+        outcome(&sfn, &execution).await.0,
+        ExecutionStatus::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_missed_heartbeat_is_a_heartbeat_timeout_and_the_retry_hands_out_a_new_token() {
+    // GIVEN a task with a 1 s heartbeat, taken by a worker that then goes silent
+    let sfn = client().await;
+    let (activity, _) = activity_machine(&sfn).await;
+    let machine = heartbeat_machine(&sfn, &activity, 1).await;
+    let execution = start(&sfn, &machine, "silent-worker").await;
+    let (lost, _) = next_task(&sfn, &activity).await.expect("a task");
+
+    // WHEN the heartbeat is missed
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // THEN the lost token is closed, the retry schedules the task again with a new token,
+    // and answering that one ends the execution
+    let late = sfn
+        .send_task_success()
+        .task_token(&lost)
+        .output("{}")
+        .send()
+        .await;
+    assert_eq!(error_code(late), "TaskTimedOut");
+    let (fresh, input) = next_task(&sfn, &activity).await.expect("a new task");
+    assert_ne!(fresh, lost);
+    assert_eq!(input["run_id"], "silent-worker");
+    sfn.send_task_heartbeat()
+        .task_token(&fresh)
+        .send()
+        .await
+        .unwrap();
+    sfn.send_task_success()
+        .task_token(&fresh)
+        .output(r#"{"done": true}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, output, _, _) = outcome(&sfn, &execution).await;
+    assert_eq!(status, ExecutionStatus::Succeeded);
+    assert_eq!(output.as_deref(), Some(r#"{"done": true}"#));
+    // AND the history names the missed heartbeat as AWS does
+    let history = sfn
+        .get_execution_history()
+        .execution_arn(&execution)
+        .send()
+        .await
+        .unwrap();
+    let timed_out: Vec<_> = history
+        .events()
+        .iter()
+        .filter_map(|e| e.activity_timed_out_event_details())
+        .map(|d| d.error().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(timed_out, ["States.HeartbeatTimeout"]);
+}
+
+#[tokio::test]
+async fn payloads_over_the_step_functions_limits_are_refused() {
+    let sfn = client().await;
+    let (activity, machine) = activity_machine(&sfn).await;
+    // 256 KiB of input or task output, 32,768 characters of failure cause
+    let over = format!("\"{}\"", "x".repeat(256 * 1024));
+    let input = sfn
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name("too-big")
+        .input(&over)
+        .send()
+        .await;
+    assert_eq!(error_code(input), "ValidationException");
+    let execution = start(&sfn, &machine, "limits").await;
+    let (token, _) = next_task(&sfn, &activity).await.expect("a task");
+    let output = sfn
+        .send_task_success()
+        .task_token(&token)
+        .output(&over)
+        .send()
+        .await;
+    assert_eq!(error_code(output), "ValidationException");
+    let cause = sfn
+        .send_task_failure()
+        .task_token(&token)
+        .error("E")
+        .cause("c".repeat(32_769))
+        .send()
+        .await;
+    assert_eq!(error_code(cause), "ValidationException");
+    sfn.send_task_failure()
+        .task_token(&token)
+        .error("E")
+        .cause("c".repeat(32_768))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outcome(&sfn, &execution).await.0, ExecutionStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_state_whose_result_exceeds_256_kib_fails_with_data_limit_exceeded() {
+    // GIVEN a state that doubles its 150 KiB input, and one that passes it on
+    let sfn = client().await;
+    let machine = |parameters: Value| {
+        let definition = json!({
+            "StartAt": "Grow",
+            "States": {"Grow": {"Type": "Pass", "Parameters": parameters, "End": true}}
+        });
+        let sfn = sfn.clone();
+        async move {
+            sfn.create_state_machine()
+                .name(unique("grow"))
+                .role_arn(ROLE)
+                .definition(definition.to_string())
+                .send()
+                .await
+                .unwrap()
+                .state_machine_arn
+        }
+    };
+    let doubling = machine(json!({"a.$": "$.big", "b.$": "$.big"})).await;
+    let passing = machine(json!({"a.$": "$.big"})).await;
+    let input = json!({"big": "x".repeat(150 * 1024)}).to_string();
+    let run = |machine: String, name: &'static str| {
+        let (sfn, input) = (sfn.clone(), input.clone());
+        async move {
+            let execution = sfn
+                .start_execution()
+                .state_machine_arn(machine)
+                .name(name)
+                .input(input)
+                .send()
+                .await
+                .unwrap()
+                .execution_arn;
+            outcome(&sfn, &execution).await
+        }
+    };
+
+    // THEN the 300 KiB result fails the execution as AWS fails it; 150 KiB passes
+    let (status, _, error, _) = run(doubling, "doubles").await;
+    assert_eq!(status, ExecutionStatus::Failed);
+    assert_eq!(error.as_deref(), Some("States.DataLimitExceeded"));
+    assert_eq!(run(passing, "passes").await.0, ExecutionStatus::Succeeded);
 }
