@@ -83,6 +83,8 @@ def s3_operation(method, path, query, headers):
     if not key:
         if method == "GET" and has("list-type"):
             return "ListObjectsV2"
+        if method == "GET" and has("uploads"):
+            return "ListMultipartUploads"
         if method == "GET":
             return "ListObjects"
         if method == "POST" and has("delete"):
@@ -95,6 +97,8 @@ def s3_operation(method, path, query, headers):
             return "UploadPartCopy" if copy else "UploadPart"
         return "CopyObject" if copy else "PutObject"
     if method == "GET":
+        if has("uploadId"):
+            return "ListParts"
         return "GetObjectTagging" if has("tagging") else "GetObject"
     if method == "HEAD":
         return "HeadObject"
@@ -147,6 +151,7 @@ def classify(method, raw_path, headers, body):
         except ValueError:
             pass
         resource = (request.get("TableName") or request.get("activityArn")
+                    or request.get("executionArn")
                     or request.get("taskToken") and "(task token)")
         if service == "dynamodb" and resource is None:
             tables = request.get("RequestItems") or {}

@@ -53,6 +53,7 @@ from moto.stepfunctions.parser import models as parser_models
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions.responses import StepFunctionResponse
 import moto.dynamodb.models as dynamodb_models
+from moto.s3.responses import S3Response
 
 import strict
 
@@ -242,6 +243,22 @@ def keep_task_failure_cause() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure
 
 
+def name_list_parts_result() -> None:
+    """ListParts: S3 answers `<ListPartsResult>`; moto's `<ListPartsResponse>` is not
+    read by the Rust SDK, which checks the root element."""
+    original = S3Response.list_parts
+
+    def list_parts(self):
+        status, headers, body = original(self)
+        if isinstance(body, bytes):
+            body = body.replace(b"ListPartsResponse", b"ListPartsResult")
+        elif isinstance(body, str):
+            body = body.replace("ListPartsResponse", "ListPartsResult")
+        return status, headers, body
+
+    S3Response.list_parts = list_parts
+
+
 def name_unnamed_executions() -> None:
     """StartExecution without a name: AWS makes one up; moto's ARN ends in `:None`."""
     backend = parser_models.StepFunctionsParserBackend
@@ -393,6 +410,7 @@ def main() -> None:
     serve_get_activity_task()
     keep_task_failure_cause()
     name_unnamed_executions()
+    name_list_parts_result()
     close_answered_tasks()
     name_heartbeat_timeouts()
     server = serve(port)

@@ -6,6 +6,7 @@ Usage: python local/stack.py up DIR     start it in the background; return once 
                                      [--stack NAME] [--exit-with-parent] [--faults FILE]
                                      [--release] [--no-build] [--bin-dir DIR]
                                      [--concurrency 16] [--function-env K=V]...
+                                     [--parameter NAME=VALUE]...
                                         run it in the foreground
 
 Starts, and stops together when this process ends:
@@ -312,6 +313,8 @@ def main():
     parser.add_argument("--bin-dir", help="where the binaries are (default: cargo's target dir)")
     parser.add_argument("--function-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra environment variable for the functions")
+    parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="a template parameter other than its default")
     args = parser.parse_args()
     if args.faults:
         Front.injector.configure(json.load(open(args.faults)))
@@ -394,7 +397,7 @@ def main():
         functions_file = os.path.join(state, "functions.json")
         subprocess.run(
             [os.path.join(bin_dir, "xtask"), "local-deploy", endpoint, args.stack, args.bucket,
-             env_file, functions_file],
+             env_file, functions_file, *args.parameter],
             cwd=ROOT, check=True,
         )
         environment = dict(os.environ)

@@ -177,7 +177,8 @@ impl Fixture {
         .unwrap();
         let master_settings =
             MasterSettings::from_lookup(&[("SLAVE_FUNCTION", "slave-fn")]).unwrap();
-        let slave_settings = SlaveSettings::from_lookup(&[]).unwrap();
+        let slave_settings =
+            SlaveSettings::from_lookup(&[("AWS_LAMBDA_FUNCTION_NAME", "slave-fn")]).unwrap();
         Fixture {
             clients,
             bucket,
@@ -393,7 +394,7 @@ impl Fixture {
 
 pub async fn deliver(slave: &slave::Slave, event: &SlaveEvent) -> SlaveOutput {
     slave
-        .handle(serde_json::to_value(event).unwrap())
+        .handle(serde_json::to_value(event).unwrap(), None)
         .await
         .unwrap_or_else(|e| panic!("slave failed: {e}"))
 }

@@ -3,10 +3,11 @@
 //! from `statemachine.asl.json`. One per test binary.
 //!
 //! The functions are the debug binaries of this workspace, built with the tests'
-//! features, so a test run builds every crate once. A debug slave can be crashed
-//! between copy and delete ([`LocalStack::arm_crash`]); the front injects faults into
-//! the functions' AWS calls and records them ([`LocalStack::set_faults`],
-//! [`LocalStack::calls`]).
+//! features, so a test run builds every crate once. A debug function can be crashed at
+//! its crash points ([`LocalStack::arm_crash`], `common::crash`); the front injects
+//! faults into the functions' AWS calls and records them ([`LocalStack::set_faults`],
+//! [`LocalStack::calls`]). The activity task's heartbeat is
+//! [`TASK_HEARTBEAT_SECONDS`], so that a lost token comes back within seconds.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -27,10 +28,13 @@ use xtask::local::RunningStack;
 
 use crate::{body_of, sdk_config, unique, workspace_root};
 
+/// The test stack's `TaskHeartbeatSeconds`.
+pub const TASK_HEARTBEAT_SECONDS: u64 = 8;
+
 pub struct LocalStack {
     pub endpoint: String,
     running: RunningStack,
-    crash_file: PathBuf,
+    crash_dir: PathBuf,
 }
 
 /// The stack of this test binary, started on first use and stopped when it exits.
@@ -38,12 +42,15 @@ pub fn local_stack() -> &'static LocalStack {
     static STACK: OnceLock<LocalStack> = OnceLock::new();
     STACK.get_or_init(|| {
         let dir = std::env::temp_dir().join(unique("local-stack"));
-        let crash_file = dir.join("crash-armed");
+        let crash_dir = dir.join("crashes-armed");
+        std::fs::create_dir_all(&crash_dir).unwrap();
         build_binaries();
         let options = [
             "--no-build".to_string(),
             "--function-env".to_string(),
-            format!("CRASH_AFTER_COPY_FILE={}", crash_file.display()),
+            format!("CRASH_ARMED_DIR={}", crash_dir.display()),
+            "--parameter".to_string(),
+            format!("TaskHeartbeatSeconds={TASK_HEARTBEAT_SECONDS}"),
             // Small enough that a test's 7 MiB file is copied in parts.
             "--function-env".to_string(),
             "MULTIPART_THRESHOLD_BYTES=6291456".to_string(),
@@ -67,7 +74,7 @@ pub fn local_stack() -> &'static LocalStack {
         LocalStack {
             endpoint: running.var("AWS_ENDPOINT_URL").unwrap().to_string(),
             running,
-            crash_file,
+            crash_dir,
         }
     })
 }
@@ -102,14 +109,14 @@ impl LocalStack {
             .unwrap_or_else(|problem| panic!("{problem}"))
     }
 
-    /// Makes the next slave invocation that has copied files abort before deleting any.
-    pub fn arm_crash(&self) {
-        std::fs::write(&self.crash_file, b"").unwrap();
+    /// Makes the first function to reach the crash point `point` abort there.
+    pub fn arm_crash(&self, point: &str) {
+        std::fs::write(self.crash_dir.join(point), b"").unwrap();
     }
 
-    /// Whether an armed crash has happened.
-    pub fn crashed(&self) -> bool {
-        !self.crash_file.exists()
+    /// Whether the crash armed at `point` has happened.
+    pub fn crashed(&self, point: &str) -> bool {
+        !self.crash_dir.join(point).exists()
     }
 
     /// Replaces the front's fault configuration (see `local/faults.py`).

@@ -132,7 +132,7 @@ fn malformed_events_are_refused_as_invalid_and_change_nothing() {
         .unwrap();
     runner
         .run(&malformed_slave_event(), |event| {
-            let refused = runtime.block_on(slave.handle(event.clone()));
+            let refused = runtime.block_on(slave.handle(event.clone(), None));
             let err = refused
                 .err()
                 .ok_or_else(|| TestCaseError::fail(format!("accepted {event}")))?;

@@ -2,6 +2,7 @@
 //! none counted twice, every fate recorded.
 
 use common::batch::{FileState, ListedFile};
+use common::deadline::Deadlines;
 use common::run::SlaveEvent;
 use common::transfer::Mover;
 use integration_tests::{Fixture, body_of, deliver};
@@ -80,15 +81,22 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
         Default::default(),
     )
     .unwrap();
-    let mover = Mover::new(&f.clients.s3, &f.slave_settings);
+    let (store, run) = (f.store(), common::RunId::parse("crash").unwrap());
+    let mover = Mover::new(
+        &f.clients.s3,
+        &f.slave_settings,
+        &store,
+        &run,
+        Deadlines::none(),
+    );
     let f = &f;
     let listed = |key: &'static str| async move { f.file("crash", key).await.file };
     let (copied, deleted): (ListedFile, ListedFile) = (
         listed("raw/copied.csv").await,
         listed("raw/deleted.csv").await,
     );
-    mover.copy_verified(&spec, &copied).await.unwrap();
-    mover.copy_verified(&spec, &deleted).await.unwrap();
+    mover.copy_verified(&spec, &copied, None).await.unwrap();
+    mover.copy_verified(&spec, &deleted, None).await.unwrap();
     let results = mover.delete_sources(&f.bucket, &[&deleted]).await;
     assert!(results[0].is_ok());
     assert_eq!(
@@ -167,7 +175,9 @@ async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
     assert_eq!(vanished.state, FileState::Failed);
     assert_eq!(
         vanished.reason.as_deref(),
-        Some("the source is gone and the destination \"refined/vanished.csv\" does not exist")
+        Some(
+            "the source is gone (deleted after it was listed) and the destination \"refined/vanished.csv\" does not exist"
+        )
     );
     let failed: Vec<String> = f
         .failed_files("fail")
@@ -486,7 +496,7 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
         ..f.file("once", "raw/a.csv").await.file
     }];
     f.store()
-        .put_batches(&run, &[&outside[..]], 1)
+        .record_page(&run, Some("raw/b.csv"), &[&outside[..]], "raw/c")
         .await
         .unwrap();
     let slave = f.slave();
@@ -517,7 +527,7 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
             "batch: invalid type",
         ),
     ] {
-        let err = slave.handle(payload.clone()).await.unwrap_err();
+        let err = slave.handle(payload.clone(), None).await.unwrap_err();
         assert_eq!(err.error_type(), "InvalidEvent", "{payload}");
         assert!(err.to_string().contains(expected), "{payload}: {err}");
     }

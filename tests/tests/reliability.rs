@@ -72,7 +72,7 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
         ]}),
     )
     .await;
-    stack.arm_crash();
+    stack.arm_crash("slave-between-copy-and-delete");
 
     // WHEN an execution moves them
     let execution = stack
@@ -83,7 +83,10 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
     stack.set_faults(&json!({}));
 
     // THEN it succeeds, having met every fault on the way
-    assert!(stack.crashed(), "the armed crash did not happen");
+    assert!(
+        stack.crashed("slave-between-copy-and-delete"),
+        "the armed crash did not happen"
+    );
     for fault in [
         "s3 SlowDown",
         "s3 InternalError",
@@ -409,6 +412,11 @@ fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
             vec![need("s3:PutObject", destination)]
         }
         ("s3", "AbortMultipartUpload") => vec![need("s3:AbortMultipartUpload", destination)],
+        ("s3", "ListParts") => vec![need("s3:ListMultipartUploadParts", destination)],
+        ("s3", "ListMultipartUploads") => vec![need(
+            "s3:ListBucketMultipartUploads",
+            format!("arn:aws:s3:::{bucket}"),
+        )],
         ("s3", "HeadObject" | "GetObject") => vec![need("s3:GetObject", destination)],
         ("s3", "GetObjectTagging") => vec![need("s3:GetObjectTagging", destination)],
         ("s3", "DeleteObject") => vec![need("s3:DeleteObject", destination)],
@@ -434,7 +442,10 @@ fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
             })
             .collect(),
         ("dynamodb", operation) => vec![need(&format!("dynamodb:{operation}"), table)],
-        // Task tokens belong to the stack's activity.
+        // An execution's history is the execution's; task tokens belong to the activity.
+        ("states", "GetExecutionHistory") => {
+            vec![need("states:GetExecutionHistory", field("target"))]
+        }
         ("states", operation) => vec![need(
             &format!("states:{operation}"),
             stack.var("ACTIVITY_ARN").to_string(),
@@ -488,7 +499,17 @@ const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
     (
         "status",
         "states:SendTaskHeartbeat",
-        "keeps a parked activity task alive while a long run finishes",
+        "keeps the task tokens recorded for a run alive while the run finishes",
+    ),
+    (
+        "status",
+        "states:GetExecutionHistory",
+        "when a recorded token is refused, tells a result already delivered from a lapsed token",
+    ),
+    (
+        "slave",
+        "lambda:InvokeFunction",
+        "a slave short of time hands the rest of its batch to a new invocation",
     ),
 ];
 
@@ -554,6 +575,11 @@ async fn each_function_makes_only_calls_its_policy_allows() {
                 stack.var("TABLE_NAME")
             )),
             "AWS::StepFunctions::Activity" => Some(stack.var("ACTIVITY_ARN").to_string()),
+            "AWS::Serverless::StateMachine" => stack
+                .var("STATE_MACHINE_ARN")
+                .rsplit(':')
+                .next()
+                .map(String::from),
             "AWS::Serverless::Function" => functions
                 .iter()
                 .find(|f| &f.resource == id)
@@ -563,6 +589,8 @@ async fn each_function_makes_only_calls_its_policy_allows() {
     };
     let deployment = Deployment {
         partition: "aws",
+        region: REGION,
+        account: ACCOUNT,
         resolve: &resolve,
         condition: &|name| name == "DestinationIsSourceBucket",
     };

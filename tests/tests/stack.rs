@@ -8,7 +8,7 @@ use std::path::Path;
 use common::config::{Config, Lookup, MasterSettings, SlaveSettings, StatusSettings};
 use serde_norway::Value as Yaml;
 use xtask::definition::{Definition, array, error_names, states_of};
-use xtask::template::Template;
+use xtask::template::{Substitution, Template};
 
 fn read(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
@@ -37,20 +37,27 @@ fn errors_by_resource() -> BTreeMap<String, BTreeSet<&'static str>> {
         .collect();
     substitutions
         .iter()
-        .map(|(name, sub)| {
-            let errors: &[&str] = match sub.resource_type.as_str() {
+        .filter_map(|(name, sub)| {
+            let Substitution::Resource {
+                resource,
+                resource_type,
+            } = sub
+            else {
+                return None;
+            };
+            let errors: &[&str] = match resource_type.as_str() {
                 // status is the only worker of the activity: these are what it sends.
                 "AWS::StepFunctions::Activity" => {
                     &[status::TRANSFER_FAILED, status::INVALID_ACTIVITY_INPUT]
                 }
-                _ => match binaries.get(&sub.resource).map(String::as_str) {
+                _ => match binaries.get(resource).map(String::as_str) {
                     Some("master") => master::ERROR_TYPES,
                     Some("slave") => slave::ERROR_TYPES,
                     Some("status") => status::ERROR_TYPES,
                     other => panic!("substitution {name} is built from unknown binary {other:?}"),
                 },
             };
-            (name.clone(), errors.iter().copied().collect())
+            Some((name.clone(), errors.iter().copied().collect()))
         })
         .collect()
 }
@@ -84,14 +91,21 @@ fn retry_and_catch_name_only_errors_the_task_can_raise() {
             .chain(array(state.body, "Catch"))
         {
             for error in error_names(rule) {
-                let builtin = error.starts_with("States.") || error.starts_with("Lambda.");
+                // Errors of Step Functions, of the Lambda service, and of the Lambda
+                // runtime (a function that crashed or ran out of time).
+                let builtin = error.starts_with("States.")
+                    || error.starts_with("Lambda.")
+                    || ["Runtime.ExitError", "Sandbox.Timedout"].contains(&error.as_str());
                 if !builtin && !raised.contains(error.as_str()) {
                     unknown.push(format!("{}: {error}", state.name));
                 }
             }
         }
     }
-    assert_eq!(tasks, 3, "the activity task, master and status");
+    assert_eq!(
+        tasks, 4,
+        "the input check (master), the activity task, master and status"
+    );
     assert_eq!(unknown, Vec::<String>::new(), "errors no function raises");
 }
 
@@ -115,6 +129,8 @@ fn every_lambda_task_retries_lambda_service_errors() {
             "Lambda.AWSLambdaException",
             "Lambda.SdkClientException",
             "Lambda.TooManyRequestsException",
+            "Runtime.ExitError",
+            "Sandbox.Timedout",
         ] {
             assert!(
                 retried.contains(error),

@@ -126,6 +126,11 @@ pub struct Outcomes {
     pub states: Vec<FileState>,
     /// The reason of each failed file, by its position in the batch.
     pub reasons: BTreeMap<usize, String>,
+    /// The ETag of the verified copy of each file whose source is about to be deleted,
+    /// by position, where that ETag differs from the listed one (a multipart copy, an
+    /// SSE-KMS object). It is recorded before the source is deleted, so that a later
+    /// delivery that finds the source gone can still tell its copy from another object.
+    pub copied: BTreeMap<usize, String>,
     /// 0 while no outcome has been recorded.
     pub version: u64,
 }
@@ -136,6 +141,7 @@ impl Outcomes {
         Outcomes {
             states: vec![FileState::Started; files],
             reasons: BTreeMap::new(),
+            copied: BTreeMap::new(),
             version: 0,
         }
     }
@@ -144,6 +150,7 @@ impl Outcomes {
     pub fn decode(
         states: &str,
         reasons: BTreeMap<usize, String>,
+        copied: BTreeMap<usize, String>,
         version: u64,
         files: usize,
     ) -> Result<Self, String> {
@@ -157,9 +164,15 @@ impl Outcomes {
                 states.len()
             ));
         }
+        if let Some(i) = reasons.keys().chain(copied.keys()).find(|i| **i >= files) {
+            return Err(format!(
+                "an outcome names file {i} of a batch of {files} files"
+            ));
+        }
         Ok(Outcomes {
             states,
             reasons,
+            copied,
             version,
         })
     }
@@ -190,6 +203,7 @@ impl Outcomes {
                 Outcome::Completed { .. } => {
                     self.states[*i] = FileState::Completed;
                     self.reasons.remove(i);
+                    self.copied.remove(i);
                 }
                 Outcome::Failed { reason } => {
                     self.states[*i] = FileState::Failed;
@@ -198,6 +212,21 @@ impl Outcomes {
             }
         }
         delta
+    }
+}
+
+impl Outcomes {
+    /// Records the ETags of verified copies whose sources are about to be deleted;
+    /// whether anything changed (a completed file needs no record).
+    pub fn record_copies(&mut self, copies: &[(usize, String)]) -> bool {
+        let mut changed = false;
+        for (i, etag) in copies {
+            if self.states[*i] != FileState::Completed && self.copied.get(i) != Some(etag) {
+                self.copied.insert(*i, etag.clone());
+                changed = true;
+            }
+        }
+        changed
     }
 }
 
@@ -222,27 +251,48 @@ pub fn decode_files(raw: &str) -> Result<Vec<ListedFile>, String> {
     serde_json::from_str(raw).map_err(|e| format!("a batch's files are not readable: {e}"))
 }
 
-/// Splits a page's selected files into batches of at most `max_files` files and at most
-/// `max_bytes` of encoded files (a file larger than that travels alone). The order is
-/// kept, so each batch is named by its first key and batches never overlap.
-pub fn split(files: &[ListedFile], max_files: usize, max_bytes: usize) -> Vec<&[ListedFile]> {
+/// How much one batch may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Files in a batch: one slave invocation's share.
+    pub files: usize,
+    /// Bytes of the batch's encoded file list, so that it fits in one DynamoDB item.
+    pub names_bytes: usize,
+    /// Bytes of the objects themselves, so that a batch of large objects is spread over
+    /// several slaves instead of queueing behind one.
+    pub object_bytes: u64,
+}
+
+/// Splits a page's selected files into batches within `limits` (a file beyond a byte
+/// limit on its own travels alone). The order is kept, so each batch is named by its
+/// first key and batches never overlap.
+pub fn split(files: &[ListedFile], limits: BatchLimits) -> Vec<&[ListedFile]> {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut bytes = 0;
+    let (mut names, mut objects) = (0, 0u64);
     for (i, file) in files.iter().enumerate() {
         let cost = encoded_len(file);
         let count = i - start;
-        if count > 0 && (count == max_files || bytes + cost > max_bytes) {
+        let full = count == limits.files
+            || names + cost > limits.names_bytes
+            || objects.saturating_add(file.size) > limits.object_bytes;
+        if count > 0 && full {
             out.push(&files[start..i]);
             start = i;
-            bytes = 0;
+            (names, objects) = (0, 0);
         }
-        bytes += cost;
+        names += cost;
+        objects = objects.saturating_add(file.size);
     }
     if start < files.len() {
         out.push(&files[start..]);
     }
     out
+}
+
+/// The length of [`encode_files`] of `files`, without encoding them.
+pub fn encoded_size(files: &[ListedFile]) -> usize {
+    1 + files.iter().map(encoded_len).sum::<usize>().max(1)
 }
 
 /// The bytes one file adds to [`encode_files`]: `["key",size,"etag"],`.
@@ -361,22 +411,47 @@ mod tests {
     }
 
     #[test]
+    fn copies_are_recorded_until_their_file_completes() {
+        let mut outcomes = Outcomes::started(3);
+        let copies = [(0, "\"abc-2\"".to_string()), (2, "\"def\"".to_string())];
+        assert!(outcomes.record_copies(&copies));
+        assert!(
+            !outcomes.record_copies(&copies),
+            "the same copies again change nothing"
+        );
+        outcomes.apply(&[(0, completed(5)), (2, failed())]);
+        assert_eq!(
+            outcomes.copied,
+            BTreeMap::from([(2, "\"def\"".to_string())]),
+            "a completed file's copy is no longer needed; a failed one's is kept"
+        );
+        assert!(!outcomes.record_copies(&[(0, "\"x\"".into())]));
+    }
+
+    #[test]
     fn recorded_states_are_read_back_or_named_as_unreadable() {
-        let read = Outcomes::decode("scf", BTreeMap::new(), 4, 3).unwrap();
+        let read = Outcomes::decode("scf", BTreeMap::new(), BTreeMap::new(), 4, 3).unwrap();
         assert_eq!(
             read.states,
             [FileState::Started, FileState::Completed, FileState::Failed]
         );
         assert_eq!(read.failed(), 1);
+        let none = BTreeMap::new;
         assert!(
-            Outcomes::decode("scx", BTreeMap::new(), 1, 3)
+            Outcomes::decode("scx", none(), none(), 1, 3)
                 .unwrap_err()
                 .contains("'x'")
         );
         assert!(
-            Outcomes::decode("sc", BTreeMap::new(), 1, 3)
+            Outcomes::decode("sc", none(), none(), 1, 3)
                 .unwrap_err()
                 .contains("2 file states")
+        );
+        let beyond = BTreeMap::from([(3, "\"e\"".to_string())]);
+        assert!(
+            Outcomes::decode("scf", none(), beyond, 1, 3)
+                .unwrap_err()
+                .contains("file 3 of a batch of 3")
         );
     }
 
@@ -400,20 +475,53 @@ mod tests {
         assert!(decode_files("{").is_err());
     }
 
+    fn limits(files: usize, names_bytes: usize, object_bytes: u64) -> BatchLimits {
+        BatchLimits {
+            files,
+            names_bytes,
+            object_bytes,
+        }
+    }
+
     #[test]
-    fn batches_respect_count_and_size() {
+    fn batches_respect_count_names_and_object_bytes() {
         let files: Vec<ListedFile> = (0..10).map(|i| file(&format!("raw/{i}.csv"), 10)).collect();
-        let sizes: Vec<usize> = split(&files, 4, 1 << 20).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [4, 4, 2]);
+        let sizes = |l| split(&files, l).iter().map(|b| b.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(limits(4, 1 << 20, u64::MAX)), [4, 4, 2]);
         let two = encoded_len(&files[0]) * 2;
-        let sizes: Vec<usize> = split(&files, 100, two).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [2, 2, 2, 2, 2]);
-        assert!(split(&[], 4, 100).is_empty());
-        let huge = vec![file(&"x".repeat(500), 1)];
+        assert_eq!(sizes(limits(100, two, u64::MAX)), [2, 2, 2, 2, 2]);
+        assert_eq!(sizes(limits(100, 1 << 20, 30)), [3, 3, 3, 1]);
+        assert!(split(&[], limits(4, 100, 100)).is_empty());
+        let huge = vec![file(&"x".repeat(500), u64::MAX)];
         assert_eq!(
-            split(&huge, 4, 100).len(),
+            split(&huge, limits(4, 100, 10)).len(),
             1,
             "a file larger than the budget still travels alone"
+        );
+    }
+
+    #[test]
+    fn large_objects_are_spread_over_batches_of_their_own() {
+        let gib = 1 << 30;
+        let files = vec![
+            file("raw/a.csv", 1),
+            file("raw/b.bin", 6 * gib),
+            file("raw/c.csv", 1),
+            file("raw/d.bin", 3 * gib),
+            file("raw/e.bin", 3 * gib),
+        ];
+        let batches: Vec<Vec<&str>> = split(&files, limits(100, 1 << 20, 5 * gib))
+            .iter()
+            .map(|b| b.iter().map(|f| f.key.as_str()).collect())
+            .collect();
+        assert_eq!(
+            batches,
+            [
+                vec!["raw/a.csv"],
+                vec!["raw/b.bin"],
+                vec!["raw/c.csv", "raw/d.bin"],
+                vec!["raw/e.bin"]
+            ]
         );
     }
 
@@ -423,20 +531,25 @@ mod tests {
             let f = ListedFile { key, size, etag: "\"e\\\"t\"".into() };
             // `[` and `]` around the list replace the one entry's trailing comma.
             prop_assert_eq!(encode_files(std::slice::from_ref(&f)).len(), encoded_len(&f) + 1);
+            let two = [f.clone(), f];
+            prop_assert_eq!(encode_files(&two).len(), encoded_size(&two));
         }
 
         #[test]
-        fn batches_keep_every_file_in_order(n in 0usize..300, max_files in 1usize..50, budget in 1usize..400) {
+        fn batches_keep_every_file_in_order(
+            n in 0usize..300, max_files in 1usize..50, budget in 1usize..400, objects in 1u64..2000,
+        ) {
             let files: Vec<ListedFile> = (0..n)
-                .map(|i| file(&format!("raw/{}\"{}.csv", "k".repeat(i % 7), i), i as u64))
+                .map(|i| file(&format!("raw/{}\"{}.csv", "k".repeat(i % 7), i), (i * 7 % 301) as u64))
                 .collect();
-            let out = split(&files, max_files, budget);
+            let out = split(&files, limits(max_files, budget, objects));
             let flat: Vec<ListedFile> = out.iter().flat_map(|b| b.iter().cloned()).collect();
             prop_assert_eq!(&flat, &files);
             for b in out {
                 prop_assert!(!b.is_empty() && b.len() <= max_files);
                 let bytes: usize = b.iter().map(encoded_len).sum();
-                prop_assert!(b.len() == 1 || bytes <= budget);
+                let sizes: u64 = b.iter().map(|f| f.size).sum();
+                prop_assert!(b.len() == 1 || (bytes <= budget && sizes <= objects));
             }
         }
     }

@@ -34,6 +34,10 @@ pub struct Config {
     pub s3_force_path_style: bool,
     /// `SDK_MAX_ATTEMPTS`, default 6: attempts per AWS request before an error is reported.
     pub sdk_max_attempts: u32,
+    /// `TASK_HEARTBEAT_SECONDS`, default 300: the activity task's `HeartbeatSeconds` in
+    /// the state machine. A token nobody heartbeats for this long is replaced by a new
+    /// one; status heartbeats the tokens it keeps, and a run's timeout must exceed it.
+    pub task_heartbeat: Duration,
     pub defaults: RunDefaults,
 }
 
@@ -43,8 +47,11 @@ pub struct MasterSettings {
     /// `SLAVE_FUNCTION`: name or ARN of the slave function. Required.
     pub slave_function: String,
     /// `BATCH_SIZE`, default 100: files per batch, that is per slave invocation (a batch
-    /// is also capped in bytes, so that it fits in one DynamoDB item).
+    /// is also capped in bytes of names, so that it fits in one DynamoDB item).
     pub batch_size: usize,
+    /// `BATCH_BYTES`, default 10 GiB: the most bytes of objects in one batch (an object
+    /// larger than that travels alone), so that large objects spread over slaves.
+    pub batch_bytes: u64,
     /// `MAX_INVOCATIONS_IN_FLIGHT`, default 8: concurrent `Invoke` calls.
     pub max_invocations_in_flight: usize,
     /// `DEADLINE_MARGIN_MS`, default 30000: master returns a continuation when less
@@ -55,6 +62,12 @@ pub struct MasterSettings {
 /// Settings of the `slave` function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlaveSettings {
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda: the function a slave invokes to hand
+    /// on what it could not finish before its deadline.
+    pub own_function: Option<String>,
+    /// `HANDOFF_MARGIN_MS`, default 60000: with less time left than this, a slave starts
+    /// no new copy and hands what is left to a fresh invocation.
+    pub handoff_margin: Duration,
     /// `MOVE_CONCURRENCY`, default 16: objects moved at once within a batch.
     pub move_concurrency: usize,
     /// `MULTIPART_THRESHOLD_BYTES`, default 256 MiB: objects at least this large are
@@ -90,6 +103,7 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// S3's largest part size.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("environment variable {variable}: {problem}")]
@@ -123,6 +137,12 @@ impl<const N: usize> Lookup for [(&str, &str); N] {
 struct Reader<'a, L: Lookup + ?Sized>(&'a L);
 
 impl<L: Lookup + ?Sized> Reader<'_, L> {
+    /// The variable's value, trimmed, where empty is a value ("" for a prefix is the
+    /// whole bucket); `None` only when it is unset.
+    fn set(&self, variable: &'static str) -> Option<String> {
+        self.0.get(variable).map(|v| v.trim().to_string())
+    }
+
     /// The variable's value; empty counts as unset.
     fn optional(&self, variable: &'static str) -> Option<String> {
         self.0
@@ -188,18 +208,13 @@ impl Config {
 
     pub fn from_lookup(env: &(impl Lookup + ?Sized)) -> Result<Self, ConfigError> {
         let env = Reader(env);
-        let suffixes = match env.0.get("SUFFIXES") {
+        let suffixes = match env.set("SUFFIXES") {
             None => Suffixes::default(),
-            Some(raw) => Suffixes::parse_list(&raw).map_err(|problem| ConfigError {
-                variable: "SUFFIXES",
-                problem,
-            })?,
+            Some(raw) => Suffixes::parse_list(&raw),
         };
-        let source_prefix = env
-            .optional("SOURCE_PREFIX")
-            .unwrap_or_else(|| "raw/".into());
+        let source_prefix = env.set("SOURCE_PREFIX").unwrap_or_else(|| "raw/".into());
         let destination_prefix = env
-            .optional("DESTINATION_PREFIX")
+            .set("DESTINATION_PREFIX")
             .unwrap_or_else(|| "refined/".into());
         let defaults = RunDefaults {
             source_bucket: env.optional("SOURCE_BUCKET"),
@@ -219,6 +234,12 @@ impl Config {
             run_ttl: Duration::from_secs(24 * 3600 * env.number("RUN_TTL_DAYS", 30u64, 1, 3650)?),
             s3_force_path_style: env.flag("S3_FORCE_PATH_STYLE")?,
             sdk_max_attempts: env.number("SDK_MAX_ATTEMPTS", 6u32, 1, 20)?,
+            task_heartbeat: Duration::from_secs(env.number(
+                "TASK_HEARTBEAT_SECONDS",
+                300u64,
+                5,
+                3600,
+            )?),
             defaults,
         })
     }
@@ -234,6 +255,7 @@ impl MasterSettings {
         Ok(MasterSettings {
             slave_function: env.required("SLAVE_FUNCTION")?,
             batch_size: env.number("BATCH_SIZE", 100usize, 1, 1000)?,
+            batch_bytes: env.number("BATCH_BYTES", 10 * GIB, MIN_PART_SIZE, 5 * 1024 * GIB)?,
             max_invocations_in_flight: env.number("MAX_INVOCATIONS_IN_FLIGHT", 8usize, 1, 256)?,
             deadline_margin: Duration::from_millis(env.number(
                 "DEADLINE_MARGIN_MS",
@@ -253,6 +275,13 @@ impl SlaveSettings {
     pub fn from_lookup(env: &(impl Lookup + ?Sized)) -> Result<Self, ConfigError> {
         let env = Reader(env);
         Ok(SlaveSettings {
+            own_function: env.optional("AWS_LAMBDA_FUNCTION_NAME"),
+            handoff_margin: Duration::from_millis(env.number(
+                "HANDOFF_MARGIN_MS",
+                60_000u64,
+                15_000,
+                890_000,
+            )?),
             move_concurrency: env.number("MOVE_CONCURRENCY", 16usize, 1, 512)?,
             multipart_threshold: env.number(
                 "MULTIPART_THRESHOLD_BYTES",
@@ -323,6 +352,26 @@ mod tests {
     }
 
     #[test]
+    fn empty_settings_mean_what_the_template_says() {
+        // an empty prefix is the whole bucket, an empty suffix list selects every file
+        let config = Config::from_lookup(&[
+            ("TABLE_NAME", "t"),
+            ("SOURCE_PREFIX", ""),
+            ("DESTINATION_PREFIX", " "),
+            ("SUFFIXES", ""),
+        ])
+        .unwrap();
+        assert_eq!(config.defaults.source_prefix, "");
+        assert_eq!(config.defaults.destination_prefix, "");
+        assert_eq!(config.defaults.suffixes.as_slice(), [""]);
+        let config =
+            Config::from_lookup(&[("TABLE_NAME", "t"), ("SUFFIXES", ".csv, .txt")]).unwrap();
+        assert_eq!(config.defaults.suffixes.as_slice(), [".csv", ".txt"]);
+        let config = Config::from_lookup(&[("TABLE_NAME", "t"), ("SUFFIXES", ".csv,")]).unwrap();
+        assert_eq!(config.defaults.suffixes.as_slice(), [".csv", ""]);
+    }
+
+    #[test]
     fn a_missing_table_names_the_variable() {
         let err = Config::from_lookup(&[("SOURCE_PREFIX", "raw/")]).unwrap_err();
         assert_eq!(err.variable, "TABLE_NAME");
@@ -352,15 +401,6 @@ mod tests {
         assert_eq!(err.variable, "MULTIPART_PART_SIZE_BYTES");
         let ok = SlaveSettings::from_lookup(&[("MULTIPART_THRESHOLD_BYTES", "5242880")]).unwrap();
         assert_eq!(ok.multipart_threshold, MIN_PART_SIZE);
-    }
-
-    #[test]
-    fn suffixes_are_a_comma_separated_list() {
-        let config =
-            Config::from_lookup(&[("TABLE_NAME", "t"), ("SUFFIXES", ".csv, .txt")]).unwrap();
-        assert_eq!(config.defaults.suffixes.as_slice(), [".csv", ".txt"]);
-        let err = Config::from_lookup(&[("TABLE_NAME", "t"), ("SUFFIXES", "")]).unwrap_err();
-        assert_eq!(err.variable, "SUFFIXES");
     }
 
     #[test]

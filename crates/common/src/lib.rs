@@ -4,6 +4,8 @@
 pub mod aws;
 pub mod batch;
 pub mod config;
+pub mod crash;
+pub mod deadline;
 pub mod error;
 pub mod keys;
 pub mod lambda;

@@ -1,7 +1,10 @@
 //! Pure decisions about a run's state: is it finished, and whose activity task is this.
 
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 
+use crate::keys::shown;
 use crate::run::RunId;
 
 /// A run's counters, as recorded in its run partition.
@@ -76,6 +79,53 @@ pub fn route_task(input: Option<&str>, me: &RunId) -> TaskRoute {
     }
 }
 
+/// Where an execution's activity task stands, as its history shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityState {
+    /// Completed: some status call delivered the run's result (`succeeded` or not).
+    Delivered { succeeded: bool },
+    /// Waiting for an answer: scheduled, taken, or about to be scheduled again after a
+    /// missed heartbeat. A token it no longer takes has been replaced by a new one.
+    Waiting,
+    /// The task timed out for good, or the execution ended: nothing can be delivered.
+    Ended,
+}
+
+/// The state of the activity task from an execution's history events, newest first:
+/// `(event type, error)`. The newest activity event decides.
+pub fn activity_state<'a>(
+    newest_first: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> ActivityState {
+    for (event, error) in newest_first {
+        match event {
+            "ActivitySucceeded" => return ActivityState::Delivered { succeeded: true },
+            "ActivityFailed" => return ActivityState::Delivered { succeeded: false },
+            "ActivityTimedOut" if error == Some("States.HeartbeatTimeout") => {
+                return ActivityState::Waiting;
+            }
+            "ActivityTimedOut" | "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted"
+            | "ExecutionTimedOut" => return ActivityState::Ended,
+            "ActivityScheduled" | "ActivityStarted" | "ActivityScheduleFailed" => {
+                return ActivityState::Waiting;
+            }
+            _ => {}
+        }
+    }
+    ActivityState::Waiting
+}
+
+/// When a run must be finished: its execution's start plus its timeout. `None` if
+/// either is missing or the start is not an RFC 3339 time.
+pub fn run_deadline(started_at: Option<&str>, timeout_seconds: Option<u32>) -> Option<SystemTime> {
+    let started = aws_smithy_types::DateTime::from_str(
+        started_at?,
+        aws_smithy_types::date_time::Format::DateTime,
+    )
+    .ok()?;
+    let started = SystemTime::try_from(started).ok()?;
+    Some(started + Duration::from_secs(timeout_seconds?.into()))
+}
+
 /// Step Functions' limit on a task failure's cause.
 pub const MAX_CAUSE_CHARS: usize = 32_768;
 
@@ -83,21 +133,21 @@ pub const MAX_CAUSE_CHARS: usize = 32_768;
 /// file with its reason, cut to fit the limit.
 pub fn failure_cause(progress: &RunProgress, listed: &[(String, String)]) -> String {
     let mut cause = format!(
-        "{} of {} files failed to move; they were left at the source:",
+        "{} of {} files failed to move:",
         progress.failed, progress.selected
     );
-    let mut shown = 0u64;
+    let mut named = 0u64;
     for (key, reason) in listed {
-        let line = format!("\n{key}: {reason}");
+        let line = format!("\n{}: {reason}", shown(key));
         // Leave room for the closing "and N more" line.
         if cause.len() + line.len() > MAX_CAUSE_CHARS - 64 {
             break;
         }
         cause.push_str(&line);
-        shown += 1;
+        named += 1;
     }
-    if shown < progress.failed {
-        cause.push_str(&format!("\n... and {} more", progress.failed - shown));
+    if named < progress.failed {
+        cause.push_str(&format!("\n... and {} more", progress.failed - named));
     }
     cause
 }
@@ -163,6 +213,70 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_activity_event_says_whether_the_result_was_delivered() {
+        let state = |events: &[(&'static str, Option<&'static str>)]| {
+            activity_state(events.iter().copied())
+        };
+        assert_eq!(
+            state(&[
+                ("LambdaFunctionFailed", None),
+                ("ActivitySucceeded", None),
+                ("ActivityStarted", None)
+            ]),
+            ActivityState::Delivered { succeeded: true }
+        );
+        assert_eq!(
+            state(&[("ActivityFailed", None)]),
+            ActivityState::Delivered { succeeded: false }
+        );
+        assert_eq!(
+            state(&[
+                ("ActivityStarted", None),
+                ("ActivityScheduled", None),
+                ("ActivityTimedOut", Some("States.HeartbeatTimeout"))
+            ]),
+            ActivityState::Waiting,
+            "a token lost to a missed heartbeat was replaced"
+        );
+        assert_eq!(
+            state(&[("ActivityTimedOut", Some("States.HeartbeatTimeout"))]),
+            ActivityState::Waiting
+        );
+        assert_eq!(
+            state(&[("ActivityTimedOut", Some("States.Timeout"))]),
+            ActivityState::Ended
+        );
+        assert_eq!(
+            state(&[("ExecutionFailed", None), ("ActivityStarted", None)]),
+            ActivityState::Ended
+        );
+        assert_eq!(state(&[]), ActivityState::Waiting);
+    }
+
+    #[test]
+    fn a_runs_deadline_is_its_start_plus_its_timeout() {
+        let deadline = run_deadline(Some("2026-11-28T10:00:00.250Z"), Some(3600)).unwrap();
+        let expected = aws_smithy_types::DateTime::from_str(
+            "2026-11-28T11:00:00.250Z",
+            aws_smithy_types::date_time::Format::DateTime,
+        )
+        .unwrap();
+        assert_eq!(deadline, SystemTime::try_from(expected).unwrap());
+        assert_eq!(run_deadline(None, Some(1)), None);
+        assert_eq!(run_deadline(Some("yesterday"), Some(1)), None);
+        assert_eq!(run_deadline(Some("2026-11-28T10:00:00Z"), None), None);
+    }
+
+    #[test]
+    fn the_failure_cause_shows_keys_with_control_characters_escaped() {
+        let listed = vec![("raw/a\nb.csv".to_string(), "denied".to_string())];
+        assert_eq!(
+            failure_cause(&progress(true, 1, 0, 1), &listed),
+            "1 of 1 files failed to move:\nraw/a\\u{a}b.csv: denied"
+        );
+    }
+
+    #[test]
     fn the_failure_cause_names_each_failed_file_within_the_limit() {
         let p = progress(true, 10, 8, 2);
         let listed = vec![
@@ -171,7 +285,7 @@ mod tests {
         ];
         assert_eq!(
             failure_cause(&p, &listed),
-            "2 of 10 files failed to move; they were left at the source:\nraw/a.csv: AccessDenied\nraw/b.csv: gone"
+            "2 of 10 files failed to move:\nraw/a.csv: AccessDenied\nraw/b.csv: gone"
         );
         let many: Vec<(String, String)> = (0..5000)
             .map(|i| (format!("raw/{i:04}.csv"), "x".repeat(20)))

@@ -1,10 +1,15 @@
 //! The run model: what a run is, what the functions receive and what they answer.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::RunDefaults;
+
+/// The longest a wait or a run may last, in seconds: a Step Functions execution lasts
+/// at most a year.
+pub const MAX_SECONDS: u32 = 31_536_000;
 
 /// A problem with an event, named precisely enough for the user to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,15 +144,10 @@ impl Suffixes {
         Ok(Suffixes(list))
     }
 
-    /// A comma-separated list, as in the `SUFFIXES` variable.
-    pub fn parse_list(raw: &str) -> Result<Self, String> {
-        let list = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        Self::new(list)
+    /// A comma-separated list, as in the `SUFFIXES` variable, where an empty entry (an
+    /// empty list among them) selects every file.
+    pub fn parse_list(raw: &str) -> Self {
+        Suffixes(raw.split(',').map(|s| s.trim().to_string()).collect())
     }
 
     pub fn as_slice(&self) -> &[String] {
@@ -215,6 +215,38 @@ pub struct MasterEvent {
 }
 
 impl MasterEvent {
+    /// The state machine's timing fields, checked before its states use them: waits of
+    /// at most a year, and a run timeout longer than the activity task's heartbeat
+    /// (Step Functions wants `HeartbeatSeconds` below `TimeoutSeconds`) and at most a year.
+    pub fn check_timing(&self, heartbeat: Duration) -> Result<(), EventError> {
+        for (field, value) in [
+            (
+                "wait_before_master_seconds",
+                self.wait_before_master_seconds,
+            ),
+            (
+                "wait_before_status_seconds",
+                self.wait_before_status_seconds,
+            ),
+        ] {
+            if let Some(value) = value.filter(|v| *v > MAX_SECONDS) {
+                return Err(EventError(format!(
+                    "{field}: {value} is more than a year ({MAX_SECONDS} seconds), the longest an execution lasts"
+                )));
+            }
+        }
+        if let Some(timeout) = self.run_timeout_seconds {
+            let heartbeat = heartbeat.as_secs();
+            if u64::from(timeout) <= heartbeat || timeout > MAX_SECONDS {
+                return Err(EventError(format!(
+                    "run_timeout_seconds: {timeout} must be more than the activity task's \
+                     heartbeat ({heartbeat} seconds) and at most a year ({MAX_SECONDS} seconds)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The run this event asks for, with the function's defaults filled in.
     pub fn resolve(self, defaults: &RunDefaults) -> Result<(RunId, RunSpec), EventError> {
         let run_id = RunId::parse(
@@ -250,6 +282,54 @@ impl MasterEvent {
     }
 }
 
+/// What the state machine asks of `master` before anything else: whether an
+/// execution's input is one it can run. The input is the execution input as given,
+/// which must be an object of master's event fields; the run id is the execution's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputCheck {
+    pub run_id: String,
+    pub input: serde_json::Value,
+}
+
+impl InputCheck {
+    /// The `{"check": ...}` envelope the state machine sends, if `payload` is one.
+    pub fn from_payload(payload: &serde_json::Value) -> Option<Result<Self, EventError>> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Envelope {
+            check: InputCheck,
+        }
+        payload.get("check")?;
+        Some(parse_event::<Envelope>(payload.clone()).map(|e| e.check))
+    }
+
+    /// The input as master's event, with the run id.
+    pub fn event(self) -> Result<MasterEvent, EventError> {
+        let serde_json::Value::Object(mut fields) = self.input else {
+            return Err(EventError(format!(
+                "the execution input must be a JSON object of fields, not {}",
+                self.input
+            )));
+        };
+        if fields.contains_key("run_id") {
+            return Err(EventError(
+                "run_id: the run id is the execution's name; leave it out of the input".into(),
+            ));
+        }
+        fields.insert("run_id".into(), serde_json::Value::String(self.run_id));
+        parse_event(serde_json::Value::Object(fields))
+    }
+}
+
+/// What `master` answers an input check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutput {
+    pub run_id: RunId,
+    pub source: String,
+    pub destination: String,
+}
+
 /// What `master` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MasterOutput {
@@ -280,13 +360,23 @@ pub struct SlaveOutput {
     /// Files that an earlier delivery of the same batch had already completed.
     pub already_done: u64,
     pub bytes: u64,
+    /// Files left for a new invocation, which this one started before its deadline.
+    pub handed_on: u64,
 }
 
-/// What `status` receives.
+/// What `status` receives. The state machine also names its execution, whose history
+/// tells whether a result was delivered, and the run's start and timeout, past which an
+/// unfinished run ends with `RunTimedOut`; a hand-made event may leave them out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusEvent {
     pub run_id: RunId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_seconds: Option<u32>,
 }
 
 /// A run's result, as `status` reports it and hands to the activity.
@@ -373,6 +463,90 @@ mod tests {
         assert_eq!(event.run_timeout_seconds, Some(600));
         let (_, spec) = event.resolve(&defaults()).unwrap();
         assert_eq!(spec.source.to_string(), "s3://data-bucket/raw/");
+    }
+
+    #[test]
+    fn timing_fields_are_checked_before_the_state_machine_uses_them() {
+        let heartbeat = Duration::from_secs(300);
+        let event = |extra: serde_json::Value| {
+            let mut fields = json!({"run_id": "r"});
+            fields
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse_event::<MasterEvent>(fields)
+        };
+        assert!(
+            event(json!({"wait_before_master_seconds": 0, "run_timeout_seconds": 301}))
+                .unwrap()
+                .check_timing(heartbeat)
+                .is_ok()
+        );
+        let err = event(json!({"wait_before_master_seconds": -1})).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("wait_before_master_seconds: invalid value"),
+            "{err}"
+        );
+        let err = event(json!({"run_timeout_seconds": "soon"})).unwrap_err();
+        assert!(
+            err.0.starts_with("run_timeout_seconds: invalid type"),
+            "{err}"
+        );
+        for timeout in [0, 300, MAX_SECONDS + 1] {
+            let err = event(json!({"run_timeout_seconds": timeout}))
+                .unwrap()
+                .check_timing(heartbeat)
+                .unwrap_err();
+            assert!(err.0.starts_with("run_timeout_seconds: "), "{err}");
+            assert!(err.0.contains("heartbeat (300 seconds)"), "{err}");
+        }
+        let err = event(json!({"wait_before_status_seconds": MAX_SECONDS + 1}))
+            .unwrap()
+            .check_timing(heartbeat)
+            .unwrap_err();
+        assert!(err.0.starts_with("wait_before_status_seconds: "), "{err}");
+    }
+
+    #[test]
+    fn an_input_check_takes_the_execution_input_as_given() {
+        let check = |input: serde_json::Value| {
+            InputCheck::from_payload(&json!({"check": {"run_id": "exec-1", "input": input}}))
+                .unwrap()
+                .and_then(InputCheck::event)
+        };
+        let event = check(json!({"source_prefix": "in/"})).unwrap();
+        assert_eq!(event.run_id.as_deref(), Some("exec-1"));
+        assert_eq!(event.source_prefix.as_deref(), Some("in/"));
+        assert!(
+            check(json!([1]))
+                .unwrap_err()
+                .0
+                .contains("must be a JSON object")
+        );
+        assert!(
+            check(json!("x"))
+                .unwrap_err()
+                .0
+                .contains("must be a JSON object")
+        );
+        assert!(
+            check(json!({"run_id": "other"}))
+                .unwrap_err()
+                .0
+                .starts_with("run_id: ")
+        );
+        assert!(
+            check(json!({"source_prefx": "x/"}))
+                .unwrap_err()
+                .0
+                .contains("source_prefx")
+        );
+        assert!(InputCheck::from_payload(&json!({"run_id": "r"})).is_none());
+        let err = InputCheck::from_payload(&json!({"check": {"run_id": "r"}}))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.0.contains("missing field `input`"), "{err}");
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! | `{run}#batch`   | the batch's first key | `files`: the batch's files as master listed them, all `started` |
 //! | `{run}#outcome` | the batch's first key | `states`, `reasons`, `version`: what slaves recorded |
 //! | `{run}#failed`  | the batch's first key | present while the batch has failed files         |
+//! | `{run}#upload`  | a file's source key | a multipart copy in progress: upload id, part size |
 //!
-//! Master alone writes the run item's listing fields and the batches; slaves alone
-//! write outcomes and counters, the counters spread over shards so concurrent batches
-//! rarely contend for one item; status reads the whole run partition in one query.
-//! A batch's files are written once and never rewritten: recording outcomes rewrites
-//! only the small outcome item, together with the counters, in one transaction.
+//! Master alone writes the run item's listing fields and the batches, each page's
+//! batches in the same transaction as the listing position they cover, so a batch,
+//! once recorded, is the only one for its files; slaves alone write outcomes and
+//! counters, the counters spread over shards so concurrent batches rarely contend for
+//! one item; status reads the whole run partition in one query and keeps the run's
+//! activity task tokens on its item. A batch's files are written once and never
+//! rewritten: recording outcomes rewrites only the small outcome item, together with
+//! the counters, in one transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,20 +28,24 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
-    WriteRequest,
+    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
 };
-use futures::{StreamExt, TryStreamExt, stream};
 
-use crate::batch::{Delta, FileState, ListedFile, Outcome, Outcomes, decode_files, encode_files};
+use crate::batch::{
+    Delta, FileState, ListedFile, Outcome, Outcomes, decode_files, encode_files, encoded_size,
+};
 use crate::error::{AwsError, is_transient_code};
 use crate::progress::RunProgress;
 use crate::run::{Location, RunId, RunSpec, Suffixes};
 
 /// Counter shards per run.
 pub const COUNTER_SHARDS: u64 = 16;
-const BATCH_WRITE_ITEMS: usize = 25;
 const BATCH_GET_KEYS: usize = 100;
+/// DynamoDB's limits on one `TransactWriteItems`: 100 actions and 4 MB. A page's
+/// batches go in transactions of at most 99 batch items and the run item's update,
+/// and at most this many bytes of batch items, well within the 4 MB.
+const BATCHES_PER_TRANSACTION: usize = 99;
+const TRANSACTION_BATCH_BYTES: usize = 3 * 1024 * 1024;
 /// Attempts at unprocessed items, transaction conflicts and races before giving up.
 const ATTEMPTS: u32 = 10;
 const RUN_SK: &str = "run";
@@ -60,7 +68,10 @@ pub struct RunRecord {
     pub recorded_through: Option<String>,
     /// Listing position up to which every recorded batch has been handed to a slave.
     pub handed_through: Option<String>,
-    pub task_token: Option<String>,
+    /// The run's activity task tokens that status calls have received (its own, or
+    /// another run's status on its behalf), kept until the run's result is delivered.
+    /// Usually one; a token whose heartbeat lapsed is replaced by a new one.
+    pub task_tokens: Vec<String>,
     pub delivered: Option<Delivered>,
 }
 
@@ -78,6 +89,20 @@ pub struct BatchView {
     pub id: String,
     pub files: Vec<ListedFile>,
     pub outcomes: Outcomes,
+}
+
+/// A multipart copy in progress, as recorded for its file, so that an invocation that
+/// runs out of time hands it on instead of starting over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub upload_id: String,
+    pub part_size: u64,
+    /// The listed ETag of the source the parts are copied from.
+    pub source_etag: String,
+    /// The ETag the completed object will have, recorded just before the upload is
+    /// completed: a later invocation that finds the upload gone compares the
+    /// destination with it.
+    pub completing_etag: Option<String>,
 }
 
 /// One file of a run and where it stands.
@@ -138,6 +163,10 @@ fn outcome_pk(run: &RunId) -> String {
 
 fn failed_pk(run: &RunId) -> String {
     format!("{run}#failed")
+}
+
+fn upload_pk(run: &RunId) -> String {
+    format!("{run}#upload")
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -303,36 +332,104 @@ impl Store {
             })
     }
 
-    /// Moves the recorded position from `previous` to `through` and counts `added` more
-    /// selected files, only if no other call has moved it meanwhile.
-    pub async fn advance_recorded(
+    /// Records a listing page's batches, each file `started`, and moves the recorded
+    /// position from `previous` to `through` (the page's last key), counting the files
+    /// as selected. Each transaction writes some of the page's batches together with the
+    /// position they reach, on condition that no other call has moved it and that no
+    /// batch item exists under their ids: a batch, once recorded, is the only one for its
+    /// files, and no failure or concurrent call can leave another behind.
+    pub async fn record_page(
         &self,
         run: &RunId,
         previous: Option<&str>,
+        batches: &[&[ListedFile]],
         through: &str,
-        added: u64,
     ) -> Result<(), StoreError> {
-        let request = self
-            .client
-            .update_item()
+        let groups = transaction_groups(batches);
+        let mut position = previous.map(str::to_string);
+        for (i, group) in groups.iter().enumerate() {
+            let reaches = if i + 1 == groups.len() {
+                through
+            } else {
+                &group
+                    .last()
+                    .expect("groups are not empty")
+                    .last()
+                    .expect("batches are not empty")
+                    .key
+            };
+            self.record_batches(run, position.as_deref(), group, reaches)
+                .await?;
+            position = Some(reaches.to_string());
+        }
+        Ok(())
+    }
+
+    async fn record_batches(
+        &self,
+        run: &RunId,
+        previous: Option<&str>,
+        batches: &[&[ListedFile]],
+        through: &str,
+    ) -> Result<(), StoreError> {
+        let expires = self.expires_at();
+        let mut items: Vec<TransactWriteItem> = batches
+            .iter()
+            .map(|files| {
+                let mut item = key(batch_pk(run), &files[0].key);
+                item.insert("files".into(), s(encode_files(files)));
+                item.insert("expires_at".into(), expires.clone());
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .expect("put is complete");
+                TransactWriteItem::builder().put(put).build()
+            })
+            .collect();
+        let files: usize = batches.iter().map(|b| b.len()).sum();
+        let position = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(run_pk(run), RUN_SK)))
             .update_expression("SET recorded_through = :t ADD selected :n")
             .expression_attribute_values(":t", s(through))
-            .expression_attribute_values(":n", n(added));
-        let request = match previous {
-            None => request.condition_expression("attribute_not_exists(recorded_through)"),
-            Some(p) => request
+            .expression_attribute_values(":n", n(files));
+        let position = match previous {
+            None => position.condition_expression("attribute_not_exists(recorded_through)"),
+            Some(p) => position
                 .condition_expression("recorded_through = :p")
                 .expression_attribute_values(":p", s(p)),
         };
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => {
-                Err(StoreError::ProgressConflict { run: run.clone() })
+        items.push(
+            TransactWriteItem::builder()
+                .update(position.build().expect("update is complete"))
+                .build(),
+        );
+        for attempt in 0..ATTEMPTS {
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match cancellation(sent)? {
+                None => return Ok(()),
+                // The position moved, or a batch exists: another call recorded this page
+                // (or this call's earlier attempt did, its answer lost).
+                Some(Cancelled::Raced) => {
+                    return Err(StoreError::ProgressConflict { run: run.clone() });
+                }
+                Some(Cancelled::Contended(_)) => backoff(attempt).await,
             }
-            Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
         }
+        Err(AwsError {
+            operation: "TransactWriteItems",
+            code: Some("TransactionConflict".into()),
+            message: format!("recording a page still conflicts after {ATTEMPTS} attempts"),
+            transient: true,
+        }
+        .into())
     }
 
     pub async fn advance_handed(&self, run: &RunId, through: &str) -> Result<(), StoreError> {
@@ -345,15 +442,17 @@ impl Store {
             .await
     }
 
-    /// Parks a task token handed out for `run` on its run item, creating the item if
-    /// the run's master has not started yet.
-    pub async fn park_token(&self, run: &RunId, token: &str) -> Result<(), StoreError> {
+    /// Records an activity task token of `run` on its run item, creating the item if
+    /// the run's master has not started yet; the token is durable before anyone uses it.
+    pub async fn record_token(&self, run: &RunId, token: &str) -> Result<(), StoreError> {
         self.client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(run_pk(run), RUN_SK)))
-            .update_expression("SET task_token = :t, expires_at = if_not_exists(expires_at, :exp)")
-            .expression_attribute_values(":t", s(token))
+            .update_expression(
+                "ADD task_tokens :t SET expires_at = if_not_exists(expires_at, :exp)",
+            )
+            .expression_attribute_values(":t", AttributeValue::Ss(vec![token.to_string()]))
             .expression_attribute_values(":exp", self.expires_at())
             .send()
             .await
@@ -361,13 +460,23 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the run's task was completed, and forgets its token.
+    /// Forgets a token Step Functions no longer takes an answer for.
+    pub async fn forget_token(&self, run: &RunId, token: &str) -> Result<(), StoreError> {
+        self.set_run_fields(
+            run,
+            "DELETE task_tokens :v",
+            AttributeValue::Ss(vec![token.to_string()]),
+        )
+        .await
+    }
+
+    /// Records that the run's task was completed, and forgets its tokens.
     pub async fn mark_delivered(&self, run: &RunId, how: Delivered) -> Result<(), StoreError> {
         let how = match how {
             Delivered::Succeeded => "succeeded",
             Delivered::Failed => "failed",
         };
-        self.set_run_fields(run, "SET delivered = :v REMOVE task_token", s(how))
+        self.set_run_fields(run, "SET delivered = :v REMOVE task_tokens", s(how))
             .await
     }
 
@@ -389,70 +498,101 @@ impl Store {
         Ok(())
     }
 
-    // ---- batches ------------------------------------------------------------------
+    // ---- multipart copies in progress ---------------------------------------------
 
-    /// Records batches of files as `started`, 25 batches to a `BatchWriteItem`,
-    /// `concurrency` requests at once. Each batch is named by its first file's key.
-    pub async fn put_batches(
+    /// The multipart copy recorded for the file `key`, if any.
+    pub async fn upload(&self, run: &RunId, key: &str) -> Result<Option<UploadRecord>, StoreError> {
+        let Some(item) = self.get(self::key(upload_pk(run), key)).await? else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| StoreError::Corrupt {
+            run: run.clone(),
+            problem: format!("the upload item of {key:?} has no {what}"),
+        };
+        Ok(Some(UploadRecord {
+            upload_id: get_s(&item, "upload_id")
+                .ok_or_else(|| corrupt("upload_id"))?
+                .into(),
+            part_size: get_n(&item, "part_size")
+                .ok_or_else(|| corrupt("part_size"))?
+                .max(0) as u64,
+            source_etag: get_s(&item, "source_etag")
+                .ok_or_else(|| corrupt("source_etag"))?
+                .into(),
+            completing_etag: get_s(&item, "completing_etag").map(String::from),
+        }))
+    }
+
+    /// Records a multipart copy of the file `key`, unless one is recorded already:
+    /// then answers that one, which the caller adopts.
+    pub async fn begin_upload(
         &self,
         run: &RunId,
-        batches: &[&[ListedFile]],
-        concurrency: usize,
-    ) -> Result<(), StoreError> {
-        let expires = self.expires_at();
-        let requests: Vec<WriteRequest> = batches
-            .iter()
-            .filter(|files| !files.is_empty())
-            .map(|files| {
-                let mut item = key(batch_pk(run), &files[0].key);
-                item.insert("files".into(), s(encode_files(files)));
-                item.insert("expires_at".into(), expires.clone());
-                let put = PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .expect("item is set");
-                WriteRequest::builder().put_request(put).build()
-            })
-            .collect();
-        stream::iter(
-            requests
-                .chunks(BATCH_WRITE_ITEMS)
-                .map(|chunk| self.batch_write(chunk.to_vec())),
-        )
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<()>()
-        .await
+        key: &str,
+        upload: &UploadRecord,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let written = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(upload_pk(run), key)))
+            .update_expression(
+                "SET upload_id = :u, part_size = :p, source_etag = :e, expires_at = :exp",
+            )
+            .condition_expression("attribute_not_exists(upload_id)")
+            .expression_attribute_values(":u", s(&upload.upload_id))
+            .expression_attribute_values(":p", n(upload.part_size))
+            .expression_attribute_values(":e", s(&upload.source_etag))
+            .expression_attribute_values(":exp", self.expires_at())
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(None),
+            Err(e) if is_condition_failure(&e) => self.upload(run, key).await,
+            Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
+        }
     }
 
-    async fn batch_write(&self, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
-        for attempt in 0..ATTEMPTS {
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("BatchWriteItem", e))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut m| m.remove(&self.table))
-                .unwrap_or_default();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            backoff(attempt).await;
+    /// Records the ETag the upload of `key` will have once completed.
+    pub async fn completing_upload(
+        &self,
+        run: &RunId,
+        key: &str,
+        upload_id: &str,
+        etag: &str,
+    ) -> Result<(), StoreError> {
+        let written = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(upload_pk(run), key)))
+            .update_expression("SET completing_etag = :e")
+            .condition_expression("upload_id = :u")
+            .expression_attribute_values(":e", s(etag))
+            .expression_attribute_values(":u", s(upload_id))
+            .send()
+            .await;
+        match written {
+            // Someone else finished or replaced the upload: its record is theirs now.
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
         }
-        Err(AwsError {
-            operation: "BatchWriteItem",
-            code: Some("UnprocessedItems".into()),
-            message: format!(
-                "{} items still unprocessed after {ATTEMPTS} attempts",
-                requests.len()
-            ),
-            transient: true,
-        }
-        .into())
     }
+
+    /// Forgets the multipart copy of `key`: it was completed and recorded, or aborted.
+    pub async fn forget_upload(&self, run: &RunId, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(upload_pk(run), key)))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DeleteItem", e))?;
+        Ok(())
+    }
+
+    // ---- batches ------------------------------------------------------------------
 
     /// The ids of the run's batches whose first key is after `after` and at most
     /// `through`, in order: those recorded but not yet handed out when a master call
@@ -619,26 +759,64 @@ impl Store {
         batch: &BatchView,
         outcomes: &[(usize, Outcome)],
     ) -> Result<Delta, StoreError> {
+        let (delta, _) = self
+            .change_outcomes(run, batch, |next| {
+                let delta = next.apply(outcomes);
+                (!delta.is_zero()).then_some(delta)
+            })
+            .await?;
+        Ok(delta)
+    }
+
+    /// Records, before the sources are deleted, the ETags of verified copies that differ
+    /// from the listed ETags (see [`Outcomes::copied`]); a plain conditional write, as no
+    /// counter changes. `batch` then holds the outcomes as written.
+    pub async fn record_copies(
+        &self,
+        run: &RunId,
+        batch: &mut BatchView,
+        copies: &[(usize, String)],
+    ) -> Result<(), StoreError> {
+        let (_, written) = self
+            .change_outcomes(run, batch, |next| {
+                next.record_copies(copies).then_some(Delta::default())
+            })
+            .await?;
+        batch.outcomes = written;
+        Ok(())
+    }
+
+    /// Applies `change` to the batch's outcomes as last read, and writes the result on
+    /// condition that nobody wrote since; after a race, reads them again and applies
+    /// `change` to what the other writer left. `change` answers the counter change, or
+    /// `None` when there is nothing to write. Answers the counter change made and the
+    /// outcomes as they now stand.
+    async fn change_outcomes(
+        &self,
+        run: &RunId,
+        batch: &BatchView,
+        change: impl Fn(&mut Outcomes) -> Option<Delta>,
+    ) -> Result<(Delta, Outcomes), StoreError> {
         let mut seen = batch.outcomes.clone();
-        let mut attempt = 0;
-        loop {
+        let mut contended = 0;
+        for _ in 0..ATTEMPTS * 2 {
             let mut next = seen.clone();
-            let delta = next.apply(outcomes);
-            if delta.is_zero() {
-                return Ok(delta);
-            }
+            let Some(delta) = change(&mut next) else {
+                return Ok((Delta::default(), seen));
+            };
             next.version = seen.version + 1;
             match self
                 .write_outcomes(run, &batch.id, &seen, &next, delta)
                 .await?
             {
-                Ok(()) => return Ok(delta),
-                Err(Cancelled::Raced) => {
+                None => return Ok((delta, next)),
+                Some(Cancelled::Raced) => {
                     // Another delivery recorded first: start again from what it wrote.
                     seen = self.outcomes(run, &batch.id, batch.files.len()).await?;
                 }
-                Err(Cancelled::Contended(reason)) => {
-                    if attempt + 1 >= ATTEMPTS {
+                Some(Cancelled::Contended(reason)) => {
+                    contended += 1;
+                    if contended >= ATTEMPTS {
                         return Err(AwsError {
                             operation: "TransactWriteItems",
                             code: Some(reason.clone()),
@@ -649,20 +827,17 @@ impl Store {
                         }
                         .into());
                     }
-                    backoff(attempt).await;
+                    backoff(contended).await;
                 }
             }
-            attempt += 1;
-            if attempt > ATTEMPTS * 2 {
-                return Err(StoreError::Corrupt {
-                    run: run.clone(),
-                    problem: format!(
-                        "batch {:?} keeps changing under concurrent writers",
-                        batch.id
-                    ),
-                });
-            }
         }
+        Err(StoreError::Corrupt {
+            run: run.clone(),
+            problem: format!(
+                "batch {:?} keeps changing under concurrent writers",
+                batch.id
+            ),
+        })
     }
 
     async fn outcomes(&self, run: &RunId, id: &str, files: usize) -> Result<Outcomes, StoreError> {
@@ -670,9 +845,10 @@ impl Store {
         parse_outcomes(run, item.as_ref(), files)
     }
 
-    /// One transaction: the batch's outcome item goes from `seen` to `next`, the
-    /// counters change by `delta`, and the batch's failed marker appears or goes when
-    /// the batch starts or stops having failed files.
+    /// The batch's outcome item goes from `seen` to `next`. With a counter change, in
+    /// one transaction with the counters and with the batch's failed marker, which
+    /// appears or goes when the batch starts or stops having failed files; without one,
+    /// alone. `None` when written.
     async fn write_outcomes(
         &self,
         run: &RunId,
@@ -680,28 +856,63 @@ impl Store {
         seen: &Outcomes,
         next: &Outcomes,
         delta: Delta,
-    ) -> Result<Result<(), Cancelled>, StoreError> {
+    ) -> Result<Option<Cancelled>, StoreError> {
         let expires = self.expires_at();
         let mut item = key(outcome_pk(run), id);
         item.insert("states".into(), s(next.encode_states()));
         item.insert("version".into(), n(next.version));
         item.insert("updated_at".into(), s(now_rfc3339()));
         item.insert("expires_at".into(), expires.clone());
-        if !next.reasons.is_empty() {
-            let reasons = next
-                .reasons
-                .iter()
-                .map(|(i, reason)| (i.to_string(), s(reason)))
-                .collect();
-            item.insert("reasons".into(), AttributeValue::M(reasons));
-        }
-        let put = Put::builder().table_name(&self.table).set_item(Some(item));
-        let put = if seen.version == 0 {
-            put.condition_expression("attribute_not_exists(pk)")
-        } else {
-            put.condition_expression("version = :seen")
-                .expression_attribute_values(":seen", n(seen.version))
+        let by_position = |map: &BTreeMap<usize, String>| {
+            AttributeValue::M(map.iter().map(|(i, v)| (i.to_string(), s(v))).collect())
         };
+        if !next.reasons.is_empty() {
+            item.insert("reasons".into(), by_position(&next.reasons));
+        }
+        if !next.copied.is_empty() {
+            item.insert("copied".into(), by_position(&next.copied));
+        }
+        let (condition, seen_version) = if seen.version == 0 {
+            ("attribute_not_exists(pk)", None)
+        } else {
+            ("version = :seen", Some(n(seen.version)))
+        };
+        if delta.is_zero() {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression(condition)
+                .set_expression_attribute_values(
+                    seen_version.map(|v| HashMap::from([(":seen".to_string(), v)])),
+                )
+                .send()
+                .await;
+            return match put {
+                Ok(_) => Ok(None),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(Some(Cancelled::Raced))
+                }
+                Err(e) => {
+                    let e = AwsError::from_sdk("PutItem", e);
+                    match &e.code {
+                        Some(code) if e.transient => Ok(Some(Cancelled::Contended(code.clone()))),
+                        _ => Err(e.into()),
+                    }
+                }
+            };
+        }
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_values(
+                seen_version.map(|v| HashMap::from([(":seen".to_string(), v)])),
+            );
         let mut items = vec![
             TransactWriteItem::builder()
                 .put(put.build().expect("put is complete"))
@@ -742,43 +953,13 @@ impl Store {
             }
             _ => {}
         }
-
         let sent = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(Ok(())),
-            Err(err) => {
-                let reasons: Vec<String> = err
-                    .as_service_error()
-                    .and_then(|e| match e {
-                        TransactWriteItemsError::TransactionCanceledException(c) => {
-                            c.cancellation_reasons.as_ref()
-                        }
-                        _ => None,
-                    })
-                    .map(|r| {
-                        r.iter()
-                            .filter_map(|r| r.code.clone())
-                            .filter(|c| c != "None")
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if reasons.iter().any(|c| c == "ConditionalCheckFailed") {
-                    Ok(Err(Cancelled::Raced))
-                } else if let Some(code) = reasons
-                    .iter()
-                    .find(|c| is_transient_code(c) || *c == "ThrottlingError")
-                {
-                    Ok(Err(Cancelled::Contended(code.clone())))
-                } else {
-                    Err(AwsError::from_sdk("TransactWriteItems", err).into())
-                }
-            }
-        }
+        cancellation(sent)
     }
 
     /// Up to `limit` failed files of the run with their reasons, in key order.
@@ -856,10 +1037,72 @@ impl Store {
 }
 
 enum Cancelled {
-    /// The outcome item was written by someone else since it was read.
+    /// A condition did not hold: someone else wrote the item since it was read.
     Raced,
     /// DynamoDB refused for now (conflict with another transaction, throttling).
     Contended(String),
+}
+
+/// What a `TransactWriteItems` answer means: `None` when it was written, or why it was
+/// cancelled; an error that is neither is the caller's error.
+fn cancellation<R: std::fmt::Debug>(
+    sent: Result<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+        aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>,
+    >,
+) -> Result<Option<Cancelled>, StoreError> {
+    let err = match sent {
+        Ok(_) => return Ok(None),
+        Err(err) => err,
+    };
+    let reasons: Vec<String> = err
+        .as_service_error()
+        .and_then(|e| match e {
+            TransactWriteItemsError::TransactionCanceledException(c) => {
+                c.cancellation_reasons.as_ref()
+            }
+            _ => None,
+        })
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r.code.clone())
+                .filter(|c| c != "None")
+                .collect()
+        })
+        .unwrap_or_default();
+    if reasons.iter().any(|c| c == "ConditionalCheckFailed") {
+        Ok(Some(Cancelled::Raced))
+    } else if let Some(code) = reasons
+        .iter()
+        .find(|c| is_transient_code(c) || *c == "ThrottlingError")
+    {
+        Ok(Some(Cancelled::Contended(code.clone())))
+    } else {
+        Err(AwsError::from_sdk("TransactWriteItems", err).into())
+    }
+}
+
+/// A page's batches in groups of one transaction each: at most
+/// [`BATCHES_PER_TRANSACTION`] batches (with the run item's update, within DynamoDB's 100
+/// actions) and [`TRANSACTION_BATCH_BYTES`] of batch items (within its 4 MB). Always at
+/// least one group, which may be empty: a page with nothing selected still moves the
+/// listing position.
+fn transaction_groups<'a>(batches: &'a [&'a [ListedFile]]) -> Vec<&'a [&'a [ListedFile]]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, files) in batches.iter().enumerate() {
+        // The batch item: its key (the first key twice, as sk and in the item) and files.
+        let size = encoded_size(files) + files[0].key.len() + 64;
+        if i > start
+            && (i - start == BATCHES_PER_TRANSACTION || bytes + size > TRANSACTION_BATCH_BYTES)
+        {
+            groups.push(&batches[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    groups.push(&batches[start..]);
+    groups
 }
 
 /// A batch item and its outcome item (if any), as one file status each.
@@ -926,7 +1169,11 @@ fn parse_run(run: &RunId, item: &HashMap<String, AttributeValue>) -> Result<RunR
         selected: get_n(item, "selected").unwrap_or(0).max(0) as u64,
         recorded_through: get_s(item, "recorded_through").map(String::from),
         handed_through: get_s(item, "handed_through").map(String::from),
-        task_token: get_s(item, "task_token").map(String::from),
+        task_tokens: item
+            .get("task_tokens")
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default(),
         delivered,
     })
 }
@@ -953,25 +1200,32 @@ fn parse_outcomes(run: &RunId, item: Option<&Item>, files: usize) -> Result<Outc
         run: run.clone(),
         problem,
     };
-    let reasons = match item.get("reasons").map(|v| v.as_m()) {
-        None => BTreeMap::new(),
+    let by_position = |name: &str| match item.get(name).map(|v| v.as_m()) {
+        None => Ok(BTreeMap::new()),
         Some(Ok(map)) => map
             .iter()
-            .map(|(i, reason)| {
-                let i = i.parse().map_err(|_| format!("reason index {i:?}"))?;
-                let reason = reason
+            .map(|(i, value)| {
+                let i = i.parse().map_err(|_| format!("{name} index {i:?}"))?;
+                let value = value
                     .as_s()
-                    .map_err(|_| format!("reason {i} is not a string"))?;
-                Ok((i, reason.clone()))
+                    .map_err(|_| format!("{name} {i} is not a string"))?;
+                Ok((i, value.clone()))
             })
             .collect::<Result<_, String>>()
-            .map_err(corrupt)?,
-        Some(Err(_)) => return Err(corrupt("an outcome item's reasons are not a map".into())),
+            .map_err(corrupt),
+        Some(Err(_)) => Err(corrupt(format!("an outcome item's {name} are not a map"))),
     };
     let states =
         get_s(item, "states").ok_or_else(|| corrupt("an outcome item has no states".into()))?;
     let version = get_n(item, "version").unwrap_or(0).max(0) as u64;
-    Outcomes::decode(states, reasons, version, files).map_err(corrupt)
+    Outcomes::decode(
+        states,
+        by_position("reasons")?,
+        by_position("copied")?,
+        version,
+        files,
+    )
+    .map_err(corrupt)
 }
 
 #[cfg(test)]
@@ -980,7 +1234,6 @@ mod tests {
 
     mod sdk_error_paths {
         use super::*;
-        use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput;
         use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
         use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
@@ -1025,31 +1278,57 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn unprocessed_items_are_sent_again() {
-            let unprocessed = mock!(Client::batch_write_item)
-                .match_requests(|r| r.request_items().unwrap()["table"].len() == 3)
-                .then_compute_output(|r| {
-                    let mut left = r.request_items().unwrap().clone();
-                    left.get_mut("table").unwrap().truncate(1);
-                    BatchWriteItemOutput::builder()
-                        .set_unprocessed_items(Some(left))
-                        .build()
-                });
-            let rest = mock!(Client::batch_write_item)
-                .match_requests(|r| r.request_items().unwrap()["table"].len() == 1)
-                .then_output(|| BatchWriteItemOutput::builder().build());
-            let client = mock_client!(
-                aws_sdk_dynamodb,
-                RuleMode::Sequential,
-                [&unprocessed, &rest]
-            );
+        async fn a_page_is_recorded_with_its_position_in_one_transaction() {
+            // GIVEN three batches of a page, the first transaction meeting a conflict
             let files: Vec<ListedFile> = (0..3).map(|i| file(&format!("raw/{i}"))).collect();
             let batches: Vec<&[ListedFile]> = files.chunks(1).collect();
+            let recorded = mock!(Client::transact_write_items)
+                .match_requests(|r| {
+                    let items = r.transact_items();
+                    let puts = items.iter().filter(|i| i.put().is_some()).count();
+                    let position = items.last().and_then(|i| i.update());
+                    puts == 3
+                        && items.iter().take(3).all(|i| {
+                            i.put().and_then(|p| p.condition_expression())
+                                == Some("attribute_not_exists(pk)")
+                        })
+                        && position.is_some_and(|u| {
+                            u.expression_attribute_values().unwrap()[":t"]
+                                == AttributeValue::S("raw/9".into())
+                                && u.expression_attribute_values().unwrap()[":n"]
+                                    == AttributeValue::N("3".into())
+                        })
+                })
+                .sequence()
+                .error(|| cancelled(&["None", "None", "None", "TransactionConflict"]))
+                .output(|| TransactWriteItemsOutput::builder().build())
+                .build();
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&recorded]);
+
+            // WHEN it is recorded through its last key
             store(client)
-                .put_batches(&run(), &batches, 2)
+                .record_page(&run(), Some("raw/0-before"), &batches, "raw/9")
                 .await
                 .unwrap();
-            assert_eq!((unprocessed.num_calls(), rest.num_calls()), (1, 1));
+
+            // THEN one transaction held the batches and the position, tried again
+            assert_eq!(recorded.num_calls(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_page_someone_else_recorded_is_a_progress_conflict() {
+            let moved = mock!(Client::transact_write_items)
+                .then_error(|| cancelled(&["None", "ConditionalCheckFailed"]));
+            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&moved]);
+            let files = [file("raw/a")];
+            let err = store(client)
+                .record_page(&run(), Some("raw/0"), &[&files[..]], "raw/b")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::ProgressConflict { .. }),
+                "{err:?}"
+            );
         }
 
         #[tokio::test]
@@ -1113,24 +1392,6 @@ mod tests {
             assert_eq!(delta, Delta::default());
             assert_eq!((raced.num_calls(), reread.num_calls()), (1, 1));
         }
-
-        #[tokio::test]
-        async fn a_moved_listing_position_is_a_progress_conflict() {
-            let moved = mock!(Client::update_item).then_error(|| {
-                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
-                    aws_sdk_dynamodb::types::error::ConditionalCheckFailedException::builder().build(),
-                )
-            });
-            let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&moved]);
-            let err = store(client)
-                .advance_recorded(&run(), Some("raw/a"), "raw/b", 1)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, StoreError::ProgressConflict { .. }),
-                "{err:?}"
-            );
-        }
     }
 
     #[test]
@@ -1140,6 +1401,40 @@ mod tests {
             .map(|i| shard_for(&format!("raw/{i}.csv")))
             .collect();
         assert_eq!(shards.len(), COUNTER_SHARDS as usize);
+    }
+
+    #[test]
+    fn pages_go_in_transactions_within_dynamodbs_limits() {
+        let small: Vec<ListedFile> = (0..250)
+            .map(|i| ListedFile {
+                key: format!("raw/{i:04}"),
+                size: 1,
+                etag: "e".into(),
+            })
+            .collect();
+        let batches: Vec<&[ListedFile]> = small.chunks(1).collect();
+        let sizes: Vec<usize> = transaction_groups(&batches)
+            .iter()
+            .map(|g| g.len())
+            .collect();
+        assert_eq!(sizes, [99, 99, 52], "99 batches and the position each");
+        let long: Vec<ListedFile> = (0..40)
+            .map(|i| ListedFile {
+                key: format!("raw/{i:04}{}", "k".repeat(90 * 1024)),
+                size: 1,
+                etag: "e".into(),
+            })
+            .collect();
+        let batches: Vec<&[ListedFile]> = long.chunks(1).collect();
+        for group in transaction_groups(&batches) {
+            let bytes: usize = group.iter().map(|b| encoded_size(b)).sum();
+            assert!(bytes <= TRANSACTION_BATCH_BYTES, "{bytes}");
+        }
+        assert_eq!(
+            transaction_groups(&[]).len(),
+            1,
+            "an empty page still moves the position"
+        );
     }
 
     #[test]

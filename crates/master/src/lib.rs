@@ -5,17 +5,27 @@
 //! listing position up to which files are recorded in batches and counted,
 //! `handed_through` the position up to which those batches have been handed to slaves.
 //! A call resumes from there: batches recorded but not handed out are read back from
-//! the table and handed out, and listing goes on after `recorded_through`. So a retried
-//! or continued call never records a file twice (which could reset a completed file to
-//! `started`) and never leaves a recorded file without a slave.
+//! the table and handed out, and listing goes on after `recorded_through`. A page's
+//! batches are recorded in the same transaction as the position they reach, on
+//! condition that the position has not moved, so a retried, continued or concurrent call
+//! never records a file twice (which could reset a completed file to `started` or count
+//! it twice) and never leaves a recorded file without a slave.
+//!
+//! Before the execution does anything, the state machine asks master to check its input
+//! (`{"check": ...}`): every field, the timing ones included, and that the source and
+//! destination can be listed.
 
 use std::time::SystemTime;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use common::batch::{ListedFile, split};
+use aws_sdk_s3::types::EncodingType;
+use common::batch::{BatchLimits, ListedFile, split};
+use common::keys::decode_listed_key;
 use common::lambda::remaining;
-use common::run::{MasterEvent, MasterOutput, SlaveEvent, parse_event};
+use common::run::{
+    CheckOutput, InputCheck, Location, MasterEvent, MasterOutput, SlaveEvent, parse_event,
+};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
     StoreError,
@@ -25,9 +35,19 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::info;
 
-/// The most bytes of encoded files in one batch: a batch is one DynamoDB item, and this
-/// keeps it well within the 400 KB an item may have, however long the keys.
-const BATCH_BYTES: usize = 96 * 1024;
+/// The most bytes of encoded file names in one batch: a batch is one DynamoDB item, and
+/// this keeps it well within the 400 KB an item may have, however long the keys.
+const BATCH_NAMES_BYTES: usize = 96 * 1024;
+/// S3 error codes that no retry will change: the bucket is not there, or the functions
+/// may not list it.
+const REFUSED_LISTING: &[&str] = &[
+    "NoSuchBucket",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "PermanentRedirect",
+    "InvalidBucketName",
+    "AuthorizationHeaderMalformed",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,10 +55,14 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     InvalidEvent(#[from] EventError),
-    #[error("listing s3://{bucket}/{prefix} failed: {source}")]
+    #[error("listing {location} failed: {source}")]
     Listing {
-        bucket: String,
-        prefix: String,
+        location: Location,
+        source: AwsError,
+    },
+    #[error("{location} cannot be listed: {source}")]
+    ListingRefused {
+        location: Location,
         source: AwsError,
     },
     #[error("status table: {0}")]
@@ -56,6 +80,7 @@ impl Error {
                 "InvalidEvent"
             }
             Error::Listing { .. } => "ListingFailed",
+            Error::ListingRefused { .. } => "ListingRefused",
             Error::Store(StoreError::ProgressConflict { .. }) => "ListingConflict",
             Error::Store(_) => "StatusTableError",
             Error::Invoke(_) => "SlaveInvokeFailed",
@@ -68,6 +93,7 @@ pub const ERROR_TYPES: &[&str] = &[
     "ConfigError",
     "InvalidEvent",
     "ListingFailed",
+    "ListingRefused",
     "ListingConflict",
     "StatusTableError",
     "SlaveInvokeFailed",
@@ -126,6 +152,7 @@ impl Master {
         deadline: Option<SystemTime>,
     ) -> Result<MasterOutput, Error> {
         let event: MasterEvent = parse_event(payload)?;
+        event.check_timing(self.config.task_heartbeat)?;
         let (run, spec) = event.resolve(&self.config.defaults)?;
         let record = self.store.start_run(&run, &spec).await?;
         let mut cursor = Cursor {
@@ -183,6 +210,62 @@ impl Master {
         }
     }
 
+    /// Checks an execution's input before the execution uses any of it: every field
+    /// as a run would read it, and that the source and destination can be listed. A
+    /// location that does not exist, or that this stack may not list, is refused at
+    /// once with `InvalidEvent`, not retried. Records nothing.
+    #[tracing::instrument(skip_all)]
+    pub async fn check(&self, check: InputCheck) -> Result<CheckOutput, Error> {
+        let event = check.event()?;
+        event.check_timing(self.config.task_heartbeat)?;
+        let (run, spec) = event.resolve(&self.config.defaults)?;
+        for (field, location) in [("source", &spec.source), ("destination", &spec.destination)] {
+            let listed = self
+                .s3
+                .list_objects_v2()
+                .bucket(&location.bucket)
+                .prefix(&location.prefix)
+                .max_keys(1)
+                .encoding_type(EncodingType::Url)
+                .send()
+                .await;
+            if let Err(e) = listed {
+                return Err(match self.listing_error(location, e) {
+                    Error::ListingRefused { location, source } => Error::InvalidEvent(EventError(
+                        format!("{field} {location} cannot be listed: {}", source.message),
+                    )),
+                    other => other,
+                });
+            }
+        }
+        info!(run_id = %run, source = %spec.source, destination = %spec.destination, "input checked");
+        Ok(CheckOutput {
+            run_id: run,
+            source: spec.source.to_string(),
+            destination: spec.destination.to_string(),
+        })
+    }
+
+    fn listing_error<R: std::fmt::Debug>(
+        &self,
+        location: &Location,
+        err: aws_sdk_s3::error::SdkError<
+            aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error,
+            R,
+        >,
+    ) -> Error {
+        let source = AwsError::from_sdk("ListObjectsV2", err);
+        let location = location.clone();
+        if REFUSED_LISTING.iter().any(|code| source.code_is(code)) {
+            Error::ListingRefused { location, source }
+        } else {
+            Error::Listing { location, source }
+        }
+    }
+
+    /// One page of the listing after `start_after` (or at `token`). Keys are asked for
+    /// URL-encoded, so that a key with characters XML cannot carry does not make the page
+    /// unreadable.
     async fn list(
         &self,
         spec: &RunSpec,
@@ -194,28 +277,30 @@ impl Master {
             .list_objects_v2()
             .bucket(&spec.source.bucket)
             .prefix(&spec.source.prefix)
+            .encoding_type(EncodingType::Url)
             .set_start_after(start_after)
             .set_continuation_token(token)
             .send()
             .await
-            .map_err(|e| Error::Listing {
-                bucket: spec.source.bucket.clone(),
-                prefix: spec.source.prefix.clone(),
-                source: AwsError::from_sdk("ListObjectsV2", e),
-            })?;
+            .map_err(|e| self.listing_error(&spec.source, e))?;
         let objects = out.contents.unwrap_or_default();
-        let last_key = objects.last().and_then(|o| o.key.clone());
-        let selected = objects
-            .into_iter()
-            .filter_map(|o| {
-                let key = o.key?;
-                spec.selects(&key).then(|| ListedFile {
-                    key,
-                    size: o.size.unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag.unwrap_or_default(),
-                })
-            })
-            .collect();
+        let mut last_key = None;
+        let mut selected = Vec::new();
+        for object in objects {
+            let Some(encoded) = object.key else { continue };
+            let key = decode_listed_key(&encoded).map_err(|problem| Error::Listing {
+                location: spec.source.clone(),
+                source: AwsError::permanent("ListObjectsV2", problem),
+            })?;
+            if spec.selects(&key) {
+                selected.push(ListedFile {
+                    key: key.clone(),
+                    size: object.size.unwrap_or(0).max(0) as u64,
+                    etag: object.e_tag.unwrap_or_default(),
+                });
+            }
+            last_key = Some(key);
+        }
         Ok(Page {
             selected,
             last_key,
@@ -236,17 +321,14 @@ impl Master {
         let Some(last_key) = &page.last_key else {
             return Ok(());
         };
-        let batches = split(&page.selected, self.settings.batch_size, BATCH_BYTES);
+        let limits = BatchLimits {
+            files: self.settings.batch_size,
+            names_bytes: BATCH_NAMES_BYTES,
+            object_bytes: self.settings.batch_bytes,
+        };
+        let batches = split(&page.selected, limits);
         self.store
-            .put_batches(run, &batches, self.settings.max_invocations_in_flight)
-            .await?;
-        self.store
-            .advance_recorded(
-                run,
-                cursor.recorded_through.as_deref(),
-                last_key,
-                page.selected.len() as u64,
-            )
+            .record_page(run, cursor.recorded_through.as_deref(), &batches, last_key)
             .await?;
         cursor.recorded_through = Some(last_key.clone());
         cursor.selected += page.selected.len() as u64;
@@ -298,15 +380,22 @@ impl Master {
     }
 }
 
-/// The Lambda handler: a configuration error read at cold start is every invocation's answer.
+/// The Lambda handler: an input check or a run request. A configuration error read at
+/// cold start is every invocation's answer.
 pub async fn handle(
     master: &Result<Master, ConfigError>,
     event: LambdaEvent<Value>,
-) -> Result<MasterOutput, Error> {
+) -> Result<Value, Error> {
     let master = common::lambda::configured::<_, Error>(master)?;
-    master
-        .handle(event.payload, common::lambda::deadline(&event.context))
-        .await
+    let answer = match InputCheck::from_payload(&event.payload) {
+        Some(check) => serde_json::to_value(master.check(check?).await?),
+        None => serde_json::to_value(
+            master
+                .handle(event.payload, common::lambda::deadline(&event.context))
+                .await?,
+        ),
+    };
+    Ok(answer.expect("answers always serialize"))
 }
 
 #[cfg(test)]
@@ -327,8 +416,11 @@ mod tests {
                 existing: "x".into(),
             }),
             Error::Listing {
-                bucket: "b".into(),
-                prefix: "p".into(),
+                location: Location::new("bucket", "p/").unwrap(),
+                source: AwsError::permanent("Op", "m"),
+            },
+            Error::ListingRefused {
+                location: Location::new("bucket", "p/").unwrap(),
                 source: AwsError::permanent("Op", "m"),
             },
             Error::Store(StoreError::ProgressConflict { run }),

@@ -7,20 +7,36 @@
 //! delivered twice moves and counts nothing twice. Transient failures (throttling, 5xx,
 //! timeouts) are tried again a few rounds within the invocation; what still fails is
 //! recorded `failed` with its reason.
+//!
+//! A slave keeps to its deadline: with less than `HANDOFF_MARGIN_MS` left it starts no
+//! new copy, and shortly before the end it abandons copies in flight; then it records
+//! what it finished and invokes itself with the same event for the rest. A multipart
+//! copy keeps its finished parts across invocations, so no batch and no object is too
+//! large for the function's timeout.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
 use common::batch::{FileState, ListedFile, Outcome};
+use common::deadline::Deadlines;
 use common::run::{SlaveEvent, SlaveOutput, parse_event};
-use common::transfer::{MoveFailure, Mover, Verified};
-use common::{Clients, Config, ConfigError, EventError, RunSpec, SlaveSettings, Store, StoreError};
-use futures::{StreamExt, stream};
+use common::store::BatchView;
+use common::transfer::{Copy, MoveFailure, Mover};
+use common::{
+    AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
+    StoreError,
+};
+use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::{info, warn};
 
 /// Rounds of attempts at a file whose failure is transient (each after the SDK's own retries).
 const ROUNDS: u32 = 3;
+/// Time kept for recording outcomes and invoking the continuation: copies still in
+/// flight this long before the deadline are abandoned.
+const HARD_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,6 +46,8 @@ pub enum Error {
     InvalidEvent(#[from] EventError),
     #[error("status table: {0}")]
     Store(#[from] StoreError),
+    #[error("handing the rest of the batch to a new invocation failed: {0}")]
+    Handoff(AwsError),
 }
 
 impl Error {
@@ -39,19 +57,34 @@ impl Error {
             Error::Config(_) => "ConfigError",
             Error::InvalidEvent(_) => "InvalidEvent",
             Error::Store(_) => "StatusTableError",
+            Error::Handoff(_) => "HandoffFailed",
         }
     }
 }
 
 /// Every `errorType` this function can raise, for checking the state machine against.
-pub const ERROR_TYPES: &[&str] = &["ConfigError", "InvalidEvent", "StatusTableError"];
+pub const ERROR_TYPES: &[&str] = &[
+    "ConfigError",
+    "InvalidEvent",
+    "StatusTableError",
+    "HandoffFailed",
+];
 
 common::diagnostic!(Error);
 
 pub struct Slave {
     s3: aws_sdk_s3::Client,
+    lambda: aws_sdk_lambda::Client,
     store: Store,
     settings: SlaveSettings,
+}
+
+/// What became of each file this invocation took on.
+struct Moved {
+    /// Completed or failed, by position.
+    outcomes: Vec<(usize, Outcome)>,
+    /// Files left for the next invocation.
+    unfinished: usize,
 }
 
 impl Slave {
@@ -66,23 +99,31 @@ impl Slave {
     pub fn new(clients: &Clients, config: &Config, settings: SlaveSettings) -> Self {
         Slave {
             s3: clients.s3.clone(),
+            lambda: clients.lambda.clone(),
             store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
             settings,
         }
     }
 
+    /// Moves the batch the event names; with a `deadline`, hands what it cannot finish
+    /// in time to a new invocation.
     #[tracing::instrument(skip_all)]
-    pub async fn handle(&self, payload: Value) -> Result<SlaveOutput, Error> {
-        let SlaveEvent {
-            run_id: run,
-            batch: batch_id,
-        } = parse_event(payload)?;
-        let (record, batch) = self.store.load_batch(&run, &batch_id).await?;
+    pub async fn handle(
+        &self,
+        payload: Value,
+        deadline: Option<SystemTime>,
+    ) -> Result<SlaveOutput, Error> {
+        let event: SlaveEvent = parse_event(payload)?;
+        let run = &event.run_id;
+        let (record, batch) = self.store.load_batch(run, &event.batch).await?;
         let spec = record.and_then(|r| r.spec).ok_or_else(|| {
             EventError(format!("run {run} is unknown: master has not recorded it"))
         })?;
-        let batch = batch.ok_or_else(|| {
-            EventError(format!("no batch {batch_id:?} was recorded for run {run}"))
+        let mut batch = batch.ok_or_else(|| {
+            EventError(format!(
+                "no batch {:?} was recorded for run {run}",
+                event.batch
+            ))
         })?;
         // The files come from the table, but a run's files are only ever under its prefix.
         for file in &batch.files {
@@ -93,12 +134,13 @@ impl Slave {
         let todo: Vec<usize> = (0..batch.files.len())
             .filter(|&i| batch.outcomes.states[i] != FileState::Completed)
             .collect();
-        let mut output = SlaveOutput {
-            already_done: (batch.files.len() - todo.len()) as u64,
-            ..SlaveOutput::default()
-        };
-        let outcomes = self.move_files(&spec, &batch.files, todo).await;
-        for (i, outcome) in &outcomes {
+        let already_done = (batch.files.len() - todo.len()) as u64;
+        let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
+        let mover = Mover::new(&self.s3, &self.settings, &self.store, run, deadlines);
+        let moved = self
+            .move_files(run, &spec, &mut batch, &mover, todo, deadlines)
+            .await?;
+        for (i, outcome) in &moved.outcomes {
             let key = &batch.files[*i].key;
             match outcome {
                 Outcome::Completed { size } => info!(run_id = %run, key = %key, size, "completed"),
@@ -107,58 +149,122 @@ impl Slave {
                 }
             }
         }
-        let delta = self.store.record_outcomes(&run, &batch, &outcomes).await?;
-        output.completed = delta.completed.max(0) as u64;
-        output.failed = delta.failed.max(0) as u64;
-        output.bytes = delta.bytes.max(0) as u64;
+        let delta = self
+            .store
+            .record_outcomes(run, &batch, &moved.outcomes)
+            .await?;
+        join_all(
+            moved
+                .outcomes
+                .iter()
+                .map(|(i, _)| mover.forget_upload(&batch.files[*i])),
+        )
+        .await;
+        if moved.unfinished > 0 {
+            self.hand_off(&event).await?;
+        }
+        let output = SlaveOutput {
+            completed: delta.completed.max(0) as u64,
+            failed: delta.failed.max(0) as u64,
+            already_done,
+            bytes: delta.bytes.max(0) as u64,
+            handed_on: moved.unfinished as u64,
+        };
         info!(run_id = %run, batch = %batch.id, files = batch.files.len(), completed = output.completed,
-              failed = output.failed, already_done = output.already_done, bytes = output.bytes, "batch done");
+              failed = output.failed, already_done = output.already_done, bytes = output.bytes,
+              handed_on = output.handed_on, "batch done");
         Ok(output)
     }
 
-    /// Copies and verifies the files at positions `todo`, then deletes the verified
-    /// sources in batches; returns each file's outcome by position.
+    /// Copies and verifies the files at positions `todo`, records the copies whose ETag
+    /// differs from the listed one, then deletes the verified sources; answers each
+    /// finished file's outcome by position, and how many are left for later.
     async fn move_files(
         &self,
+        run: &RunId,
         spec: &RunSpec,
-        files: &[ListedFile],
+        batch: &mut BatchView,
+        mover: &Mover<'_>,
         todo: Vec<usize>,
-    ) -> Vec<(usize, Outcome)> {
-        let mover = &Mover::new(&self.s3, &self.settings);
+        deadlines: Deadlines,
+    ) -> Result<Moved, Error> {
+        let wanted = todo.len();
+        let files = &batch.files;
+        let recorded = &batch.outcomes.copied;
         let concurrency = self.settings.move_concurrency;
-        let copied = in_rounds(todo, |round| async move {
-            stream::iter(round)
-                .map(|i| async move { (i, mover.copy_verified(spec, &files[i]).await) })
-                .buffer_unordered(concurrency)
-                .collect::<Vec<_>>()
-                .await
+        let copied = in_rounds(todo, deadlines, |round| async move {
+            common::deadline::bounded(round, concurrency, deadlines, |i| async move {
+                mover
+                    .copy_verified(spec, &files[i], recorded.get(&i).map(String::as_str))
+                    .await
+            })
+            .await
         })
         .await;
 
         let mut outcomes = Vec::with_capacity(copied.len());
         let mut to_delete = Vec::new();
+        let mut copies = Vec::new();
+        let mut unfinished = wanted - copied.len();
         for (i, result) in copied {
             match result {
-                Ok(Verified::SourceToDelete) => to_delete.push(i),
-                Ok(Verified::SourceGone) => outcomes.push((i, completed(&files[i]))),
+                Ok(Copy::Verified { etag }) => {
+                    if etag.trim_matches('"') != files[i].etag.trim_matches('"') {
+                        copies.push((i, etag));
+                    }
+                    to_delete.push(i);
+                }
+                Ok(Copy::AlreadyMoved) => outcomes.push((i, completed(&files[i]))),
+                Ok(Copy::Unfinished) => unfinished += 1,
                 Err(failure) => outcomes.push((i, failed(failure))),
             }
         }
-        #[cfg(debug_assertions)]
-        if !to_delete.is_empty() {
-            fault_injection::crash_if_armed();
+        // What identifies a copy whose ETag is not the listed one is durable before its
+        // source goes: a later delivery that finds the source gone can still verify it.
+        if !copies.is_empty() {
+            self.store.record_copies(run, batch, &copies).await?;
         }
-        let deleted = in_rounds(to_delete, |round| async move {
+        let files = &batch.files;
+        if !to_delete.is_empty() {
+            common::crash::crash_point("slave-between-copy-and-delete");
+        }
+        let wanted = to_delete.len();
+        let deleted = in_rounds(to_delete, deadlines, |round| async move {
             let sources: Vec<&ListedFile> = round.iter().map(|&i| &files[i]).collect();
             let results = mover.delete_sources(&spec.source.bucket, &sources).await;
             round.into_iter().zip(results).collect()
         })
         .await;
+        unfinished += wanted - deleted.len();
         outcomes.extend(deleted.into_iter().map(|(i, result)| match result {
             Ok(()) => (i, completed(&files[i])),
             Err(failure) => (i, failed(failure)),
         }));
-        outcomes
+        Ok(Moved {
+            outcomes,
+            unfinished,
+        })
+    }
+
+    /// Invokes this function again with the same event, for the files left.
+    async fn hand_off(&self, event: &SlaveEvent) -> Result<(), Error> {
+        let function = self.settings.own_function.as_deref().ok_or_else(|| {
+            Error::Handoff(AwsError::permanent(
+                "Invoke",
+                "AWS_LAMBDA_FUNCTION_NAME is not set, so the slave cannot invoke itself",
+            ))
+        })?;
+        let payload = serde_json::to_vec(event).expect("a slave event always serializes");
+        self.lambda
+            .invoke()
+            .function_name(function)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .map_err(|e| Error::Handoff(AwsError::from_sdk("Invoke", e)))?;
+        info!(run_id = %event.run_id, batch = %event.batch, "handed the rest of the batch on");
+        Ok(())
     }
 }
 
@@ -173,10 +279,12 @@ fn failed(failure: MoveFailure) -> Outcome {
 }
 
 /// Runs `attempt` over the files (by position), then again over those that failed
-/// transiently, up to [`ROUNDS`] times with a growing pause; returns every file's last
-/// result.
+/// transiently, up to [`ROUNDS`] times with a growing pause, as long as the deadline
+/// allows; returns the last result of every file that was attempted (a file with none
+/// was not reached).
 async fn in_rounds<T, F, Fut>(
     mut todo: Vec<usize>,
+    deadlines: Deadlines,
     attempt: F,
 ) -> Vec<(usize, Result<T, MoveFailure>)>
 where
@@ -190,6 +298,9 @@ where
         }
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(500 << round)).await;
+            if !deadlines.may_start() {
+                break;
+            }
         }
         let mut retry = Vec::new();
         for (i, result) in attempt(std::mem::take(&mut todo)).await {
@@ -203,31 +314,15 @@ where
     settled
 }
 
-/// Faults a test can ask of a debug build; release builds, which are what `sam build`
-/// deploys, do not have them.
-#[cfg(debug_assertions)]
-mod fault_injection {
-    /// The file `CRASH_AFTER_COPY_FILE` names arms one crash: the first invocation to
-    /// find it removes it and aborts the process after copying its files and before
-    /// deleting any source, as a Lambda that runs out of time or memory there would.
-    pub fn crash_if_armed() {
-        let Some(armed) = std::env::var_os("CRASH_AFTER_COPY_FILE") else {
-            return;
-        };
-        if std::fs::remove_file(&armed).is_ok() {
-            tracing::error!("crashing between copy and delete, as armed by {armed:?}");
-            std::process::abort();
-        }
-    }
-}
-
 /// The Lambda handler: a configuration error read at cold start is every invocation's answer.
 pub async fn handle(
     slave: &Result<Slave, ConfigError>,
     event: LambdaEvent<Value>,
 ) -> Result<SlaveOutput, Error> {
     let slave = common::lambda::configured::<_, Error>(slave)?;
-    slave.handle(event.payload).await
+    slave
+        .handle(event.payload, common::lambda::deadline(&event.context))
+        .await
 }
 
 #[cfg(test)]
@@ -243,7 +338,8 @@ mod tests {
                 problem: "p".into(),
             }),
             Error::InvalidEvent(EventError("e".into())),
-            Error::Store(StoreError::Aws(aws)),
+            Error::Store(StoreError::Aws(aws.clone())),
+            Error::Handoff(aws),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
         let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();

@@ -5,14 +5,25 @@
 //! execution ends within about one interval of the last file instead of at the state
 //! machine's next retry.
 //!
-//! `GetActivityTask` hands out whichever execution's task comes next. A task for
-//! another run is parked on that run's item, where that run's own status check finds
-//! it; a token is never used for the wrong run and never dropped.
+//! The activity task's token is never lost. `GetActivityTask` hands out whichever
+//! execution's task comes next, once: every token status receives, its own run's or
+//! another's, is recorded on its run's item before it is used, and status heartbeats
+//! the tokens recorded for its run while it waits. A token whose holder died before
+//! recording it, or that nobody heartbeats, times out after `TASK_HEARTBEAT_SECONDS`,
+//! and the state machine schedules the task again with a new token. Delivery can be
+//! repeated: when Step Functions no longer takes a recorded token, the execution's
+//! history tells whether the result was delivered (a lost answer, a crash before it was
+//! noted) or the token lapsed (then a new one comes).
 
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_sdk_sfn::types::HistoryEvent;
+use common::crash::crash_point;
 use common::lambda::remaining;
-use common::progress::{RunProgress, TaskRoute, Verdict, failure_cause, route_task};
+use common::progress::{
+    ActivityState, RunProgress, TaskRoute, Verdict, activity_state, failure_cause, route_task,
+    run_deadline,
+};
 use common::run::{RunSummary, StatusEvent, parse_event};
 use common::store::{Delivered, RunRecord, RunView};
 use common::{
@@ -33,6 +44,8 @@ const FAILED_FILES_LISTED: usize = 500;
 pub const TRANSFER_FAILED: &str = "TransferFailed";
 /// The `error` of the task failure sent for an activity task whose input names no run.
 pub const INVALID_ACTIVITY_INPUT: &str = "InvalidActivityInput";
+/// What Step Functions answers for a token it no longer takes an answer for.
+const TOKEN_GONE: &[&str] = &["TaskTimedOut", "InvalidToken", "TaskDoesNotExist"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +57,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("run {run} is not finished: {detail}")]
     TransferIncomplete { run: RunId, detail: String },
+    #[error("run {run} did not finish within its run_timeout_seconds: {detail}")]
+    RunTimedOut { run: RunId, detail: String },
     #[error("{cause}")]
     TransferFailed { cause: String },
     #[error("run {run} is finished, but its activity task has not been handed out yet")]
@@ -64,6 +79,7 @@ impl Error {
             Error::InvalidEvent(_) => "InvalidEvent",
             Error::Store(_) => "StatusTableError",
             Error::TransferIncomplete { .. } => "TransferIncomplete",
+            Error::RunTimedOut { .. } => "RunTimedOut",
             Error::TransferFailed { .. } => TRANSFER_FAILED,
             Error::ActivityTaskPending { .. } => "ActivityTaskPending",
             Error::ActivityTaskGone { .. } => "ActivityTaskGone",
@@ -78,6 +94,7 @@ pub const ERROR_TYPES: &[&str] = &[
     "InvalidEvent",
     "StatusTableError",
     "TransferIncomplete",
+    "RunTimedOut",
     "TransferFailed",
     "ActivityTaskPending",
     "ActivityTaskGone",
@@ -90,6 +107,24 @@ pub struct Status {
     sfn: aws_sdk_sfn::Client,
     store: Store,
     settings: StatusSettings,
+    /// How often the tokens recorded for a run are heartbeaten while its status waits.
+    heartbeat_every: Duration,
+}
+
+/// A run's result, ready to deliver.
+struct RunResult {
+    summary: RunSummary,
+    /// The task failure's cause when files failed; `None` when every file moved.
+    cause: Option<String>,
+}
+
+impl RunResult {
+    fn delivered(&self) -> Delivered {
+        match self.cause {
+            None => Delivered::Succeeded,
+            Some(_) => Delivered::Failed,
+        }
+    }
 }
 
 impl Status {
@@ -106,6 +141,7 @@ impl Status {
             sfn: clients.sfn.clone(),
             store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
             settings,
+            heartbeat_every: config.task_heartbeat / 3,
         }
     }
 
@@ -115,8 +151,10 @@ impl Status {
         payload: Value,
         deadline: Option<SystemTime>,
     ) -> Result<RunSummary, Error> {
-        let StatusEvent { run_id: run } = parse_event(payload)?;
-        let (spec, record, progress) = self.finished_run(&run, deadline).await?;
+        let event: StatusEvent = parse_event(payload)?;
+        let run = &event.run_id;
+        let must_end_by = run_deadline(event.started_at.as_deref(), event.run_timeout_seconds);
+        let (spec, record, progress) = self.finished_run(run, deadline, must_end_by).await?;
         let summary = RunSummary {
             run_id: run.clone(),
             source: spec.source.to_string(),
@@ -126,19 +164,19 @@ impl Status {
             failed: progress.failed,
             bytes: progress.bytes,
         };
-        let failed = progress.verdict() == Verdict::Failed;
-        let cause = if failed {
-            let listed = self.store.failed_files(&run, FAILED_FILES_LISTED).await?;
+        let cause = if progress.verdict() == Verdict::Failed {
+            let listed = self.store.failed_files(run, FAILED_FILES_LISTED).await?;
             Some(failure_cause(&progress, &listed))
         } else {
             None
         };
+        let verdict = RunResult { summary, cause };
         // A repeated call after delivery answers the same without touching the activity.
         if record.delivered.is_none() {
-            let token = self.task_token(&run, record.task_token, deadline).await?;
-            self.deliver(&run, &token, &summary, cause.as_deref())
+            self.deliver(&event, record.task_tokens, &verdict, deadline)
                 .await?;
         }
+        let RunResult { summary, cause } = verdict;
         info!(run_id = %run, files = summary.files, completed = summary.completed, failed = summary.failed,
               bytes = summary.bytes, "run finished");
         match cause {
@@ -149,31 +187,55 @@ impl Status {
 
     /// The run once every selected file has an outcome. While it has not, its counters
     /// are read again every check interval, as long as this call may still wait (and
-    /// then poll for the activity task before its deadline); after that the answer is
-    /// `TransferIncomplete`, which the state machine retries.
+    /// then poll for the activity task before its deadline), and the run's tokens are
+    /// kept alive; after that the answer is `TransferIncomplete`, which the state machine
+    /// retries, or `RunTimedOut` once the run is past its own deadline.
     async fn finished_run(
         &self,
         run: &RunId,
         deadline: Option<SystemTime>,
+        must_end_by: Option<SystemTime>,
     ) -> Result<(RunSpec, RunRecord, RunProgress), Error> {
         let started = Instant::now();
+        let mut heartbeaten: Option<Instant> = None;
         loop {
             let view = self.store.run_view(run).await?;
-            let detail = match view.map(|v| (v.record.spec.clone(), v)) {
+            let (tokens, detail) = match view.map(|v| (v.record.spec.clone(), v)) {
                 Some((Some(spec), RunView { record, progress })) => match progress.verdict() {
                     Verdict::Succeeded | Verdict::Failed => return Ok((spec, record, progress)),
-                    Verdict::Listing => format!(
-                        "master is still listing; {} files selected so far, {} done",
-                        progress.selected,
-                        progress.completed + progress.failed
+                    Verdict::Listing => (
+                        record.task_tokens,
+                        format!(
+                            "master is still listing; {} files selected so far, {} done",
+                            progress.selected,
+                            progress.completed + progress.failed
+                        ),
                     ),
-                    Verdict::Moving { remaining } => format!(
-                        "{remaining} of {} files are still moving",
-                        progress.selected
+                    Verdict::Moving { remaining } => (
+                        record.task_tokens,
+                        format!(
+                            "{remaining} of {} files are still moving",
+                            progress.selected
+                        ),
                     ),
                 },
-                _ => "master has not recorded the run yet".into(),
+                Some((None, RunView { record, .. })) => (
+                    record.task_tokens,
+                    "master has not recorded the run yet".into(),
+                ),
+                None => (Vec::new(), "master has not recorded the run yet".into()),
             };
+            // The run goes on: the tokens kept for it must stay alive until it ends.
+            if heartbeaten.is_none_or(|at| at.elapsed() >= self.heartbeat_every) {
+                self.heartbeat(run, &tokens).await;
+                heartbeaten = Some(Instant::now());
+            }
+            if must_end_by.is_some_and(|end| SystemTime::now() >= end) {
+                return Err(Error::RunTimedOut {
+                    run: run.clone(),
+                    detail,
+                });
+            }
             let interval = self.settings.check_interval;
             let may_wait = started.elapsed() + interval <= self.settings.run_wait
                 && deadline.is_some_and(|d| {
@@ -189,18 +251,69 @@ impl Status {
         }
     }
 
-    /// This run's task token: parked on the run by an earlier poll, or polled for now.
-    async fn task_token(
+    /// Tells Step Functions that the holders of these tokens are alive. A token it no
+    /// longer takes is left for delivery to sort out.
+    async fn heartbeat(&self, run: &RunId, tokens: &[String]) {
+        for token in tokens {
+            let sent = self
+                .sfn
+                .send_task_heartbeat()
+                .task_token(token)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                let e = AwsError::from_sdk("SendTaskHeartbeat", e);
+                info!(run_id = %run, error = %e, "a recorded task token takes no heartbeat");
+            }
+        }
+    }
+
+    /// Completes the run's activity task with the verdict: with a token recorded for the
+    /// run, or else one polled for (and recorded before it is used).
+    async fn deliver(
         &self,
-        run: &RunId,
-        parked: Option<String>,
+        event: &StatusEvent,
+        recorded: Vec<String>,
+        verdict: &RunResult,
         deadline: Option<SystemTime>,
-    ) -> Result<String, Error> {
-        let mut parked = parked;
+    ) -> Result<(), Error> {
+        let run = &event.run_id;
+        let mut tokens = recorded;
         let mut polls = 0;
         loop {
-            if let Some(token) = parked {
-                return Ok(token);
+            for token in std::mem::take(&mut tokens) {
+                match self.send(&token, verdict).await {
+                    Ok(()) => {
+                        crash_point("status-after-delivery");
+                        self.store.mark_delivered(run, verdict.delivered()).await?;
+                        return Ok(());
+                    }
+                    Err(e) if TOKEN_GONE.iter().any(|code| e.code_is(code)) => {
+                        match self.activity_state(event, &e).await? {
+                            ActivityState::Delivered { succeeded } => {
+                                let how = if succeeded {
+                                    Delivered::Succeeded
+                                } else {
+                                    Delivered::Failed
+                                };
+                                info!(run_id = %run, "the run's result was delivered before");
+                                self.store.mark_delivered(run, how).await?;
+                                return Ok(());
+                            }
+                            ActivityState::Waiting => {
+                                info!(run_id = %run, "a recorded task token lapsed; waiting for its successor");
+                                self.store.forget_token(run, &token).await?;
+                            }
+                            ActivityState::Ended => {
+                                return Err(Error::ActivityTaskGone {
+                                    run: run.clone(),
+                                    source: e,
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => return Err(Error::Activity(e)),
+                }
             }
             let may_poll = match deadline {
                 Some(d) => remaining(d) > self.settings.activity_poll + POLL_MARGIN,
@@ -210,26 +323,117 @@ impl Status {
                 return Err(Error::ActivityTaskPending { run: run.clone() });
             }
             polls += 1;
-            let task = self
+            if let Some(token) = self.poll(run).await? {
+                tokens.push(token);
+                continue;
+            }
+            // Another run's status check may have recorded this run's token meanwhile.
+            tokens = self
+                .store
+                .run_record(run)
+                .await?
+                .map(|r| r.task_tokens)
+                .unwrap_or_default();
+        }
+    }
+
+    /// Polls the activity once. A task of this run is recorded on its item and
+    /// returned; another run's is recorded on that run's item; one that names no run is
+    /// failed so that its execution ends.
+    async fn poll(&self, run: &RunId) -> Result<Option<String>, Error> {
+        let task = self
+            .sfn
+            .get_activity_task()
+            .activity_arn(&self.settings.activity_arn)
+            .worker_name(&self.settings.worker_name)
+            .send()
+            .await
+            .map_err(|e| Error::Activity(AwsError::from_sdk("GetActivityTask", e)))?;
+        let Some(token) = task.task_token.filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        match route_task(task.input.as_deref(), run) {
+            TaskRoute::Mine => {
+                crash_point("status-after-own-token");
+                self.store.record_token(run, &token).await?;
+                Ok(Some(token))
+            }
+            TaskRoute::Other(owner) => {
+                crash_point("status-before-recording-another-runs-token");
+                self.store.record_token(&owner, &token).await?;
+                info!(run_id = %run, owner = %owner, "recorded another run's task token");
+                Ok(None)
+            }
+            TaskRoute::Unroutable(problem) => {
+                self.refuse(&token, &problem).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Where the run's activity task stands, from its execution's history, after a
+    /// token was refused with `refused`. Without the execution's ARN (a hand-made event)
+    /// there is no telling, and the task counts as gone.
+    async fn activity_state(
+        &self,
+        event: &StatusEvent,
+        refused: &AwsError,
+    ) -> Result<ActivityState, Error> {
+        let Some(execution) = &event.execution else {
+            return Err(Error::ActivityTaskGone {
+                run: event.run_id.clone(),
+                source: refused.clone(),
+            });
+        };
+        let mut token = None;
+        loop {
+            let page = self
                 .sfn
-                .get_activity_task()
-                .activity_arn(&self.settings.activity_arn)
-                .worker_name(&self.settings.worker_name)
+                .get_execution_history()
+                .execution_arn(execution)
+                .reverse_order(true)
+                .max_results(200)
+                .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| Error::Activity(AwsError::from_sdk("GetActivityTask", e)))?;
-            if let Some(token) = task.task_token.filter(|t| !t.is_empty()) {
-                match route_task(task.input.as_deref(), run) {
-                    TaskRoute::Mine => return Ok(token),
-                    TaskRoute::Other(owner) => {
-                        self.store.park_token(&owner, &token).await?;
-                        info!(run_id = %run, owner = %owner, "parked another run's task token");
-                    }
-                    TaskRoute::Unroutable(problem) => self.refuse(&token, &problem).await,
-                }
+                .map_err(|e| Error::Activity(AwsError::from_sdk("GetExecutionHistory", e)))?;
+            let events: Vec<(&str, Option<&str>)> = page.events.iter().map(event_kind).collect();
+            let state = activity_state(events.iter().copied());
+            let decided = events
+                .iter()
+                .any(|(kind, _)| kind.starts_with("Activity") || kind.starts_with("Execution"));
+            if decided || page.next_token.is_none() {
+                return Ok(state);
             }
-            // Another run's status check may have parked this run's token meanwhile.
-            parked = self.store.run_record(run).await?.and_then(|r| r.task_token);
+            token = page.next_token;
+        }
+    }
+
+    /// Sends the verdict with one token.
+    async fn send(&self, token: &str, verdict: &RunResult) -> Result<(), AwsError> {
+        match &verdict.cause {
+            None => {
+                let output =
+                    serde_json::to_string(&verdict.summary).expect("a summary always serializes");
+                self.sfn
+                    .send_task_success()
+                    .task_token(token)
+                    .output(output)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| AwsError::from_sdk("SendTaskSuccess", e))
+            }
+            Some(cause) => self
+                .sfn
+                .send_task_failure()
+                .task_token(token)
+                .error(TRANSFER_FAILED)
+                .cause(cause)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk("SendTaskFailure", e)),
         }
     }
 
@@ -250,64 +454,14 @@ impl Status {
             warn!(error = %AwsError::from_sdk("SendTaskFailure", e), "could not refuse the activity task");
         }
     }
+}
 
-    async fn deliver(
-        &self,
-        run: &RunId,
-        token: &str,
-        summary: &RunSummary,
-        cause: Option<&str>,
-    ) -> Result<(), Error> {
-        let (sent, how) = match cause {
-            None => {
-                let output = serde_json::to_string(summary).expect("a summary always serializes");
-                let sent = self
-                    .sfn
-                    .send_task_success()
-                    .task_token(token)
-                    .output(output)
-                    .send()
-                    .await;
-                (
-                    sent.map(drop)
-                        .map_err(|e| AwsError::from_sdk("SendTaskSuccess", e)),
-                    Delivered::Succeeded,
-                )
-            }
-            Some(cause) => {
-                let sent = self
-                    .sfn
-                    .send_task_failure()
-                    .task_token(token)
-                    .error(TRANSFER_FAILED)
-                    .cause(cause)
-                    .send()
-                    .await;
-                (
-                    sent.map(drop)
-                        .map_err(|e| AwsError::from_sdk("SendTaskFailure", e)),
-                    Delivered::Failed,
-                )
-            }
-        };
-        match sent {
-            Ok(()) => {}
-            Err(e)
-                if e.code_is("TaskTimedOut")
-                    || e.code_is("InvalidToken")
-                    || e.code_is("TaskDoesNotExist") =>
-            {
-                self.store.mark_delivered(run, how).await?;
-                return Err(Error::ActivityTaskGone {
-                    run: run.clone(),
-                    source: e,
-                });
-            }
-            Err(e) => return Err(Error::Activity(e)),
-        }
-        self.store.mark_delivered(run, how).await?;
-        Ok(())
-    }
+/// A history event's type and, for a timed-out activity, its error.
+fn event_kind(event: &HistoryEvent) -> (&str, Option<&str>) {
+    let error = event
+        .activity_timed_out_event_details()
+        .and_then(|d| d.error());
+    (event.r#type.as_str(), error)
 }
 
 /// The Lambda handler: a configuration error read at cold start is every invocation's answer.
@@ -336,6 +490,10 @@ mod tests {
             Error::InvalidEvent(EventError("e".into())),
             Error::Store(StoreError::Aws(AwsError::permanent("Op", "m"))),
             Error::TransferIncomplete {
+                run: run.clone(),
+                detail: "d".into(),
+            },
+            Error::RunTimedOut {
                 run: run.clone(),
                 detail: "d".into(),
             },

@@ -107,7 +107,7 @@ fn run_slaves(
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             let (slave, totals) = (slave.clone(), totals.clone());
             tokio::spawn(async move {
-                let out: SlaveOutput = match slave.handle(event).await {
+                let out: SlaveOutput = match slave.handle(event, None).await {
                     Ok(out) => out,
                     Err(e) => {
                         eprintln!("slave: {e}");

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
 
 use crate::Problem;
 use crate::definition::Definition;
-use crate::template::{Reference, Template};
+use crate::template::{Reference, Substitution, Template};
 
 pub const REGION: &str = "us-east-1";
 /// The account moto reports.
@@ -79,11 +79,14 @@ fn aws<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> Problem + '_ {
     move |e| Problem(format!("{what}: {e:?}"))
 }
 
+/// Creates on the local AWS APIs at `endpoint` what the template deploys, with each
+/// parameter at its default unless `parameters` gives it a value.
 pub async fn deploy(
     template: &Template,
     definition: &Definition,
     endpoint: &str,
     names: &LocalNames,
+    parameters: &BTreeMap<String, String>,
 ) -> Result<Deployed, Problem> {
     let sdk = sdk_config(endpoint).await;
     let s3 = aws_sdk_s3::Client::from_conf(
@@ -123,17 +126,28 @@ pub async fn deploy(
         .into_iter()
         .map(|f| (f.resource, f.binary))
         .collect();
+    let parameter = |name: &str, default: &Option<String>| match name {
+        "SourceBucketName" => Some(names.bucket.clone()),
+        _ => parameters.get(name).cloned().or_else(|| default.clone()),
+    };
     let (_, substitutions) = template.state_machine()?;
     let mut values = BTreeMap::new();
     for (name, sub) in &substitutions {
-        let value = match sub.resource_type.as_str() {
-            "AWS::StepFunctions::Activity" => activity_arn.clone(),
-            "AWS::Serverless::Function" => LocalNames::function_arn(&binaries[&sub.resource]),
-            other => {
-                return Err(Problem(format!(
-                    "the local stack cannot stand in for {name}, a {other}"
-                )));
-            }
+        let value = match sub {
+            Substitution::Parameter { name, default } => parameter(name, default)
+                .ok_or_else(|| Problem(format!("parameter {name} has no value")))?,
+            Substitution::Resource {
+                resource,
+                resource_type,
+            } => match resource_type.as_str() {
+                "AWS::StepFunctions::Activity" => activity_arn.clone(),
+                "AWS::Serverless::Function" => LocalNames::function_arn(&binaries[resource]),
+                other => {
+                    return Err(Problem(format!(
+                        "the local stack cannot stand in for {name}, a {other}"
+                    )));
+                }
+            },
         };
         values.insert(name.clone(), value);
     }
@@ -149,10 +163,7 @@ pub async fn deploy(
         .state_machine_arn;
 
     let resolve = |reference: &Reference| match reference {
-        Reference::Parameter { name, default } => match name.as_str() {
-            "SourceBucketName" => Some(names.bucket.clone()),
-            _ => default.clone(),
-        },
+        Reference::Parameter { name, default } => parameter(name, default),
         Reference::Resource {
             resource_type, id, ..
         } => match resource_type.as_str() {

@@ -17,10 +17,11 @@ fn usage() -> &'static str {
                           write DIR/statemachine.json (substitutions filled with example
                           ARNs) and DIR/statemachine-cfn.yaml (a plain CloudFormation
                           state machine holding it), for asl-validator and cfn-lint
-  xtask local-deploy ENDPOINT STACK BUCKET ENV_FILE FUNCTIONS_FILE
+  xtask local-deploy ENDPOINT STACK BUCKET ENV_FILE FUNCTIONS_FILE [PARAMETER=VALUE]...
                           create on the local AWS APIs at ENDPOINT what template.yaml
-                          deploys, write their names, ARNs and the functions' settings
-                          to ENV_FILE, and each function's timeout and memory (JSON) to
+                          deploys (its parameters at their defaults unless given),
+                          write their names, ARNs and the functions' settings to
+                          ENV_FILE, and each function's timeout and memory (JSON) to
                           FUNCTIONS_FILE
   xtask demo [N]          the whole workflow on the local stack with N CSV files (300),
                           checked end to end
@@ -56,13 +57,25 @@ fn main() -> ExitCode {
             bucket,
             env_file,
             functions_file,
-        ] => local_deploy(
-            endpoint,
-            stack,
-            bucket,
-            Path::new(env_file),
-            Path::new(functions_file),
-        ),
+            parameters @ ..,
+        ] => parameters
+            .iter()
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| Problem(format!("{p:?} is not PARAMETER=VALUE")))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .and_then(|parameters| {
+                local_deploy(
+                    endpoint,
+                    stack,
+                    bucket,
+                    Path::new(env_file),
+                    Path::new(functions_file),
+                    &parameters,
+                )
+            }),
         _ => {
             eprintln!("{}", usage());
             return ExitCode::from(2);
@@ -111,7 +124,7 @@ fn render_definition(dir: &Path) -> Result<(), Problem> {
     let definition = Definition::parse(&read(&uri)?)?;
     let values = substitutions
         .iter()
-        .map(|(name, sub)| Ok((name.clone(), sub.example_arn()?)))
+        .map(|(name, sub)| Ok((name.clone(), sub.example_value()?)))
         .collect::<Result<BTreeMap<_, _>, Problem>>()?;
     let filled = definition.substitute(&values)?;
     let json = serde_json::to_string_pretty(&filled).expect("a JSON value serializes");
@@ -170,6 +183,7 @@ fn local_deploy(
     bucket: &str,
     env_file: &Path,
     functions_file: &Path,
+    parameters: &BTreeMap<String, String>,
 ) -> Result<(), Problem> {
     let template = Template::parse(&read("template.yaml")?)?;
     let (uri, _) = template.state_machine()?;
@@ -184,6 +198,7 @@ fn local_deploy(
         &definition,
         endpoint,
         &names,
+        parameters,
     ))?;
     write(env_file, &deployed.env_file())?;
     let functions = serde_json::to_string_pretty(&deployed.functions).expect("limits serialize");

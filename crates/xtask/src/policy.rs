@@ -5,7 +5,7 @@
 use serde_norway::Value;
 
 use crate::Problem;
-use crate::template::{Reference, Template};
+use crate::template::{Reference, Template, referenced_name};
 
 /// One `Allow` statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,22 +65,42 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 /// How references and conditions resolve in one deployment.
 pub struct Deployment<'a> {
     pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
     pub resolve: &'a dyn Fn(&Reference) -> Option<String>,
     pub condition: &'a dyn Fn(&str) -> bool,
 }
 
 impl Template {
-    /// The statements of a function's (or state machine's) inline policy documents.
-    /// SAM policy templates (`LambdaInvokePolicy: …`) are not read.
+    /// The statements of a function's (or state machine's) inline policy documents, and
+    /// of the `AWS::IAM::Policy` resources attached to the role SAM makes for it
+    /// (`<resource>Role`). SAM policy templates (`LambdaInvokePolicy: …`) are not read.
     pub fn policy(&self, resource: &str, at: &Deployment) -> Result<Vec<Statement>, Problem> {
-        let documents = self
+        let inline = self
             .resource(resource)
             .and_then(|r| r.get("Properties"))
             .and_then(|p| p.get("Policies"))
             .and_then(Value::as_sequence)
             .ok_or_else(|| Problem(format!("{resource} has no Policies")))?;
+        let role = format!("{resource}Role");
+        let attached = self
+            .resources_of_type("AWS::IAM::Policy")
+            .filter_map(|(_, body)| body.get("Properties"))
+            .filter(|properties| {
+                properties
+                    .get("Roles")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .any(|r| referenced_name(r) == Some(role.as_str()))
+            })
+            .filter_map(|properties| properties.get("PolicyDocument"));
         let mut statements = Vec::new();
-        for document in documents.iter().filter_map(|d| d.get("Statement")) {
+        for document in inline
+            .iter()
+            .chain(attached)
+            .filter_map(|d| d.get("Statement"))
+        {
             for statement in document.as_sequence().into_iter().flatten() {
                 let sid = statement
                     .get("Sid")
@@ -175,6 +195,10 @@ impl Template {
                 v.clone()
             } else if name == "AWS::Partition" {
                 at.partition.to_string()
+            } else if name == "AWS::Region" {
+                at.region.to_string()
+            } else if name == "AWS::AccountId" {
+                at.account.to_string()
             } else {
                 let reference = Value::Tagged(Box::new(serde_norway::value::TaggedValue {
                     tag: serde_norway::value::Tag::new(if name.contains('.') {
@@ -241,6 +265,23 @@ Resources:
                   - "arn:${AWS::Partition}:s3:::${B}/out/*"
                   - B: !If [SameBucket, !Ref Bucket, !Ref Other]
                 - !GetAtt Table.Arn
+  WorkExtra:
+    Type: AWS::IAM::Policy
+    Properties:
+      Roles: [!Ref WorkRole]
+      PolicyDocument:
+        Statement:
+          - Sid: History
+            Effect: Allow
+            Action: states:GetExecutionHistory
+            Resource: !Sub "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${Table.Arn}:*"
+  OtherExtra:
+    Type: AWS::IAM::Policy
+    Properties:
+      Roles: [!Ref OtherRole]
+      PolicyDocument:
+        Statement:
+          - {Sid: NotWork, Effect: Allow, Action: "s3:GetObject", Resource: "*"}
 "#,
         )
         .unwrap();
@@ -253,6 +294,8 @@ Resources:
         };
         let at = Deployment {
             partition: "aws",
+            region: "eu-west-1",
+            account: "111122223333",
             resolve: &resolve,
             condition: &|c| c == "SameBucket",
         };
@@ -273,5 +316,17 @@ Resources:
         assert!(!statements[0].allows(&need("s3:ListBucket", "arn:aws:s3:::data", None)));
         assert!(statements[1].allows(&need("s3:PutObject", "arn:aws:s3:::data/out/a", None)));
         assert!(!statements[1].allows(&need("s3:GetObject", "arn:aws:s3:::data/out/a", None)));
+        // a policy attached to the function's role counts; one attached to another does not
+        assert_eq!(
+            statements
+                .iter()
+                .map(|s| s.sid.as_str())
+                .collect::<Vec<_>>(),
+            ["List", "Write", "History"]
+        );
+        assert_eq!(
+            statements[2].resources,
+            ["arn:aws:states:eu-west-1:111122223333:execution:arn:aws:dynamodb:::table/Table:*"]
+        );
     }
 }

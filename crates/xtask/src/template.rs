@@ -7,34 +7,55 @@ use serde_norway::Value;
 
 use crate::Problem;
 
-/// One resource the state machine's `DefinitionSubstitutions` refer to.
+/// What one of the state machine's `DefinitionSubstitutions` stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Substitution {
-    /// The logical id of the resource whose ARN is substituted.
-    pub resource: String,
-    /// Its CloudFormation type, e.g. `AWS::Serverless::Function`.
-    pub resource_type: String,
+pub enum Substitution {
+    /// A resource's ARN (`!GetAtt X.Arn`, or `!Ref` of an activity).
+    Resource {
+        /// The logical id of the resource.
+        resource: String,
+        /// Its CloudFormation type, e.g. `AWS::Serverless::Function`.
+        resource_type: String,
+    },
+    /// A parameter's value (`!Ref Parameter`).
+    Parameter {
+        name: String,
+        default: Option<String>,
+    },
 }
 
 impl Substitution {
-    /// A well-formed ARN of the right kind in an example account, for validators that
-    /// check the definition with its substitutions filled in.
-    pub fn example_arn(&self) -> Result<String, Problem> {
+    /// A well-formed value in an example account (an ARN of the right kind, or the
+    /// parameter's default), for validators that check the filled-in definition.
+    pub fn example_value(&self) -> Result<String, Problem> {
+        match self {
+            Substitution::Resource {
+                resource,
+                resource_type,
+            } => example_arn(resource, resource_type),
+            Substitution::Parameter { name, default } => default
+                .clone()
+                .ok_or_else(|| Problem(format!("parameter {name} has no default to fill in"))),
+        }
+    }
+}
+
+/// A well-formed ARN of the right kind in an example account.
+fn example_arn(resource: &str, resource_type: &str) -> Result<String, Problem> {
+    {
         const PREFIX: &str = "arn:aws:{service}:us-east-1:123456789012";
-        let (service, kind) = match self.resource_type.as_str() {
+        let (service, kind) = match resource_type {
             "AWS::Serverless::Function" | "AWS::Lambda::Function" => ("lambda", "function"),
             "AWS::StepFunctions::Activity" => ("states", "activity"),
             other => {
                 return Err(Problem(format!(
-                    "no example ARN for {} of type {other}",
-                    self.resource
+                    "no example ARN for {resource} of type {other}"
                 )));
             }
         };
         Ok(format!(
-            "{}:{kind}:{}",
-            PREFIX.replace("{service}", service),
-            self.resource
+            "{}:{kind}:{resource}",
+            PREFIX.replace("{service}", service)
         ))
     }
 }
@@ -75,7 +96,7 @@ impl Template {
         })
     }
 
-    fn resources_of_type<'a>(
+    pub(crate) fn resources_of_type<'a>(
         &'a self,
         wanted: &'a str,
     ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
@@ -122,26 +143,28 @@ impl Template {
                 let name = name
                     .as_str()
                     .ok_or_else(|| Problem(format!("{id}: a substitution name is not a string")))?;
-                let resource = referenced_resource(value).ok_or_else(|| {
+                let target = referenced_resource(value).ok_or_else(|| {
                     Problem(format!(
-                        "substitution {name} is not a !Ref or !GetAtt of a resource"
+                        "substitution {name} is not a !Ref or !GetAtt of a resource or parameter"
                     ))
                 })?;
-                let resource_type = self
-                    .resource_type(&resource)
-                    .ok_or_else(|| {
-                        Problem(format!(
-                            "substitution {name} refers to unknown resource {resource}"
-                        ))
-                    })?
-                    .to_string();
-                substitutions.insert(
-                    name.to_string(),
-                    Substitution {
-                        resource,
+                let substitution = match self.reference_to(value) {
+                    Some(Reference::Parameter { name, default }) => {
+                        Substitution::Parameter { name, default }
+                    }
+                    Some(Reference::Resource {
+                        id, resource_type, ..
+                    }) => Substitution::Resource {
+                        resource: id,
                         resource_type,
                     },
-                );
+                    None => {
+                        return Err(Problem(format!(
+                            "substitution {name} refers to unknown resource {target}"
+                        )));
+                    }
+                };
+                substitutions.insert(name.to_string(), substitution);
             }
         }
         Ok((uri, substitutions))
@@ -225,12 +248,7 @@ impl Template {
                 arn,
             } => {
                 if *arn || resource_type == "AWS::StepFunctions::Activity" {
-                    Substitution {
-                        resource: id.clone(),
-                        resource_type: resource_type.clone(),
-                    }
-                    .example_arn()
-                    .ok()
+                    example_arn(id, resource_type).ok()
                 } else {
                     Some(id.clone())
                 }
@@ -327,6 +345,15 @@ pub struct TableSpec {
     pub ttl_attribute: Option<String>,
 }
 
+/// The name in `!Ref X` or `{Ref: X}`, whatever it names (a SAM-made role, say).
+pub(crate) fn referenced_name(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        Value::Mapping(map) => map.get("Ref").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
 /// The logical id in `!Ref X`, `!GetAtt X.Arn`, `{Ref: X}` or `{Fn::GetAtt: [X, Arn]}`.
 fn referenced_resource(value: &Value) -> Option<String> {
     let logical = |target: &str| target.split('.').next().map(String::from);
@@ -354,6 +381,8 @@ mod tests {
 
     const TEMPLATE: &str = r#"
 Transform: AWS::Serverless-2016-10-31
+Parameters:
+  Heartbeat: {Type: Number, Default: 300}
 Resources:
   Work:
     Type: AWS::Serverless::Function
@@ -370,6 +399,7 @@ Resources:
         WorkArn: !GetAtt Work.Arn
         JobsArn: !Ref Jobs
         LongForm: {"Fn::GetAtt": [Work, Arn]}
+        Beat: !Ref Heartbeat
 "#;
 
     #[test]
@@ -377,13 +407,30 @@ Resources:
         let template = Template::parse(TEMPLATE).unwrap();
         let (uri, subs) = template.state_machine().unwrap();
         assert_eq!(uri, "machine.asl.json");
-        assert_eq!(subs["WorkArn"].resource, "Work");
-        assert_eq!(subs["WorkArn"].resource_type, "AWS::Serverless::Function");
+        let resource = |resource: &str, resource_type: &str| Substitution::Resource {
+            resource: resource.into(),
+            resource_type: resource_type.into(),
+        };
         assert_eq!(
-            subs["JobsArn"].resource_type,
-            "AWS::StepFunctions::Activity"
+            subs["WorkArn"],
+            resource("Work", "AWS::Serverless::Function")
         );
-        assert_eq!(subs["LongForm"].resource, "Work");
+        assert_eq!(
+            subs["JobsArn"],
+            resource("Jobs", "AWS::StepFunctions::Activity")
+        );
+        assert_eq!(
+            subs["LongForm"],
+            resource("Work", "AWS::Serverless::Function")
+        );
+        assert_eq!(
+            subs["Beat"],
+            Substitution::Parameter {
+                name: "Heartbeat".into(),
+                default: Some("300".into())
+            }
+        );
+        assert_eq!(subs["Beat"].example_value().unwrap(), "300");
         assert_eq!(
             template.functions(),
             [Function {
@@ -398,9 +445,6 @@ Resources:
         let text = format!(
             "{TEMPLATE}{}",
             r#"
-Parameters:
-  Prefix: {Type: String, Default: raw/}
-  Bucket: {Type: String}
 Globals:
   Function:
     Timeout: 30
@@ -411,6 +455,10 @@ Globals:
         .replace(
             "      BuildProperties: {Binary: worker}\n",
             "      BuildProperties: {Binary: worker}\n    Properties:\n      Timeout: 90\n      Environment:\n        Variables: {JOBS: !Ref Jobs, SELF: !GetAtt Work.Arn, BUCKET: !Ref Bucket, WHO: !Ref Work}\n",
+        )
+        .replace(
+            "  Heartbeat: {Type: Number, Default: 300}\n",
+            "  Heartbeat: {Type: Number, Default: 300}\n  Prefix: {Type: String, Default: raw/}\n  Bucket: {Type: String}\n",
         );
         let template = Template::parse(&text).unwrap();
         let env = template.example_environment("Work");
