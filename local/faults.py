@@ -16,7 +16,9 @@ with `PUT /_local/faults`:
        "operations": ["CopyObject"],    # optional: API operation names
        "callers": ["slave"],            # optional: master | slave | status
        "key_contains": "deny-",         # optional: S3 key (or copy source) contains this
+       "body_contains": "delivered",    # optional: the request's body contains this
        "rate": 0.1,                     # optional, default 1: share of matching requests
+       "count": 1,                      # optional: answer at most this many requests
        "latency_ms": 20,                # optional: delay before answering
        "answer": "SlowDown"}            # optional: see ANSWERS; "drop" closes the connection
     ],                                  # unanswered, "drop-after" does so once the request
@@ -60,7 +62,7 @@ class Call:
     """What a request is: who sent it, to which service, which operation, on what."""
 
     def __init__(self, caller, service, operation, bucket=None, key=None, source=None,
-                 prefix=None, keys=None, target=None, kinds=None):
+                 prefix=None, keys=None, target=None, kinds=None, body=b""):
         self.caller = caller
         self.service = service
         self.operation = operation
@@ -71,9 +73,10 @@ class Call:
         self.keys = keys  # DeleteObjects: the keys, as a tuple
         self.target = target  # DynamoDB table, Step Functions ARN, Lambda function
         self.kinds = kinds  # TransactWriteItems: the kinds of writes, as a tuple
+        self.body = body  # matched by body_contains, never recorded
 
     def as_dict(self):
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {k: v for k, v in vars(self).items() if v is not None and k != "body"}
 
 
 def s3_operation(method, path, query, headers):
@@ -136,7 +139,7 @@ def classify(method, raw_path, headers, body):
             source=urllib.parse.unquote(source.split("?")[0]) if source else None,
             prefix=query["prefix"][0] if operation.startswith("ListObjects") and "prefix" in query
             else None,
-            keys=keys,
+            keys=keys, body=body,
         )
     target = headers.get("X-Amz-Target", "")
     operation = target.rpartition(".")[2] or method
@@ -163,7 +166,7 @@ def classify(method, raw_path, headers, body):
     kinds = None
     if service == "dynamodb" and operation == "TransactWriteItems":
         kinds = tuple(sorted({kind for item in request.get("TransactItems", []) for kind in item}))
-    return Call(caller.group(1), service, operation, target=resource, kinds=kinds)
+    return Call(caller.group(1), service, operation, target=resource, kinds=kinds, body=body)
 
 
 class Faults:
@@ -178,8 +181,8 @@ class Faults:
             answer = rule.get("answer")
             if answer is not None and answer not in ANSWERS and answer not in SPECIAL_ANSWERS:
                 raise ValueError(f"rule {rule}: unknown answer {answer!r}")
-            unknown = set(rule) - {"service", "operations", "callers", "key_contains", "rate",
-                                   "latency_ms", "answer"}
+            unknown = set(rule) - {"service", "operations", "callers", "key_contains",
+                                   "body_contains", "rate", "count", "latency_ms", "answer"}
             if unknown:
                 raise ValueError(f"rule {rule}: unknown fields {sorted(unknown)}")
         unknown = set(config) - {"seed", "rules", "duplicate_events", "record_calls"}
@@ -193,6 +196,8 @@ class Faults:
             self.calls = {}
             self.duplicated = set(config.get("duplicate_events", []))
             self.injected = {}
+            # How many times each rule has answered, by its position.
+            self.answered = [0] * len(self.rules)
 
     def matches(self, rule, call):
         if rule["service"] != call.service:
@@ -205,6 +210,8 @@ class Faults:
             needle = rule["key_contains"]
             if needle not in (call.key or "") and needle not in (call.source or ""):
                 return False
+        if "body_contains" in rule and rule["body_contains"].encode() not in call.body:
+            return False
         return True
 
     def decide(self, call):
@@ -214,12 +221,15 @@ class Faults:
                 fields = tuple(sorted(call.as_dict().items()))
                 self.calls[fields] = self.calls.get(fields, 0) + 1
             latency, answer = 0.0, None
-            for rule in self.rules:
+            for position, rule in enumerate(self.rules):
                 if not self.matches(rule, call):
                     continue
                 latency += rule.get("latency_ms", 0) / 1000
-                if answer is None and "answer" in rule and self.dice.random() < rule.get("rate", 1.0):
+                spent = self.answered[position] >= rule.get("count", float("inf"))
+                if (answer is None and "answer" in rule and not spent
+                        and self.dice.random() < rule.get("rate", 1.0)):
                     answer = rule["answer"]
+                    self.answered[position] += 1
                     key = f"{call.service} {answer}"
                     self.injected[key] = self.injected.get(key, 0) + 1
             return latency, answer

@@ -259,6 +259,19 @@ def name_list_parts_result() -> None:
     S3Response.list_parts = list_parts
 
 
+def reverse_history_on_request() -> None:
+    """GetExecutionHistory: moto ignores `reverseOrder`, which asks for the newest events
+    first (status reads the newest activity event that way)."""
+
+    def get_execution_history(self):
+        history = self.stepfunction_backend.get_execution_history(self._get_param("executionArn"))
+        if self._get_param("reverseOrder"):
+            history = dict(history, events=list(reversed(history["events"])))
+        return ActionResult(history)
+
+    StepFunctionResponse.get_execution_history = get_execution_history
+
+
 def name_unnamed_executions() -> None:
     """StartExecution without a name: AWS makes one up; moto's ARN ends in `:None`."""
     backend = parser_models.StepFunctionsParserBackend
@@ -411,6 +424,7 @@ def main() -> None:
     keep_task_failure_cause()
     name_unnamed_executions()
     name_list_parts_result()
+    reverse_history_on_request()
     close_answered_tasks()
     name_heartbeat_timeouts()
     server = serve(port)

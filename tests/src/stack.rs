@@ -119,6 +119,15 @@ impl LocalStack {
         !self.crash_dir.join(point).exists()
     }
 
+    /// Waits for this test's turn at the stack, then sets the front's faults: faults
+    /// and armed crashes apply to the whole stack, so tests that set them take turns.
+    pub async fn turn(&self, faults: Value) -> tokio::sync::MutexGuard<'static, ()> {
+        static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let guard = TURN.lock().await;
+        self.set_faults(&faults);
+        guard
+    }
+
     /// Replaces the front's fault configuration (see `local/faults.py`).
     pub fn set_faults(&self, config: &Value) {
         let (status, body) = self.control("PUT", "/_local/faults", &config.to_string());
@@ -301,6 +310,46 @@ pub async fn store(stack: &LocalStack) -> Store {
         stack.var("TABLE_NAME"),
         Duration::from_secs(3600),
     )
+}
+
+/// What the bucket must hold once `moved` went from raw/ to refined/ and `kept` stayed.
+pub fn moved_and_kept(moved: &[String], kept: &[String]) -> BTreeMap<String, String> {
+    let mut expected: BTreeMap<String, String> = moved
+        .iter()
+        .map(|k| {
+            (
+                k.replacen("raw/", "refined/", 1),
+                crate::md5_hex(&body_of(k)),
+            )
+        })
+        .collect();
+    expected.extend(
+        kept.iter()
+            .map(|k| (k.clone(), crate::md5_hex(&body_of(k)))),
+    );
+    expected
+}
+
+/// The activity events of an execution's history, oldest first: (type, error).
+pub fn activity_events(history: &[HistoryEvent]) -> Vec<(String, Option<String>)> {
+    history
+        .iter()
+        .filter(|e| e.r#type.as_str().starts_with("Activity"))
+        .map(|e| {
+            let error = e
+                .activity_timed_out_event_details()
+                .and_then(|d| d.error())
+                .or_else(|| e.activity_failed_event_details().and_then(|d| d.error()));
+            (e.r#type.as_str().to_string(), error.map(String::from))
+        })
+        .collect()
+}
+
+/// How long the execution ran.
+pub fn duration(described: &DescribeExecutionOutput) -> Duration {
+    let start = std::time::SystemTime::try_from(described.start_date).unwrap();
+    let stop = std::time::SystemTime::try_from(described.stop_date.expect("it ended")).unwrap();
+    stop.duration_since(start).unwrap_or_default()
 }
 
 pub fn keys(prefix: &str, n: usize) -> Vec<String> {

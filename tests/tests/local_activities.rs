@@ -343,13 +343,31 @@ async fn a_missed_heartbeat_is_a_heartbeat_timeout_and_the_retry_hands_out_a_new
     let (status, output, _, _) = outcome(&sfn, &execution).await;
     assert_eq!(status, ExecutionStatus::Succeeded);
     assert_eq!(output.as_deref(), Some(r#"{"done": true}"#));
-    // AND the history names the missed heartbeat as AWS does
+    // AND the history names the missed heartbeat as AWS does, and lists its newest
+    // events first when asked
     let history = sfn
         .get_execution_history()
         .execution_arn(&execution)
         .send()
         .await
         .unwrap();
+    let newest_first = sfn
+        .get_execution_history()
+        .execution_arn(&execution)
+        .reverse_order(true)
+        .send()
+        .await
+        .unwrap();
+    let kinds = |h: &aws_sdk_sfn::operation::get_execution_history::GetExecutionHistoryOutput| {
+        h.events()
+            .iter()
+            .map(|e| e.r#type.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut reversed = kinds(&history);
+    reversed.reverse();
+    assert_eq!(kinds(&newest_first), reversed);
+    assert_eq!(reversed[0], "ExecutionSucceeded");
     let timed_out: Vec<_> = history
         .events()
         .iter()

@@ -6,32 +6,20 @@
 //!
 //! The front's faults apply to the whole stack, so the tests of this binary take turns.
 
-use std::collections::BTreeMap;
-
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use common::batch::FileState;
 use common::run::RunId;
 use integration_tests::stack::{
-    LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, output, put,
-    store,
+    LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, moved_and_kept,
+    output, put, store,
 };
 use integration_tests::{body_of, md5_hex, workspace_root};
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, MutexGuard};
 use xtask::local::{ACCOUNT, LocalNames, REGION};
 use xtask::policy::{Deployment, Need};
 use xtask::template::{Reference, Template};
-
-static TURN: Mutex<()> = Mutex::const_new(());
-
-/// Waits for this test's turn, then sets the front's faults.
-async fn turn_with(stack: &LocalStack, faults: Value) -> MutexGuard<'static, ()> {
-    let guard = TURN.lock().await;
-    stack.set_faults(&faults);
-    guard
-}
 
 const DYNAMODB_WRITES: [&str; 5] = [
     "PutItem",
@@ -40,16 +28,6 @@ const DYNAMODB_WRITES: [&str; 5] = [
     "BatchWriteItem",
     "TransactWriteItems",
 ];
-
-/// What the bucket must hold once `moved` went from raw/ to refined/ and `kept` stayed.
-fn moved_and_kept(moved: &[String], kept: &[String]) -> BTreeMap<String, String> {
-    let mut expected: BTreeMap<String, String> = moved
-        .iter()
-        .map(|k| (k.replacen("raw/", "refined/", 1), md5_hex(&body_of(k))))
-        .collect();
-    expected.extend(kept.iter().map(|k| (k.clone(), md5_hex(&body_of(k)))));
-    expected
-}
 
 #[tokio::test]
 async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() {
@@ -60,18 +38,18 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
     // AND about 10% of the functions' S3 requests answered with retryable errors, 1%
     // more dropped after taking effect, 5% of DynamoDB writes throttled, every slave
     // event delivered twice, and the first slave batch to copy crashing before it deletes
-    let _turn = turn_with(
-        stack,
-        json!({"seed": 5000, "duplicate_events": ["slave"], "rules": [
-            {"service": "s3", "rate": 0.05, "answer": "SlowDown"},
-            {"service": "s3", "rate": 0.053, "answer": "InternalError"},
-            {"service": "s3", "rate": 0.01, "answer": "drop-after"},
-            {"service": "s3", "latency_ms": 2},
-            {"service": "dynamodb", "operations": DYNAMODB_WRITES, "rate": 0.05,
-             "answer": "ThrottlingException"},
-        ]}),
-    )
-    .await;
+    let _turn = stack
+        .turn(
+            json!({"seed": 5000, "duplicate_events": ["slave"], "rules": [
+                {"service": "s3", "rate": 0.05, "answer": "SlowDown"},
+                {"service": "s3", "rate": 0.053, "answer": "InternalError"},
+                {"service": "s3", "rate": 0.01, "answer": "drop-after"},
+                {"service": "s3", "latency_ms": 2},
+                {"service": "dynamodb", "operations": DYNAMODB_WRITES, "rate": 0.05,
+                 "answer": "ThrottlingException"},
+            ]}),
+        )
+        .await;
     stack.arm_crash("slave-between-copy-and-delete");
 
     // WHEN an execution moves them
@@ -154,12 +132,12 @@ async fn status_waits_for_slow_files_is_retried_and_ends_the_run_soon_after_the_
     let stack = local_stack();
     let files = keys("raw/slow-", 64);
     let bucket = bucket_with(stack, &files).await;
-    let _turn = turn_with(
-        stack,
-        json!({"rules": [{"service": "s3", "operations": ["CopyObject"], "callers": ["slave"],
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["CopyObject"], "callers": ["slave"],
                           "latency_ms": 2000}]}),
-    )
-    .await;
+        )
+        .await;
 
     // WHEN an execution moves them, status starting at once
     let execution = stack
@@ -212,12 +190,12 @@ async fn three_denied_files_fail_the_run_by_name_and_stay_where_they_are() {
     let movable = keys("raw/fine-", 60);
     let denied: Vec<String> = (1..=3).map(|i| format!("raw/forbidden-{i}.csv")).collect();
     let bucket = bucket_with(stack, &[movable.clone(), denied.clone()].concat()).await;
-    let _turn = turn_with(
-        stack,
-        json!({"rules": [{"service": "s3", "operations": ["CopyObject"],
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["CopyObject"],
                           "key_contains": "forbidden-", "answer": "AccessDenied"}]}),
-    )
-    .await;
+        )
+        .await;
 
     let execution = stack.start("denied", &input(&bucket, json!({}))).await;
     let described = stack.finished(&execution).await;
@@ -272,16 +250,14 @@ async fn a_destination_that_does_not_hold_the_source_bytes_never_costs_the_sourc
         "raw/tampered-longer.csv".to_string(),
     ];
     let bucket = bucket_with(stack, &[movable.clone(), tampered.clone()].concat()).await;
-    let _turn = turn_with(
-        stack,
-        json!({"rules": [
+    let _turn = stack
+        .turn(json!({"rules": [
             {"service": "s3", "operations": ["CopyObject"], "key_contains": "tampered-same",
              "answer": "tamper"},
             {"service": "s3", "operations": ["CopyObject"], "key_contains": "tampered-longer",
              "answer": "tamper-size"},
-        ]}),
-    )
-    .await;
+        ]}))
+        .await;
 
     let execution = stack.start("tampered", &input(&bucket, json!({}))).await;
     let described = stack.finished(&execution).await;
@@ -337,12 +313,12 @@ async fn a_multipart_copy_under_faults_is_whole_and_verified() {
         .await
         .unwrap();
     // AND a third of the part copies throttled
-    let _turn = turn_with(
-        stack,
-        json!({"seed": 3, "rules": [{"service": "s3", "operations": ["UploadPartCopy"],
+    let _turn = stack
+        .turn(
+            json!({"seed": 3, "rules": [{"service": "s3", "operations": ["UploadPartCopy"],
                                      "rate": 0.33, "answer": "SlowDown"}]}),
-    )
-    .await;
+        )
+        .await;
 
     let execution = stack.start("large", &input(&bucket, json!({}))).await;
     let described = stack.finished(&execution).await;
@@ -535,7 +511,7 @@ async fn each_function_makes_only_calls_its_policy_allows() {
         Some(StorageClass::Glacier),
     )
     .await;
-    let _turn = turn_with(stack, json!({"record_calls": true})).await;
+    let _turn = stack.turn(json!({"record_calls": true})).await;
 
     // WHEN both run with every call recorded
     let ok = stack

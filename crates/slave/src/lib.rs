@@ -236,6 +236,9 @@ impl Slave {
         })
         .await;
         unfinished += wanted - deleted.len();
+        if !deleted.is_empty() {
+            common::crash::crash_point("slave-between-delete-and-record");
+        }
         outcomes.extend(deleted.into_iter().map(|(i, result)| match result {
             Ok(()) => (i, completed(&files[i])),
             Err(failure) => (i, failed(failure)),
