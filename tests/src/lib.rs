@@ -245,26 +245,7 @@ impl Fixture {
     /// one request per 1,000 objects instead of one download each. Only for objects
     /// written whole (a multipart ETag is not the content's MD5).
     pub async fn checksums(&self, prefix: &str) -> BTreeMap<String, String> {
-        let mut pages = self
-            .clients
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut keys = BTreeMap::new();
-        while let Some(page) = pages.next().await {
-            for object in page.unwrap().contents.unwrap_or_default() {
-                let etag = object
-                    .e_tag
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string();
-                keys.insert(object.key.unwrap(), etag);
-            }
-        }
-        keys
+        listing(&self.clients.s3, &self.bucket, prefix).await
     }
 
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -390,6 +371,35 @@ impl Fixture {
         let run = common::RunId::parse(run).unwrap();
         self.store().failed_files(&run, 1000).await.unwrap()
     }
+}
+
+/// Every key under `prefix` in `bucket` with its ETag, unquoted (the MD5 of its bytes for
+/// an object written whole). Keys come URL-encoded, so that any key S3 can store is listed.
+pub async fn listing(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> BTreeMap<String, String> {
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .into_paginator()
+        .send();
+    let mut keys = BTreeMap::new();
+    while let Some(page) = pages.next().await {
+        for object in page.unwrap().contents.unwrap_or_default() {
+            let etag = object
+                .e_tag
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
+            let key = common::keys::decode_listed_key(&object.key.unwrap()).unwrap();
+            keys.insert(key, etag);
+        }
+    }
+    keys
 }
 
 pub async fn deliver(slave: &slave::Slave, event: &SlaveEvent) -> SlaveOutput {

@@ -40,29 +40,37 @@ pub struct LocalStack {
 /// The stack of this test binary, started on first use and stopped when it exits.
 pub fn local_stack() -> &'static LocalStack {
     static STACK: OnceLock<LocalStack> = OnceLock::new();
-    STACK.get_or_init(|| {
+    STACK.get_or_init(|| LocalStack::up(&[]))
+}
+
+impl LocalStack {
+    /// Starts a stack whose functions also get `function_env`, over the test stack's own
+    /// settings; a test binary keeps it in a `OnceLock` as [`local_stack`] does.
+    pub fn up(function_env: &[(&str, &str)]) -> LocalStack {
         let dir = std::env::temp_dir().join(unique("local-stack"));
         let crash_dir = dir.join("crashes-armed");
         std::fs::create_dir_all(&crash_dir).unwrap();
         build_binaries();
-        let options = [
-            "--no-build".to_string(),
-            "--function-env".to_string(),
-            format!("CRASH_ARMED_DIR={}", crash_dir.display()),
-            "--parameter".to_string(),
-            format!("TaskHeartbeatSeconds={TASK_HEARTBEAT_SECONDS}"),
+        let settings = [
+            ("CRASH_ARMED_DIR", crash_dir.display().to_string()),
             // Small enough that a test's 7 MiB file is copied in parts.
-            "--function-env".to_string(),
-            "MULTIPART_THRESHOLD_BYTES=6291456".to_string(),
-            "--function-env".to_string(),
-            "MULTIPART_PART_SIZE_BYTES=5242880".to_string(),
+            ("MULTIPART_THRESHOLD_BYTES", "6291456".into()),
+            ("MULTIPART_PART_SIZE_BYTES", "5242880".into()),
             // A status call waits for the run at most 5 s, so slow runs go through the
             // state machine's retry.
-            "--function-env".to_string(),
-            "STATUS_WAIT_SECONDS=5".to_string(),
-            "--function-env".to_string(),
-            "STATUS_CHECK_INTERVAL_MS=250".to_string(),
+            ("STATUS_WAIT_SECONDS", "5".into()),
+            ("STATUS_CHECK_INTERVAL_MS", "250".into()),
         ];
+        let mut options = vec![
+            "--no-build".to_string(),
+            "--parameter".to_string(),
+            format!("TaskHeartbeatSeconds={TASK_HEARTBEAT_SECONDS}"),
+        ];
+        let extra = function_env.iter().map(|(k, v)| (*k, v.to_string()));
+        for (name, value) in settings.into_iter().chain(extra) {
+            options.push("--function-env".into());
+            options.push(format!("{name}={value}"));
+        }
         let running = RunningStack::start(
             &workspace_root(),
             &dir,
@@ -76,7 +84,7 @@ pub fn local_stack() -> &'static LocalStack {
             running,
             crash_dir,
         }
-    })
+    }
 }
 
 /// Builds the workspace's binaries as `make test` builds everything (`--workspace
@@ -290,18 +298,7 @@ pub async fn put(stack: &LocalStack, bucket: &str, keys: &[String], class: Optio
 
 /// Key → ETag (the MD5 of the bytes, for single-part objects) of everything in the bucket.
 pub async fn contents(stack: &LocalStack, bucket: &str) -> BTreeMap<String, String> {
-    let s3 = stack.s3().await;
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    let mut out = BTreeMap::new();
-    while let Some(page) = pages.next().await {
-        for object in page.unwrap().contents() {
-            out.insert(
-                object.key().unwrap().to_string(),
-                object.e_tag().unwrap().trim_matches('"').to_string(),
-            );
-        }
-    }
-    out
+    crate::listing(&stack.s3().await, bucket, "").await
 }
 
 pub async fn store(stack: &LocalStack) -> Store {

@@ -197,6 +197,55 @@ async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
 }
 
 #[tokio::test]
+async fn a_vanished_source_counts_as_moved_only_if_the_destination_holds_the_listed_object() {
+    // GIVEN two listed files whose sources are deleted by someone else before their
+    // slave runs: one whose destination holds the listed bytes (moved by hand), one
+    // whose destination holds other bytes of the same size
+    let keys = ["raw/moved-by-hand.csv", "raw/replaced.csv"];
+    let f = seeded(&keys).await;
+    f.run_master("vanished").await;
+    for key in keys {
+        f.clients
+            .s3
+            .delete_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    f.put(
+        "refined/moved-by-hand.csv",
+        body_of("raw/moved-by-hand.csv"),
+    )
+    .await;
+    let mut other = body_of("raw/replaced.csv");
+    other[0] ^= 0xff;
+    f.put("refined/replaced.csv", other.clone()).await;
+
+    // WHEN the batch runs
+    let events = f.inbox.take();
+    let out = deliver(&f.slave(), &events[0]).await;
+
+    // THEN the first counts as moved; the second is failed with a reason that says its
+    // source is gone, and its destination is left as it was
+    assert_eq!((out.completed, out.failed), (1, 1));
+    let files = f.files("vanished").await;
+    assert_eq!(files["raw/moved-by-hand.csv"].state, FileState::Completed);
+    let replaced = &files["raw/replaced.csv"];
+    assert_eq!(replaced.state, FileState::Failed);
+    let reason = replaced.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with(
+            "the source is gone (deleted after it was listed) and the destination \"refined/replaced.csv\" has ETag "
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("not the listed object's"), "{reason}");
+    assert_eq!(f.get("refined/replaced.csv").await.unwrap(), other);
+}
+
+#[tokio::test]
 async fn large_objects_are_copied_in_parts_with_metadata_and_tags() {
     // GIVEN an 11 MiB object with metadata, content type and tags, and a small one likewise,
     // and a slave that copies objects of 5 MiB and more in 5 MiB parts
@@ -390,6 +439,60 @@ async fn a_retried_master_call_does_not_reset_completed_files() {
     let files = f.files("retry").await;
     assert_eq!(files.len(), 31, "no file recorded twice");
     assert!(files.values().all(|f| f.state == FileState::Completed));
+}
+
+#[tokio::test]
+async fn two_master_calls_of_one_run_at_once_record_each_file_in_exactly_one_batch() {
+    // GIVEN 3,500 files, and master called twice at once for the same run (a retry while
+    // the first call still runs), each call stopping after one listing page
+    let keys: Vec<String> = (0..3500).map(|i| format!("raw/{i:04}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    let past = Some(std::time::SystemTime::now());
+    let master = f.master();
+
+    // WHEN pairs of calls run until the listing is complete; a call that loses the race
+    // to record a page answers ListingConflict, which the state machine retries
+    let mut conflicts = 0;
+    let mut complete = false;
+    while !complete {
+        let (a, b) = tokio::join!(
+            master.handle(json!({"run_id": "twice"}), past),
+            master.handle(json!({"run_id": "twice"}), past)
+        );
+        for answer in [a, b] {
+            match answer {
+                Ok(out) => complete |= out.listing_complete,
+                Err(e) => {
+                    assert_eq!(e.error_type(), "ListingConflict", "{e}");
+                    conflicts += 1;
+                }
+            }
+        }
+    }
+    f.deliver_all(4).await;
+
+    // THEN the calls did race, yet each file is in exactly one batch, and the counters
+    // are exact: no file is counted twice and the run ends when its files do
+    assert!(conflicts > 0, "the two calls never raced");
+    let recorded: Vec<String> = f
+        .store()
+        .files(&common::RunId::parse("twice").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|status| {
+            assert_eq!(status.state, FileState::Completed, "{}", status.file.key);
+            status.file.key
+        })
+        .collect();
+    assert_eq!(recorded, keys, "each file once, in key order");
+    let progress = f.progress("twice").await;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (3500, 3500, 0)
+    );
+    assert!(f.keys("raw/").await.is_empty());
 }
 
 #[tokio::test]

@@ -125,6 +125,80 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
 }
 
 #[tokio::test]
+async fn a_page_whose_recording_answer_was_lost_is_never_recorded_twice_when_the_listing_changes() {
+    // GIVEN 2,500 files, and master's first transaction taking effect with its answer
+    // lost, so the call fails and the state machine calls master again
+    let stack = local_stack();
+    let files = keys("raw/pages/f-", 2500);
+    let bucket = bucket_with(stack, &files).await;
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "dynamodb", "operations": ["TransactWriteItems"],
+                                "callers": ["master"], "answer": "drop-after", "count": 1}]}),
+        )
+        .await;
+    let execution = stack.start("lost-page", &input(&bucket, json!({}))).await;
+
+    // WHEN new files land among the listed ones before master is called again
+    while stack.injected().get("dynamodb drop-after").is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let landed: Vec<String> = (0..2500)
+        .step_by(25)
+        .map(|i| format!("raw/pages/f-{i:05}-late.csv"))
+        .collect();
+    put(stack, &bucket, &landed, None).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the retried call resumed after the page recorded: every file is in exactly one
+    // batch, the counters are exact, and the run succeeded once every recorded file moved
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert!(
+        lambda_failures(&stack.history(&execution).await)
+            .iter()
+            .any(|e| e == "ListingConflict")
+    );
+    let store = store(stack).await;
+    let run = RunId::parse("lost-page").unwrap();
+    let recorded: Vec<String> = store
+        .files(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.file.key)
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = recorded.iter().collect();
+    assert_eq!(distinct.len(), recorded.len(), "a file recorded twice");
+    assert!(
+        files.iter().all(|k| distinct.contains(k)),
+        "a listed file is missing"
+    );
+    let progress = store.run_view(&run).await.unwrap().unwrap().progress;
+    assert_eq!(progress.selected, recorded.len() as u64);
+    assert_eq!(
+        (progress.completed, progress.failed),
+        (progress.selected, 0)
+    );
+    assert_eq!(output(&described)["files"], json!(recorded.len()));
+    // a file landed after its place in the listing was recorded stays where it is; every
+    // recorded file moved
+    let (moved, kept): (Vec<String>, Vec<String>) = files
+        .iter()
+        .chain(&landed)
+        .cloned()
+        .partition(|k| distinct.contains(k));
+    assert_eq!(
+        contents(stack, &bucket).await,
+        moved_and_kept(&moved, &kept)
+    );
+}
+
+#[tokio::test]
 async fn status_waits_for_slow_files_is_retried_and_ends_the_run_soon_after_the_last() {
     // GIVEN 64 files in one batch whose copies each take 2 s (the front delays the
     // slave's CopyObject), so the batch takes about 8 s: longer than one status call
@@ -347,6 +421,113 @@ async fn a_multipart_copy_under_faults_is_whole_and_verified() {
         .unwrap();
     assert_eq!(tags.tag_set()[0].key(), "kind");
     assert!(!contents(stack, &bucket).await.contains_key("raw/large.csv"));
+}
+
+#[tokio::test]
+async fn copies_whose_etag_is_not_the_listed_one_are_proven_by_the_record_kept_before_the_delete() {
+    // GIVEN small files, a 7 MiB file (copied in parts, so its copy has a multipart ETag)
+    // and a 5.5 MiB file uploaded in two parts (its listed ETag is a multipart one, its
+    // whole copy's an MD5): neither copy's ETag is the listed one
+    let stack = local_stack();
+    let small = keys("raw/small-", 5);
+    let bucket = bucket_with(stack, &small).await;
+    let s3 = stack.s3().await;
+    let seven: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 249) as u8).collect();
+    s3.put_object()
+        .bucket(&bucket)
+        .key("raw/seven.csv")
+        .body(ByteStream::from(seven.clone()))
+        .send()
+        .await
+        .unwrap();
+    let mib = 1024 * 1024;
+    let parted: Vec<u8> = (0..(5 * mib + mib / 2) as u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("raw/parted.csv")
+        .send()
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, chunk) in parted.chunks(5 * mib).enumerate() {
+        let part = s3
+            .upload_part()
+            .bucket(&bucket)
+            .key("raw/parted.csv")
+            .upload_id(upload.upload_id().unwrap())
+            .part_number(number as i32 + 1)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number as i32 + 1)
+                .e_tag(part.e_tag().unwrap())
+                .build(),
+        );
+    }
+    s3.complete_multipart_upload()
+        .bucket(&bucket)
+        .key("raw/parted.csv")
+        .upload_id(upload.upload_id().unwrap())
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // AND a slave that dies after deleting the sources and before recording anything
+    let _turn = stack.turn(json!({})).await;
+    stack.arm_crash("slave-between-delete-and-record");
+
+    // WHEN the execution moves them (the slave's event is retried after the crash)
+    let execution = stack
+        .start("proven-copies", &input(&bucket, json!({})))
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN the retry found every source gone, recognised each destination as the copy
+    // recorded before the delete, and counted each file once
+    assert!(stack.crashed("slave-between-delete-and-record"));
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert_eq!(output(&described)["completed"], json!(7));
+    for (key, bytes) in [("seven.csv", &seven), ("parted.csv", &parted)] {
+        let copied = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("refined/{key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            &copied.body.collect().await.unwrap().to_vec(),
+            bytes,
+            "{key}"
+        );
+    }
+    let now = contents(stack, &bucket).await;
+    assert!(now.keys().all(|k| k.starts_with("refined/")), "{now:?}");
+    let progress = store(stack)
+        .await
+        .run_view(&RunId::parse("proven-copies").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .progress;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (7, 7, 0)
+    );
 }
 
 /// What IAM checks for one recorded call (see `local/faults.py` for the fields).

@@ -300,3 +300,176 @@ async fn a_misspelt_input_field_fails_the_execution_by_name_and_moves_nothing() 
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn keys_with_characters_xml_cannot_carry_move_like_any_other() {
+    // GIVEN ordinary keys among keys with ASCII control characters (which make an
+    // unencoded listing page unreadable and cannot travel in DeleteObjects), a carriage
+    // return, a tab and DEL (moto cannot store a key with a newline, which S3 can)
+    let stack = local_stack();
+    let odd = vec![
+        "raw/a\u{1}.csv".to_string(),
+        "raw/b\u{1f}\u{b}c.csv".to_string(),
+        "raw/cr\rx.csv".to_string(),
+        "raw/tab\there.csv".to_string(),
+        "raw/del\u{7f}.csv".to_string(),
+    ];
+    let ordinary = keys("raw/plain-", 30);
+    let all = [odd.clone(), ordinary.clone()].concat();
+    let bucket = bucket_with(stack, &all).await;
+
+    // WHEN an execution moves them
+    let execution = stack.start("odd-keys", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+
+    // THEN every one arrived with its bytes and left its source
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert_eq!(output(&described)["completed"], json!(all.len()));
+    let expected: BTreeMap<String, String> = all
+        .iter()
+        .map(|k| (k.replacen("raw/", "refined/", 1), md5_hex(&body_of(k))))
+        .collect();
+    assert_eq!(contents(stack, &bucket).await, expected);
+    let recorded: Vec<String> = store(stack)
+        .await
+        .files(&RunId::parse("odd-keys").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.file.key)
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(recorded, sorted, "each key recorded exactly as S3 has it");
+}
+
+#[tokio::test]
+async fn a_destination_key_longer_than_s3_allows_fails_its_file_and_keeps_its_source() {
+    // GIVEN a destination prefix 204 bytes longer than the source prefix, a file whose
+    // key fits at the source (900 bytes) but would not at the destination (1,104), and
+    // ordinary files
+    let stack = local_stack();
+    let long = format!("raw/{}.csv", "k".repeat(892));
+    assert_eq!(long.len(), 900);
+    let ordinary = keys("raw/short-", 10);
+    let bucket = bucket_with(stack, &[ordinary.clone(), vec![long.clone()]].concat()).await;
+    let destination = format!("refined/{}/", "d".repeat(199));
+
+    // WHEN an execution moves them
+    let execution = stack
+        .start(
+            "long-destination",
+            &input(&bucket, json!({"destination_prefix": destination})),
+        )
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN the long one failed with the reason before any copy, its source kept, and the
+    // rest moved
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    assert_eq!(described.error.as_deref(), Some("TransferFailed"));
+    let cause = described.cause.unwrap();
+    assert!(
+        cause.starts_with("1 of 11 files failed to move:"),
+        "{cause}"
+    );
+    let bytes = destination.len() + long.len() - "raw/".len();
+    assert_eq!(bytes, 1104);
+    assert!(
+        cause.contains(&format!(
+            "{long}: the destination key would be {bytes} bytes, longer than the 1024 S3 \
+             allows; the source was left in place"
+        )),
+        "{cause}"
+    );
+    let now = contents(stack, &bucket).await;
+    assert_eq!(now.get(&long), Some(&md5_hex(&body_of(&long))));
+    for key in &ordinary {
+        let moved = key.replacen("raw/", &destination, 1);
+        assert_eq!(now.get(&moved), Some(&md5_hex(&body_of(key))), "{key}");
+        assert!(!now.contains_key(key));
+    }
+    assert_eq!(now.len(), 11, "nothing else was written");
+}
+
+#[tokio::test]
+async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_name() {
+    // GIVEN files to move, and inputs that are wrong in one field each
+    let stack = local_stack();
+    let files = keys("raw/f-", 3);
+    let bucket = bucket_with(stack, &files).await;
+    let cases = [
+        (
+            "negative-wait",
+            json!({"wait_before_master_seconds": -1}),
+            "wait_before_master_seconds",
+        ),
+        (
+            "zero-timeout",
+            json!({"run_timeout_seconds": 0}),
+            "run_timeout_seconds",
+        ),
+        (
+            "text-wait",
+            json!({"wait_before_status_seconds": "soon"}),
+            "wait_before_status_seconds",
+        ),
+        ("own-run-id", json!({"run_id": "other"}), "run_id"),
+        (
+            "no-bucket",
+            json!({"source_bucket": "no-such-bucket-here"}),
+            "source s3://no-such-bucket-here/raw/",
+        ),
+        (
+            "no-destination",
+            json!({"destination_bucket": "no-such-target-here"}),
+            "destination s3://no-such-target-here/refined/",
+        ),
+    ];
+
+    // WHEN each runs, and one whose input is not an object
+    let mut executions = Vec::new();
+    for (name, extra, _) in &cases {
+        executions.push(stack.start(name, &input(&bucket, extra.clone())).await);
+    }
+    executions.push(stack.start("not-an-object", &json!([1, 2])).await);
+    let described = futures::future::join_all(executions.iter().map(|e| stack.finished(e))).await;
+
+    // THEN each fails with InvalidEvent naming what is wrong within seconds, before
+    // anything was recorded or moved
+    let store = store(stack).await;
+    let expectations = cases
+        .iter()
+        .map(|(name, _, named)| (*name, *named))
+        .chain([("not-an-object", "must be a JSON object")]);
+    for ((name, named), described) in expectations.zip(&described) {
+        assert_eq!(described.status, ExecutionStatus::Failed, "{name}");
+        assert_eq!(described.error.as_deref(), Some("InvalidEvent"), "{name}");
+        let cause = described.cause.clone().unwrap();
+        assert!(cause.contains(named), "{name}: {cause}");
+        let took = integration_tests::stack::duration(described);
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{name} took {took:?}"
+        );
+        assert!(
+            store
+                .run_view(&RunId::parse(name).unwrap())
+                .await
+                .unwrap()
+                .is_none(),
+            "{name} recorded a run"
+        );
+    }
+    assert_eq!(
+        contents(stack, &bucket)
+            .await
+            .into_keys()
+            .collect::<Vec<_>>(),
+        files
+    );
+}
