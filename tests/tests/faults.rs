@@ -95,8 +95,8 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
         listed("raw/copied.csv").await,
         listed("raw/deleted.csv").await,
     );
-    mover.copy_verified(&spec, &copied, None).await.unwrap();
-    mover.copy_verified(&spec, &deleted, None).await.unwrap();
+    mover.copy_verified(&spec, &copied).await.unwrap();
+    mover.copy_verified(&spec, &deleted).await.unwrap();
     let results = mover.delete_sources(&f.bucket, &[&deleted]).await;
     assert!(results[0].is_ok());
     assert_eq!(
@@ -607,6 +607,7 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
         serde_json::to_value(SlaveEvent {
             run_id: common::RunId::parse(run).unwrap(),
             batch: batch.into(),
+            handed_on: None,
         })
         .unwrap()
     };

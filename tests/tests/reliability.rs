@@ -140,7 +140,7 @@ async fn a_page_whose_recording_answer_was_lost_is_never_recorded_twice_when_the
     let execution = stack.start("lost-page", &input(&bucket, json!({}))).await;
 
     // WHEN new files land among the listed ones before master is called again
-    while stack.injected().get("dynamodb drop-after").is_none() {
+    while !stack.injected().contains_key("dynamodb drop-after") {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let landed: Vec<String> = (0..2500)
@@ -421,6 +421,68 @@ async fn a_multipart_copy_under_faults_is_whole_and_verified() {
         .unwrap();
     assert_eq!(tags.tag_set()[0].key(), "kind");
     assert!(!contents(stack, &bucket).await.contains_key("raw/large.csv"));
+}
+
+#[tokio::test]
+async fn a_multipart_copy_that_keeps_failing_leaves_no_upload_open() {
+    // GIVEN a 7 MiB file (copied in parts) whose part copies S3 keeps answering with
+    // InternalError, after every SDK attempt and round, and small files
+    let stack = local_stack();
+    let small = keys("raw/small-", 4);
+    let bucket = bucket_with(stack, &small).await;
+    let s3 = stack.s3().await;
+    s3.put_object()
+        .bucket(&bucket)
+        .key("raw/doomed.csv")
+        .body(ByteStream::from(vec![9u8; 7 * 1024 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["UploadPartCopy"],
+                                "key_contains": "doomed", "answer": "InternalError"}]}),
+        )
+        .await;
+
+    let execution = stack.start("doomed", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the file failed and stays at its source, the rest moved, and its upload was
+    // aborted: nothing is left open to pay for, and no record of it is left
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    let cause = described.cause.unwrap();
+    assert!(cause.starts_with("1 of 5 files failed to move:"), "{cause}");
+    assert!(
+        cause.contains("raw/doomed.csv: UploadPartCopy: InternalError"),
+        "{cause}"
+    );
+    let now = contents(stack, &bucket).await;
+    assert!(now.contains_key("raw/doomed.csv"));
+    assert!(!now.contains_key("refined/doomed.csv"));
+    for key in &small {
+        assert!(
+            now.contains_key(&key.replacen("raw/", "refined/", 1)),
+            "{key}"
+        );
+    }
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+    let run = RunId::parse("doomed").unwrap();
+    assert_eq!(
+        store(stack)
+            .await
+            .upload(&run, "raw/doomed.csv")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

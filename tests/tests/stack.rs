@@ -268,3 +268,38 @@ fn the_sample_events_are_events_the_functions_accept() {
     parse_event::<SlaveEvent>(event("slave")).unwrap();
     parse_event::<StatusEvent>(event("status")).unwrap();
 }
+
+#[test]
+fn the_state_machines_timing_defaults_are_the_ones_master_checks() {
+    use common::run::{
+        DEFAULT_RUN_TIMEOUT_SECONDS, DEFAULT_WAIT_BEFORE_MASTER_SECONDS,
+        DEFAULT_WAIT_BEFORE_STATUS_SECONDS,
+    };
+    let definition = definition();
+    let defaults = definition
+        .all_states()
+        .into_iter()
+        .find(|s| s.name == "Defaults")
+        .expect("a Defaults state")
+        .body["Parameters"]["defaults"]
+        .clone();
+    assert_eq!(
+        defaults,
+        serde_json::json!({
+            "wait_before_master_seconds": DEFAULT_WAIT_BEFORE_MASTER_SECONDS,
+            "wait_before_status_seconds": DEFAULT_WAIT_BEFORE_STATUS_SECONDS,
+            "run_timeout_seconds": DEFAULT_RUN_TIMEOUT_SECONDS,
+        })
+    );
+    // the default timeout is above any heartbeat the template allows
+    let heartbeat = template()
+        .example_environment("StatusFunction")
+        .remove("TASK_HEARTBEAT_SECONDS");
+    assert!(heartbeat.is_some());
+    let parameters = read("template.yaml");
+    let doc: Yaml = serde_norway::from_str(&parameters).unwrap();
+    let most = doc["Parameters"]["TaskHeartbeatSeconds"]["MaxValue"]
+        .as_u64()
+        .unwrap();
+    assert!(most < u64::from(DEFAULT_RUN_TIMEOUT_SECONDS));
+}

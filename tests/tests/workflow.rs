@@ -420,6 +420,16 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
         ),
         ("own-run-id", json!({"run_id": "other"}), "run_id"),
         (
+            "null-wait",
+            json!({"wait_before_status_seconds": null}),
+            "wait_before_status_seconds: null",
+        ),
+        (
+            "three-days-and-one",
+            json!({"run_timeout_seconds": 259_201}),
+            "run_timeout_seconds",
+        ),
+        (
             "no-bucket",
             json!({"source_bucket": "no-such-bucket-here"}),
             "source s3://no-such-bucket-here/raw/",

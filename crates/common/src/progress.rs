@@ -84,30 +84,29 @@ pub fn route_task(input: Option<&str>, me: &RunId) -> TaskRoute {
 pub enum ActivityState {
     /// Completed: some status call delivered the run's result (`succeeded` or not).
     Delivered { succeeded: bool },
-    /// Waiting for an answer: scheduled, taken, or about to be scheduled again after a
-    /// missed heartbeat. A token it no longer takes has been replaced by a new one.
+    /// Waiting for an answer: scheduled, taken, or timed out and about to be scheduled
+    /// again (a missed heartbeat) or to end the execution (the run timeout). A token it
+    /// no longer takes has been replaced, or will not be needed.
     Waiting,
-    /// The task timed out for good, or the execution ended: nothing can be delivered.
+    /// The execution ended: nothing can be delivered.
     Ended,
 }
 
-/// The state of the activity task from an execution's history events, newest first:
-/// `(event type, error)`. The newest activity event decides.
-pub fn activity_state<'a>(
-    newest_first: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-) -> ActivityState {
-    for (event, error) in newest_first {
+/// The state of the activity task from the types of an execution's history events,
+/// newest first. The newest activity or execution-end event decides; a timed-out task
+/// is waiting whatever its error, since only the execution's end is final.
+pub fn activity_state<'a>(newest_first: impl IntoIterator<Item = &'a str>) -> ActivityState {
+    for event in newest_first {
         match event {
             "ActivitySucceeded" => return ActivityState::Delivered { succeeded: true },
             "ActivityFailed" => return ActivityState::Delivered { succeeded: false },
-            "ActivityTimedOut" if error == Some("States.HeartbeatTimeout") => {
-                return ActivityState::Waiting;
+            "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted" | "ExecutionTimedOut" => {
+                return ActivityState::Ended;
             }
-            "ActivityTimedOut" | "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted"
-            | "ExecutionTimedOut" => return ActivityState::Ended,
-            "ActivityScheduled" | "ActivityStarted" | "ActivityScheduleFailed" => {
-                return ActivityState::Waiting;
-            }
+            "ActivityScheduled"
+            | "ActivityStarted"
+            | "ActivityScheduleFailed"
+            | "ActivityTimedOut" => return ActivityState::Waiting,
             _ => {}
         }
     }
@@ -214,40 +213,31 @@ mod tests {
 
     #[test]
     fn the_newest_activity_event_says_whether_the_result_was_delivered() {
-        let state = |events: &[(&'static str, Option<&'static str>)]| {
-            activity_state(events.iter().copied())
-        };
+        let state = |events: &[&'static str]| activity_state(events.iter().copied());
         assert_eq!(
             state(&[
-                ("LambdaFunctionFailed", None),
-                ("ActivitySucceeded", None),
-                ("ActivityStarted", None)
+                "LambdaFunctionFailed",
+                "ActivitySucceeded",
+                "ActivityStarted"
             ]),
             ActivityState::Delivered { succeeded: true }
         );
         assert_eq!(
-            state(&[("ActivityFailed", None)]),
+            state(&["ActivityFailed"]),
             ActivityState::Delivered { succeeded: false }
         );
         assert_eq!(
-            state(&[
-                ("ActivityStarted", None),
-                ("ActivityScheduled", None),
-                ("ActivityTimedOut", Some("States.HeartbeatTimeout"))
-            ]),
+            state(&["ActivityStarted", "ActivityScheduled", "ActivityTimedOut"]),
             ActivityState::Waiting,
             "a token lost to a missed heartbeat was replaced"
         );
         assert_eq!(
-            state(&[("ActivityTimedOut", Some("States.HeartbeatTimeout"))]),
-            ActivityState::Waiting
+            state(&["ActivityTimedOut"]),
+            ActivityState::Waiting,
+            "a timed-out task is scheduled again, or the execution ends next"
         );
         assert_eq!(
-            state(&[("ActivityTimedOut", Some("States.Timeout"))]),
-            ActivityState::Ended
-        );
-        assert_eq!(
-            state(&[("ExecutionFailed", None), ("ActivityStarted", None)]),
+            state(&["ExecutionFailed", "ActivityTimedOut"]),
             ActivityState::Ended
         );
         assert_eq!(state(&[]), ActivityState::Waiting);

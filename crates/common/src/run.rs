@@ -7,9 +7,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::RunDefaults;
 
-/// The longest a wait or a run may last, in seconds: a Step Functions execution lasts
-/// at most a year.
-pub const MAX_SECONDS: u32 = 31_536_000;
+/// The longest a wait may last, in seconds: a Step Functions execution lasts at most a
+/// year.
+pub const MAX_WAIT_SECONDS: u32 = 31_536_000;
+/// The longest a run may last, in seconds (three days). An execution's history holds
+/// at most 25,000 events, and an unfinished run adds about 3 with each status call,
+/// one every 46 s or so: about 17,000 in three days.
+pub const MAX_RUN_TIMEOUT_SECONDS: u32 = 259_200;
+/// The state machine's timing defaults (its `Defaults` state), which apply where the
+/// execution input leaves a field out.
+pub const DEFAULT_WAIT_BEFORE_MASTER_SECONDS: u32 = 5;
+pub const DEFAULT_WAIT_BEFORE_STATUS_SECONDS: u32 = 0;
+pub const DEFAULT_RUN_TIMEOUT_SECONDS: u32 = 3600;
 
 /// A problem with an event, named precisely enough for the user to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,10 +224,12 @@ pub struct MasterEvent {
 }
 
 impl MasterEvent {
-    /// The state machine's timing fields, checked before its states use them: waits of
-    /// at most a year, and a run timeout longer than the activity task's heartbeat
-    /// (Step Functions wants `HeartbeatSeconds` below `TimeoutSeconds`) and at most a year.
-    pub fn check_timing(&self, heartbeat: Duration) -> Result<(), EventError> {
+    /// The state machine's timing fields as they will apply (the defaults where left
+    /// out), checked before its states use them: waits of at most a year, and a run
+    /// timeout longer than the activity task's heartbeat (Step Functions wants
+    /// `HeartbeatSeconds` below `TimeoutSeconds`), shorter than the time the status
+    /// table keeps a run's items, and at most [`MAX_RUN_TIMEOUT_SECONDS`].
+    pub fn check_timing(&self, heartbeat: Duration, kept: Duration) -> Result<(), EventError> {
         for (field, value) in [
             (
                 "wait_before_master_seconds",
@@ -229,20 +240,23 @@ impl MasterEvent {
                 self.wait_before_status_seconds,
             ),
         ] {
-            if let Some(value) = value.filter(|v| *v > MAX_SECONDS) {
+            if let Some(value) = value.filter(|v| *v > MAX_WAIT_SECONDS) {
                 return Err(EventError(format!(
-                    "{field}: {value} is more than a year ({MAX_SECONDS} seconds), the longest an execution lasts"
+                    "{field}: {value} is more than a year ({MAX_WAIT_SECONDS} seconds), the longest an execution lasts"
                 )));
             }
         }
-        if let Some(timeout) = self.run_timeout_seconds {
-            let heartbeat = heartbeat.as_secs();
-            if u64::from(timeout) <= heartbeat || timeout > MAX_SECONDS {
-                return Err(EventError(format!(
-                    "run_timeout_seconds: {timeout} must be more than the activity task's \
-                     heartbeat ({heartbeat} seconds) and at most a year ({MAX_SECONDS} seconds)"
-                )));
-            }
+        let timeout = self
+            .run_timeout_seconds
+            .unwrap_or(DEFAULT_RUN_TIMEOUT_SECONDS);
+        let (heartbeat, kept) = (heartbeat.as_secs(), kept.as_secs());
+        let limit = (kept.saturating_sub(1)).min(u64::from(MAX_RUN_TIMEOUT_SECONDS));
+        if u64::from(timeout) <= heartbeat || u64::from(timeout) > limit {
+            return Err(EventError(format!(
+                "run_timeout_seconds: {timeout} must be more than the activity task's heartbeat \
+                 ({heartbeat} seconds, TaskHeartbeatSeconds) and at most {limit} (three days, \
+                 and less than the {kept} seconds the status table keeps a run, RUN_TTL_DAYS)"
+            )));
         }
         Ok(())
     }
@@ -304,7 +318,8 @@ impl InputCheck {
         Some(parse_event::<Envelope>(payload.clone()).map(|e| e.check))
     }
 
-    /// The input as master's event, with the run id.
+    /// The input as master's event, with the run id. A field given as `null` is refused:
+    /// the state machine would put it over the field's default.
     pub fn event(self) -> Result<MasterEvent, EventError> {
         let serde_json::Value::Object(mut fields) = self.input else {
             return Err(EventError(format!(
@@ -312,6 +327,11 @@ impl InputCheck {
                 self.input
             )));
         };
+        if let Some((field, _)) = fields.iter().find(|(_, v)| v.is_null()) {
+            return Err(EventError(format!(
+                "{field}: null is not a value; leave the field out to use its default"
+            )));
+        }
         if fields.contains_key("run_id") {
             return Err(EventError(
                 "run_id: the run id is the execution's name; leave it out of the input".into(),
@@ -350,6 +370,10 @@ pub struct MasterOutput {
 pub struct SlaveEvent {
     pub run_id: RunId,
     pub batch: String,
+    /// Set when a slave short of time hands on the rest of the batch: how many
+    /// invocations in a row have handed it on without finishing a file or a part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_on: Option<u32>,
 }
 
 /// What `slave` answers.
@@ -468,6 +492,7 @@ mod tests {
     #[test]
     fn timing_fields_are_checked_before_the_state_machine_uses_them() {
         let heartbeat = Duration::from_secs(300);
+        let kept = Duration::from_secs(30 * 86400);
         let event = |extra: serde_json::Value| {
             let mut fields = json!({"run_id": "r"});
             fields
@@ -479,7 +504,7 @@ mod tests {
         assert!(
             event(json!({"wait_before_master_seconds": 0, "run_timeout_seconds": 301}))
                 .unwrap()
-                .check_timing(heartbeat)
+                .check_timing(heartbeat, kept)
                 .is_ok()
         );
         let err = event(json!({"wait_before_master_seconds": -1})).unwrap_err();
@@ -493,19 +518,33 @@ mod tests {
             err.0.starts_with("run_timeout_seconds: invalid type"),
             "{err}"
         );
-        for timeout in [0, 300, MAX_SECONDS + 1] {
+        for timeout in [0, 300, MAX_RUN_TIMEOUT_SECONDS + 1] {
             let err = event(json!({"run_timeout_seconds": timeout}))
                 .unwrap()
-                .check_timing(heartbeat)
+                .check_timing(heartbeat, kept)
                 .unwrap_err();
             assert!(err.0.starts_with("run_timeout_seconds: "), "{err}");
-            assert!(err.0.contains("heartbeat (300 seconds)"), "{err}");
+            assert!(err.0.contains("heartbeat (300 seconds, "), "{err}");
         }
-        let err = event(json!({"wait_before_status_seconds": MAX_SECONDS + 1}))
+        let err = event(json!({"wait_before_status_seconds": MAX_WAIT_SECONDS + 1}))
             .unwrap()
-            .check_timing(heartbeat)
+            .check_timing(heartbeat, kept)
             .unwrap_err();
         assert!(err.0.starts_with("wait_before_status_seconds: "), "{err}");
+        // the default timeout must fit too, and a run must end before its items expire
+        let long_heartbeat = Duration::from_secs(u64::from(DEFAULT_RUN_TIMEOUT_SECONDS));
+        assert!(
+            event(json!({}))
+                .unwrap()
+                .check_timing(long_heartbeat, kept)
+                .is_err()
+        );
+        let one_day = Duration::from_secs(86400);
+        let err = event(json!({"run_timeout_seconds": 86400}))
+            .unwrap()
+            .check_timing(heartbeat, one_day)
+            .unwrap_err();
+        assert!(err.0.contains("at most 86399"), "{err}");
     }
 
     #[test]

@@ -840,7 +840,13 @@ impl Store {
         })
     }
 
-    async fn outcomes(&self, run: &RunId, id: &str, files: usize) -> Result<Outcomes, StoreError> {
+    /// A batch's outcomes as they stand now, strongly consistent.
+    pub async fn outcomes(
+        &self,
+        run: &RunId,
+        id: &str,
+        files: usize,
+    ) -> Result<Outcomes, StoreError> {
         let item = self.get(key(outcome_pk(run), id)).await?;
         parse_outcomes(run, item.as_ref(), files)
     }

@@ -67,12 +67,12 @@ pub enum Copy {
     /// The destination is verified to hold the listed object, whose copy has this ETag;
     /// the source is still there, to be deleted.
     Verified { etag: String },
-    /// The source is gone and the destination is verified to hold the listed object:
-    /// an earlier attempt moved it.
-    AlreadyMoved,
+    /// The source is gone (an earlier attempt may have moved it): whether the file counts
+    /// as moved is for [`Mover::verify_moved`] to say, with the copy's ETag recorded for it.
+    SourceGone,
     /// Time ran out first. A multipart copy's finished parts are kept for the next
-    /// invocation.
-    Unfinished,
+    /// invocation; `progressed` when this invocation copied some of them.
+    Unfinished { progressed: bool },
 }
 
 /// The quotes S3 puts around ETags are not part of the value.
@@ -158,7 +158,9 @@ enum Copied {
         etag_is_md5: bool,
     },
     SourceMissing,
-    Unfinished,
+    Unfinished {
+        progressed: bool,
+    },
 }
 
 /// Whether an object written with this encryption has its content MD5 as ETag.
@@ -233,14 +235,12 @@ impl<'a> Mover<'a> {
     /// not hold the listed bytes and the file fails with its source kept; finding out
     /// whether the source's ETag is an MD5 costs one `HeadObject`. In every other case
     /// (multipart sources, KMS, multipart copies) a `HeadObject` of the destination must
-    /// show the listed size and the copy's ETag. A source that is gone counts as moved
-    /// only if the destination holds the listed object ([`holds_listed_object`]);
-    /// `recorded_copy` is the copy's ETag an earlier delivery recorded before deleting.
+    /// show the listed size and the copy's ETag. A source that is gone is answered as
+    /// such, for [`Mover::verify_moved`].
     pub async fn copy_verified(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
-        recorded_copy: Option<&str>,
     ) -> Result<Copy, MoveFailure> {
         let destination_key = spec
             .destination_key(&file.key)
@@ -259,7 +259,7 @@ impl<'a> Mover<'a> {
             CopyMethod::InParts => self.copy_in_parts(spec, file, &destination_key).await?,
         };
         match copied {
-            Copied::Unfinished => Ok(Copy::Unfinished),
+            Copied::Unfinished { progressed } => Ok(Copy::Unfinished { progressed }),
             Copied::Done { etag, .. } if bare(&etag) == bare(&file.etag) => {
                 Ok(Copy::Verified { etag })
             }
@@ -278,11 +278,7 @@ impl<'a> Mover<'a> {
                     .await?;
                 Ok(Copy::Verified { etag })
             }
-            Copied::SourceMissing => {
-                self.check_moved(spec, &destination_key, file, recorded_copy)
-                    .await?;
-                Ok(Copy::AlreadyMoved)
-            }
+            Copied::SourceMissing => Ok(Copy::SourceGone),
         }
     }
 
@@ -370,7 +366,9 @@ impl<'a> Mover<'a> {
             };
             let parts = match self.copy_parts(spec, file, destination_key, &upload).await {
                 Ok(PartsCopied::All(parts)) => parts,
-                Ok(PartsCopied::Unfinished) => return Ok(Copied::Unfinished),
+                Ok(PartsCopied::Unfinished { progressed }) => {
+                    return Ok(Copied::Unfinished { progressed });
+                }
                 Ok(PartsCopied::UploadGone) => {
                     match self
                         .after_upload_gone(spec, file, destination_key, &upload)
@@ -599,7 +597,9 @@ impl<'a> Mover<'a> {
             }
         }
         if finished < wanted {
-            return Ok(PartsCopied::Unfinished);
+            return Ok(PartsCopied::Unfinished {
+                progressed: finished > 0,
+            });
         }
         Ok(PartsCopied::All(
             done.into_iter()
@@ -664,16 +664,14 @@ impl<'a> Mover<'a> {
         upload: &UploadRecord,
     ) -> Result<Option<Copied>, MoveFailure> {
         if let Some(expected) = &upload.completing_etag {
-            let head = self
-                .s3
-                .head_object()
-                .bucket(&spec.destination.bucket)
-                .key(destination_key)
-                .send()
-                .await;
-            if let Ok(head) = head
-                && head.content_length == Some(file.size as i64)
-                && head.e_tag().map(bare) == Some(bare(expected))
+            let found = match self.head_destination(spec, destination_key).await {
+                Ok(found) => Some(found),
+                Err(failure) if failure.transient => return Err(failure),
+                Err(_) => None,
+            };
+            if let Some((size, etag)) = found
+                && size == file.size as i64
+                && bare(&etag) == bare(expected)
             {
                 self.abort_others(spec, destination_key, None).await;
                 return Ok(Some(Copied::Done {
@@ -756,9 +754,26 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// The file is done with: its upload record, if it had one, can go.
+    /// The file failed or is given up on: its multipart upload, if it has one, is aborted
+    /// and forgotten, so that no parts are left to pay for.
+    pub async fn abandon_upload(&self, spec: &RunSpec, file: &ListedFile) {
+        if !might_copy_in_parts(file, self.settings) {
+            return;
+        }
+        let Ok(Some(upload)) = self.store.upload(self.run, &file.key).await else {
+            return;
+        };
+        let Ok(destination_key) = spec.destination_key(&file.key) else {
+            return;
+        };
+        let failure = permanent(String::new());
+        self.give_up(spec, &destination_key, file, &upload, failure)
+            .await;
+    }
+
+    /// The file is moved: its upload record, if it had one, can go.
     pub async fn forget_upload(&self, file: &ListedFile) {
-        if file.size < self.settings.multipart_threshold && file.size <= MAX_SINGLE_COPY {
+        if !might_copy_in_parts(file, self.settings) {
             return;
         }
         if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
@@ -789,14 +804,19 @@ impl<'a> Mover<'a> {
     }
 
     /// The source is gone: the file counts as moved only if the destination holds the
-    /// listed object.
-    async fn check_moved(
+    /// listed object ([`holds_listed_object`]). `recorded_copy` is the ETag of the copy
+    /// that a delivery recorded before deleting the source, read after the source was
+    /// found gone.
+    pub async fn verify_moved(
         &self,
         spec: &RunSpec,
-        destination_key: &str,
         file: &ListedFile,
         recorded_copy: Option<&str>,
     ) -> Result<(), MoveFailure> {
+        let destination_key = spec
+            .destination_key(&file.key)
+            .map_err(|e| permanent(e.to_string()))?;
+        let destination_key = destination_key.as_str();
         let gone = |what: String| {
             permanent(format!(
                 "the source is gone (deleted after it was listed) and the destination {destination_key:?} {what}"
@@ -956,10 +976,15 @@ impl<'a> Mover<'a> {
     }
 }
 
+/// Whether a file is large enough to have a multipart upload recorded.
+fn might_copy_in_parts(file: &ListedFile, settings: &SlaveSettings) -> bool {
+    file.size >= settings.multipart_threshold || file.size > MAX_SINGLE_COPY
+}
+
 /// The parts of a multipart copy after one invocation's work on them.
 enum PartsCopied {
     All(Vec<CompletedPart>),
-    Unfinished,
+    Unfinished { progressed: bool },
     UploadGone,
     SourceMissing,
 }
@@ -969,6 +994,12 @@ enum PartsCopied {
 fn delete_failure(code: &str, message: &str) -> Option<MoveFailure> {
     match code {
         "NoSuchKey" => None,
+        // Two conditional deletes of one key at once (duplicate deliveries): the other
+        // one is deleting it; the next round finds it gone.
+        "ConditionalRequestConflict" => Some(MoveFailure {
+            transient: true,
+            reason: "copied and verified; another delete of the source was under way".into(),
+        }),
         "PreconditionFailed" => Some(permanent(
             "the source was rewritten after it was copied; the new version is kept".into(),
         )),
@@ -1115,6 +1146,11 @@ mod tests {
         assert_eq!(delete_failure("NoSuchKey", ""), None);
         assert!(!delete_failure("PreconditionFailed", "").unwrap().transient);
         assert!(delete_failure("SlowDown", "slow").unwrap().transient);
+        assert!(
+            delete_failure("ConditionalRequestConflict", "")
+                .unwrap()
+                .transient
+        );
         assert!(!delete_failure("AccessDenied", "no").unwrap().transient);
     }
 }

@@ -152,7 +152,7 @@ impl Master {
         deadline: Option<SystemTime>,
     ) -> Result<MasterOutput, Error> {
         let event: MasterEvent = parse_event(payload)?;
-        event.check_timing(self.config.task_heartbeat)?;
+        event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
         let (run, spec) = event.resolve(&self.config.defaults)?;
         let record = self.store.start_run(&run, &spec).await?;
         let mut cursor = Cursor {
@@ -217,7 +217,7 @@ impl Master {
     #[tracing::instrument(skip_all)]
     pub async fn check(&self, check: InputCheck) -> Result<CheckOutput, Error> {
         let event = check.event()?;
-        event.check_timing(self.config.task_heartbeat)?;
+        event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
         let (run, spec) = event.resolve(&self.config.defaults)?;
         for (field, location) in [("source", &spec.source), ("destination", &spec.destination)] {
             let listed = self
@@ -366,6 +366,7 @@ impl Master {
         let event = SlaveEvent {
             run_id: run.clone(),
             batch: batch.to_string(),
+            handed_on: None,
         };
         let payload = serde_json::to_vec(&event).expect("a slave event always serializes");
         self.lambda

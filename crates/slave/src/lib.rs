@@ -37,6 +37,9 @@ const ROUNDS: u32 = 3;
 /// Time kept for recording outcomes and invoking the continuation: copies still in
 /// flight this long before the deadline are abandoned.
 const HARD_MARGIN: Duration = Duration::from_secs(10);
+/// Invocations in a row that may hand a batch on without finishing a file or copying a
+/// part; the files still left after that cannot be copied within one invocation.
+const STALLED_HANDOFFS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,8 +86,10 @@ pub struct Slave {
 struct Moved {
     /// Completed or failed, by position.
     outcomes: Vec<(usize, Outcome)>,
-    /// Files left for the next invocation.
-    unfinished: usize,
+    /// Files left for the next invocation, by position.
+    unfinished: Vec<usize>,
+    /// Whether a multipart copy left unfinished got some of its parts copied.
+    parts_copied: bool,
 }
 
 impl Slave {
@@ -131,15 +136,43 @@ impl Slave {
                 .map_err(|e| EventError(e.to_string()))?;
         }
 
+        // A delivery of master's event tries again what an earlier one failed; a slave
+        // taking over from one that ran short of time goes on with what is left.
         let todo: Vec<usize> = (0..batch.files.len())
-            .filter(|&i| batch.outcomes.states[i] != FileState::Completed)
+            .filter(|&i| match batch.outcomes.states[i] {
+                FileState::Completed => false,
+                FileState::Failed => event.handed_on.is_none(),
+                FileState::Started => true,
+            })
             .collect();
-        let already_done = (batch.files.len() - todo.len()) as u64;
+        let already_done = batch
+            .outcomes
+            .states
+            .iter()
+            .filter(|s| **s == FileState::Completed)
+            .count() as u64;
         let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
         let mover = Mover::new(&self.s3, &self.settings, &self.store, run, deadlines);
-        let moved = self
+        let mut moved = self
             .move_files(run, &spec, &mut batch, &mover, todo, deadlines)
             .await?;
+        let stalls = handoff_stalls(&moved, event.handed_on);
+        if stalls > STALLED_HANDOFFS {
+            let reason = format!(
+                "the copy did not finish within {stalls} invocations of the slave in a row; \
+                 copy it in parts (a lower MULTIPART_THRESHOLD_BYTES) or give the slave a longer \
+                 timeout; the source was left in place"
+            );
+            let stalled = std::mem::take(&mut moved.unfinished);
+            moved.outcomes.extend(stalled.into_iter().map(|i| {
+                (
+                    i,
+                    Outcome::Failed {
+                        reason: reason.clone(),
+                    },
+                )
+            }));
+        }
         for (i, outcome) in &moved.outcomes {
             let key = &batch.files[*i].key;
             match outcome {
@@ -153,22 +186,31 @@ impl Slave {
             .store
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
-        join_all(
-            moved
-                .outcomes
-                .iter()
-                .map(|(i, _)| mover.forget_upload(&batch.files[*i])),
-        )
+        // A moved file's upload is done with; a failed one's is aborted, parts and all.
+        join_all(moved.outcomes.iter().map(|(i, outcome)| {
+            let file = &batch.files[*i];
+            let (mover, spec) = (&mover, &spec);
+            async move {
+                match outcome {
+                    Outcome::Completed { .. } => mover.forget_upload(file).await,
+                    Outcome::Failed { .. } => mover.abandon_upload(spec, file).await,
+                }
+            }
+        }))
         .await;
-        if moved.unfinished > 0 {
-            self.hand_off(&event).await?;
+        if !moved.unfinished.is_empty() {
+            let next = SlaveEvent {
+                handed_on: Some(stalls),
+                ..event.clone()
+            };
+            self.hand_off(&next).await?;
         }
         let output = SlaveOutput {
             completed: delta.completed.max(0) as u64,
             failed: delta.failed.max(0) as u64,
             already_done,
             bytes: delta.bytes.max(0) as u64,
-            handed_on: moved.unfinished as u64,
+            handed_on: moved.unfinished.len() as u64,
         };
         info!(run_id = %run, batch = %batch.id, files = batch.files.len(), completed = output.completed,
               failed = output.failed, already_done = output.already_done, bytes = output.bytes,
@@ -188,15 +230,12 @@ impl Slave {
         todo: Vec<usize>,
         deadlines: Deadlines,
     ) -> Result<Moved, Error> {
-        let wanted = todo.len();
         let files = &batch.files;
-        let recorded = &batch.outcomes.copied;
         let concurrency = self.settings.move_concurrency;
+        let mut unfinished: std::collections::BTreeSet<usize> = todo.iter().copied().collect();
         let copied = in_rounds(todo, deadlines, |round| async move {
-            common::deadline::bounded(round, concurrency, deadlines, |i| async move {
-                mover
-                    .copy_verified(spec, &files[i], recorded.get(&i).map(String::as_str))
-                    .await
+            common::deadline::bounded(round, concurrency, deadlines, |i| {
+                mover.copy_verified(spec, &files[i])
             })
             .await
         })
@@ -205,7 +244,8 @@ impl Slave {
         let mut outcomes = Vec::with_capacity(copied.len());
         let mut to_delete = Vec::new();
         let mut copies = Vec::new();
-        let mut unfinished = wanted - copied.len();
+        let mut gone = Vec::new();
+        let mut parts_copied = false;
         for (i, result) in copied {
             match result {
                 Ok(Copy::Verified { etag }) => {
@@ -213,11 +253,22 @@ impl Slave {
                         copies.push((i, etag));
                     }
                     to_delete.push(i);
+                    continue;
                 }
-                Ok(Copy::AlreadyMoved) => outcomes.push((i, completed(&files[i]))),
-                Ok(Copy::Unfinished) => unfinished += 1,
+                Ok(Copy::SourceGone) => gone.push(i),
+                Ok(Copy::Unfinished { progressed }) => {
+                    parts_copied |= progressed;
+                    continue;
+                }
                 Err(failure) => outcomes.push((i, failed(failure))),
             }
+            unfinished.remove(&i);
+        }
+        if !gone.is_empty() {
+            outcomes.extend(
+                self.after_sources_gone(run, spec, batch, mover, gone)
+                    .await?,
+            );
         }
         // What identifies a copy whose ETag is not the listed one is durable before its
         // source goes: a later delivery that finds the source gone can still verify it.
@@ -228,25 +279,65 @@ impl Slave {
         if !to_delete.is_empty() {
             common::crash::crash_point("slave-between-copy-and-delete");
         }
-        let wanted = to_delete.len();
         let deleted = in_rounds(to_delete, deadlines, |round| async move {
             let sources: Vec<&ListedFile> = round.iter().map(|&i| &files[i]).collect();
             let results = mover.delete_sources(&spec.source.bucket, &sources).await;
             round.into_iter().zip(results).collect()
         })
         .await;
-        unfinished += wanted - deleted.len();
         if !deleted.is_empty() {
             common::crash::crash_point("slave-between-delete-and-record");
         }
-        outcomes.extend(deleted.into_iter().map(|(i, result)| match result {
-            Ok(()) => (i, completed(&files[i])),
-            Err(failure) => (i, failed(failure)),
-        }));
+        for (i, result) in deleted {
+            unfinished.remove(&i);
+            outcomes.push(match result {
+                Ok(()) => (i, completed(&files[i])),
+                Err(failure) => (i, failed(failure)),
+            });
+        }
         Ok(Moved {
             outcomes,
-            unfinished,
+            unfinished: unfinished.into_iter().collect(),
+            parts_copied,
         })
+    }
+
+    /// Files whose sources are gone: another delivery may have moved them meanwhile, so
+    /// the batch's outcomes are read again, now that the sources are seen gone (a
+    /// delivery records its copies before deleting). A file that delivery completed is
+    /// left to it; any other counts as moved only if its destination holds the listed
+    /// object, as the copy recorded for it says.
+    async fn after_sources_gone(
+        &self,
+        run: &RunId,
+        spec: &RunSpec,
+        batch: &mut BatchView,
+        mover: &Mover<'_>,
+        gone: Vec<usize>,
+    ) -> Result<Vec<(usize, Outcome)>, Error> {
+        batch.outcomes = self
+            .store
+            .outcomes(run, &batch.id, batch.files.len())
+            .await?;
+        let (files, now) = (&batch.files, &batch.outcomes);
+        let left: Vec<usize> = gone
+            .into_iter()
+            .filter(|&i| now.states[i] != FileState::Completed)
+            .collect();
+        let verified = common::deadline::bounded(
+            left,
+            self.settings.move_concurrency,
+            Deadlines::none(),
+            |i| mover.verify_moved(spec, &files[i], now.copied.get(&i).map(String::as_str)),
+        )
+        .await;
+        Ok(verified
+            .into_iter()
+            .map(|(i, result)| match result {
+                Ok(()) => (i, completed(&files[i])),
+                Err(failure) => (i, failed(failure)),
+            })
+            .collect())
     }
 
     /// Invokes this function again with the same event, for the files left.
@@ -268,6 +359,18 @@ impl Slave {
             .map_err(|e| Error::Handoff(AwsError::from_sdk("Invoke", e)))?;
         info!(run_id = %event.run_id, batch = %event.batch, "handed the rest of the batch on");
         Ok(())
+    }
+}
+
+/// How many invocations in a row, this one included, will have handed the batch on
+/// without finishing a file or copying a part; 0 when this one made progress or leaves
+/// nothing to hand on.
+fn handoff_stalls(moved: &Moved, handed_on: Option<u32>) -> u32 {
+    let progressed = !moved.outcomes.is_empty() || moved.parts_copied;
+    if moved.unfinished.is_empty() || progressed {
+        0
+    } else {
+        handed_on.unwrap_or(0) + 1
     }
 }
 
@@ -331,6 +434,34 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_handed_on_until_invocations_in_a_row_make_no_progress() {
+        let moved = |outcomes: usize, unfinished: usize, parts_copied| Moved {
+            outcomes: (0..outcomes)
+                .map(|i| (i, Outcome::Completed { size: 1 }))
+                .collect(),
+            unfinished: (outcomes..outcomes + unfinished).collect(),
+            parts_copied,
+        };
+        assert_eq!(
+            handoff_stalls(&moved(3, 0, false), Some(2)),
+            0,
+            "nothing left"
+        );
+        assert_eq!(
+            handoff_stalls(&moved(1, 5, false), Some(2)),
+            0,
+            "a file finished"
+        );
+        assert_eq!(
+            handoff_stalls(&moved(0, 5, true), Some(2)),
+            0,
+            "parts were copied"
+        );
+        assert_eq!(handoff_stalls(&moved(0, 5, false), None), 1);
+        assert_eq!(handoff_stalls(&moved(0, 5, false), Some(2)), 3);
+    }
 
     #[test]
     fn every_error_type_is_listed() {

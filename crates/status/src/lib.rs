@@ -17,7 +17,6 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sdk_sfn::types::HistoryEvent;
 use common::crash::crash_point;
 use common::lambda::remaining;
 use common::progress::{
@@ -285,19 +284,14 @@ impl Status {
                 match self.send(&token, verdict).await {
                     Ok(()) => {
                         crash_point("status-after-delivery");
-                        self.store.mark_delivered(run, verdict.delivered()).await?;
+                        self.note_delivered(run, verdict.delivered()).await;
                         return Ok(());
                     }
                     Err(e) if TOKEN_GONE.iter().any(|code| e.code_is(code)) => {
                         match self.activity_state(event, &e).await? {
                             ActivityState::Delivered { succeeded } => {
-                                let how = if succeeded {
-                                    Delivered::Succeeded
-                                } else {
-                                    Delivered::Failed
-                                };
                                 info!(run_id = %run, "the run's result was delivered before");
-                                self.store.mark_delivered(run, how).await?;
+                                self.note_delivered(run, delivered(succeeded)).await;
                                 return Ok(());
                             }
                             ActivityState::Waiting => {
@@ -320,7 +314,7 @@ impl Status {
                 None => polls < POLLS_WITHOUT_DEADLINE,
             };
             if !may_poll {
-                return Err(Error::ActivityTaskPending { run: run.clone() });
+                return self.no_token_yet(event).await;
             }
             polls += 1;
             if let Some(token) = self.poll(run).await? {
@@ -334,6 +328,37 @@ impl Status {
                 .await?
                 .map(|r| r.task_tokens)
                 .unwrap_or_default();
+        }
+    }
+
+    /// No token of the run's task came within this call. Unless the execution's history
+    /// shows the result delivered already (by a call whose token was since forgotten),
+    /// the answer is `ActivityTaskPending`, which the state machine retries.
+    async fn no_token_yet(&self, event: &StatusEvent) -> Result<(), Error> {
+        let run = &event.run_id;
+        let pending = || Error::ActivityTaskPending { run: run.clone() };
+        if event.execution.is_none() {
+            return Err(pending());
+        }
+        let nothing = AwsError::permanent("GetActivityTask", "no task token came");
+        match self.activity_state(event, &nothing).await? {
+            ActivityState::Delivered { succeeded } => {
+                self.note_delivered(run, delivered(succeeded)).await;
+                Ok(())
+            }
+            ActivityState::Waiting => Err(pending()),
+            ActivityState::Ended => Err(Error::ActivityTaskGone {
+                run: run.clone(),
+                source: nothing,
+            }),
+        }
+    }
+
+    /// Notes on the run's item that its result was delivered. The delivery stands even if
+    /// this fails: a later call would find its token closed and the history would tell.
+    async fn note_delivered(&self, run: &RunId, how: Delivered) {
+        if let Err(e) = self.store.mark_delivered(run, how).await {
+            warn!(run_id = %run, error = %e, "the result was delivered but could not be noted");
         }
     }
 
@@ -397,11 +422,11 @@ impl Status {
                 .send()
                 .await
                 .map_err(|e| Error::Activity(AwsError::from_sdk("GetExecutionHistory", e)))?;
-            let events: Vec<(&str, Option<&str>)> = page.events.iter().map(event_kind).collect();
-            let state = activity_state(events.iter().copied());
-            let decided = events
+            let kinds: Vec<&str> = page.events.iter().map(|e| e.r#type.as_str()).collect();
+            let state = activity_state(kinds.iter().copied());
+            let decided = kinds
                 .iter()
-                .any(|(kind, _)| kind.starts_with("Activity") || kind.starts_with("Execution"));
+                .any(|kind| kind.starts_with("Activity") || kind.starts_with("Execution"));
             if decided || page.next_token.is_none() {
                 return Ok(state);
             }
@@ -456,12 +481,12 @@ impl Status {
     }
 }
 
-/// A history event's type and, for a timed-out activity, its error.
-fn event_kind(event: &HistoryEvent) -> (&str, Option<&str>) {
-    let error = event
-        .activity_timed_out_event_details()
-        .and_then(|d| d.error());
-    (event.r#type.as_str(), error)
+fn delivered(succeeded: bool) -> Delivered {
+    if succeeded {
+        Delivered::Succeeded
+    } else {
+        Delivered::Failed
+    }
 }
 
 /// The Lambda handler: a configuration error read at cold start is every invocation's answer.
