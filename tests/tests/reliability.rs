@@ -713,7 +713,7 @@ const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
         "status",
         "dynamodb:GetItem",
         "after a poll that brought no task, or another run's, status reads whether a \
-         concurrent check parked this run's token",
+         concurrent check recorded this run's token",
     ),
     (
         "status",

@@ -202,7 +202,7 @@ async fn a_call_waits_for_files_still_moving_and_answers_as_soon_as_they_are_don
 }
 
 #[tokio::test]
-async fn a_token_for_another_run_is_parked_there_and_delivered_by_that_run() {
+async fn a_token_for_another_run_is_recorded_there_and_delivered_by_that_run() {
     // GIVEN two finished runs; the activity hands out run-b's task before run-a's
     let f = Fixture::new().await;
     moved_run(&f, "run-a", "a/", &["1.csv", "2.csv"]).await;
@@ -261,7 +261,7 @@ async fn a_token_for_another_run_is_parked_there_and_delivered_by_that_run() {
         .await
         .unwrap();
 
-    // THEN it delivers the parked token without polling
+    // THEN it delivers the recorded token without polling
     assert_eq!(summary_b.files, 1);
     let calls_b = &calls.list()[3..];
     assert_eq!(calls_b.len(), 1);

@@ -60,7 +60,7 @@ pub enum Delivered {
 /// The run item.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunRecord {
-    /// Absent when only a task token has been parked on the run so far.
+    /// Absent when only a task token has been recorded on the run so far.
     pub spec: Option<RunSpec>,
     pub listing_complete: bool,
     pub selected: u64,
