@@ -754,12 +754,35 @@ impl<'a> Mover<'a> {
         }
     }
 
+    /// Files that have their outcome (`true` for moved), and might have had a multipart
+    /// upload: a moved file's upload record goes; a failed file's upload is aborted and
+    /// forgotten, so that no parts are left to pay for.
+    pub async fn settle_uploads(&self, spec: &RunSpec, files: &[(&ListedFile, bool)]) {
+        let large: Vec<(&ListedFile, bool)> = files
+            .iter()
+            .copied()
+            .filter(|(file, _)| might_copy_in_parts(file, self.settings))
+            .collect();
+        bounded(
+            large,
+            self.settings.move_concurrency,
+            Deadlines::none(),
+            |(file, moved)| async move {
+                if moved {
+                    if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
+                        tracing::warn!(key = %file.key, error = %e, "could not forget a finished upload");
+                    }
+                } else {
+                    self.abandon_upload(spec, file).await;
+                }
+            },
+        )
+        .await;
+    }
+
     /// The file failed or is given up on: its multipart upload, if it has one, is aborted
-    /// and forgotten, so that no parts are left to pay for.
-    pub async fn abandon_upload(&self, spec: &RunSpec, file: &ListedFile) {
-        if !might_copy_in_parts(file, self.settings) {
-            return;
-        }
+    /// and forgotten.
+    async fn abandon_upload(&self, spec: &RunSpec, file: &ListedFile) {
         let Ok(Some(upload)) = self.store.upload(self.run, &file.key).await else {
             return;
         };
@@ -769,16 +792,6 @@ impl<'a> Mover<'a> {
         let failure = permanent(String::new());
         self.give_up(spec, &destination_key, file, &upload, failure)
             .await;
-    }
-
-    /// The file is moved: its upload record, if it had one, can go.
-    pub async fn forget_upload(&self, file: &ListedFile) {
-        if !might_copy_in_parts(file, self.settings) {
-            return;
-        }
-        if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
-            tracing::warn!(key = %file.key, error = %e, "could not forget a finished upload");
-        }
     }
 
     /// Checks that the destination holds `size` bytes and the ETag the copy reported.

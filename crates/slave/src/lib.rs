@@ -27,7 +27,6 @@ use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
 };
-use futures::future::join_all;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::{info, warn};
@@ -187,17 +186,17 @@ impl Slave {
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
         // A moved file's upload is done with; a failed one's is aborted, parts and all.
-        join_all(moved.outcomes.iter().map(|(i, outcome)| {
-            let file = &batch.files[*i];
-            let (mover, spec) = (&mover, &spec);
-            async move {
-                match outcome {
-                    Outcome::Completed { .. } => mover.forget_upload(file).await,
-                    Outcome::Failed { .. } => mover.abandon_upload(spec, file).await,
-                }
-            }
-        }))
-        .await;
+        let settled: Vec<(&ListedFile, bool)> = moved
+            .outcomes
+            .iter()
+            .map(|(i, outcome)| {
+                (
+                    &batch.files[*i],
+                    matches!(outcome, Outcome::Completed { .. }),
+                )
+            })
+            .collect();
+        mover.settle_uploads(&spec, &settled).await;
         if !moved.unfinished.is_empty() {
             let next = SlaveEvent {
                 handed_on: Some(stalls),
