@@ -103,10 +103,12 @@ pub fn activity_state<'a>(newest_first: impl IntoIterator<Item = &'a str>) -> Ac
             "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted" | "ExecutionTimedOut" => {
                 return ActivityState::Ended;
             }
+            // A redriven execution runs again from its failed state, waiting on its task.
             "ActivityScheduled"
             | "ActivityStarted"
             | "ActivityScheduleFailed"
-            | "ActivityTimedOut" => return ActivityState::Waiting,
+            | "ActivityTimedOut"
+            | "ExecutionRedriven" => return ActivityState::Waiting,
             _ => {}
         }
     }
@@ -239,6 +241,10 @@ mod tests {
         assert_eq!(
             state(&["ExecutionFailed", "ActivityTimedOut"]),
             ActivityState::Ended
+        );
+        assert_eq!(
+            state(&["ExecutionRedriven", "ExecutionFailed", "ActivityTimedOut"]),
+            ActivityState::Waiting
         );
         assert_eq!(state(&[]), ActivityState::Waiting);
     }

@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::RunDefaults;
 
-/// The longest a wait may last, in seconds: a Step Functions execution lasts at most a
-/// year.
-pub const MAX_WAIT_SECONDS: u32 = 31_536_000;
 /// The longest a run may last, in seconds (three days). An execution's history holds
 /// at most 25,000 events, and an unfinished run adds about 3 with each status call,
 /// one every 46 s or so: about 17,000 in three days.
@@ -225,27 +222,12 @@ pub struct MasterEvent {
 
 impl MasterEvent {
     /// The state machine's timing fields as they will apply (the defaults where left
-    /// out), checked before its states use them: waits of at most a year, and a run
-    /// timeout longer than the activity task's heartbeat (Step Functions wants
-    /// `HeartbeatSeconds` below `TimeoutSeconds`), shorter than the time the status
-    /// table keeps a run's items, and at most [`MAX_RUN_TIMEOUT_SECONDS`].
+    /// out), checked before its states use them: a run timeout longer than the activity
+    /// task's heartbeat (Step Functions wants `HeartbeatSeconds` below `TimeoutSeconds`),
+    /// shorter than the time the status table keeps a run's items, and at most
+    /// [`MAX_RUN_TIMEOUT_SECONDS`]; and waits that leave time to run within it, as the
+    /// run timeout counts from the start, waits included.
     pub fn check_timing(&self, heartbeat: Duration, kept: Duration) -> Result<(), EventError> {
-        for (field, value) in [
-            (
-                "wait_before_master_seconds",
-                self.wait_before_master_seconds,
-            ),
-            (
-                "wait_before_status_seconds",
-                self.wait_before_status_seconds,
-            ),
-        ] {
-            if let Some(value) = value.filter(|v| *v > MAX_WAIT_SECONDS) {
-                return Err(EventError(format!(
-                    "{field}: {value} is more than a year ({MAX_WAIT_SECONDS} seconds), the longest an execution lasts"
-                )));
-            }
-        }
         let timeout = self
             .run_timeout_seconds
             .unwrap_or(DEFAULT_RUN_TIMEOUT_SECONDS);
@@ -256,6 +238,24 @@ impl MasterEvent {
                 "run_timeout_seconds: {timeout} must be more than the activity task's heartbeat \
                  ({heartbeat} seconds, TaskHeartbeatSeconds) and at most {limit} (three days, \
                  and less than the {kept} seconds the status table keeps a run, RUN_TTL_DAYS)"
+            )));
+        }
+        let master = self
+            .wait_before_master_seconds
+            .unwrap_or(DEFAULT_WAIT_BEFORE_MASTER_SECONDS);
+        let status = self
+            .wait_before_status_seconds
+            .unwrap_or(DEFAULT_WAIT_BEFORE_STATUS_SECONDS);
+        if u64::from(master) + u64::from(status) >= u64::from(timeout) {
+            let field = if self.wait_before_master_seconds.is_some() {
+                "wait_before_master_seconds"
+            } else {
+                "wait_before_status_seconds"
+            };
+            return Err(EventError(format!(
+                "{field}: the waits before master ({master} s) and before status ({status} s) \
+                 leave no time to run within run_timeout_seconds ({timeout} s), which counts \
+                 from the start, waits included"
             )));
         }
         Ok(())
@@ -526,11 +526,23 @@ mod tests {
             assert!(err.0.starts_with("run_timeout_seconds: "), "{err}");
             assert!(err.0.contains("heartbeat (300 seconds, "), "{err}");
         }
-        let err = event(json!({"wait_before_status_seconds": MAX_WAIT_SECONDS + 1}))
+        let err = event(json!({"wait_before_status_seconds": 3600}))
             .unwrap()
             .check_timing(heartbeat, kept)
             .unwrap_err();
         assert!(err.0.starts_with("wait_before_status_seconds: "), "{err}");
+        assert!(err.0.contains("(3600 s)"), "{err}");
+        let err = event(json!({"wait_before_master_seconds": 600, "run_timeout_seconds": 600}))
+            .unwrap()
+            .check_timing(heartbeat, kept)
+            .unwrap_err();
+        assert!(err.0.starts_with("wait_before_master_seconds: "), "{err}");
+        assert!(
+            event(json!({"wait_before_master_seconds": 600, "run_timeout_seconds": 601}))
+                .unwrap()
+                .check_timing(heartbeat, kept)
+                .is_ok()
+        );
         // the default timeout must fit too, and a run must end before its items expire
         let long_heartbeat = Duration::from_secs(u64::from(DEFAULT_RUN_TIMEOUT_SECONDS));
         assert!(

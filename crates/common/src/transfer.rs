@@ -378,7 +378,13 @@ impl<'a> Mover<'a> {
                         None => continue,
                     }
                 }
-                Ok(PartsCopied::SourceMissing) => return Ok(Copied::SourceMissing),
+                Ok(PartsCopied::SourceMissing) => {
+                    // No part can be copied any more: the upload goes.
+                    let gone = permanent("the source is gone".into());
+                    self.give_up(spec, destination_key, file, &upload, gone)
+                        .await;
+                    return Ok(Copied::SourceMissing);
+                }
                 Err(failure) => {
                     return Err(self
                         .give_up(spec, destination_key, file, &upload, failure)
@@ -756,8 +762,14 @@ impl<'a> Mover<'a> {
 
     /// Files that have their outcome (`true` for moved), and might have had a multipart
     /// upload: a moved file's upload record goes; a failed file's upload is aborted and
-    /// forgotten, so that no parts are left to pay for.
-    pub async fn settle_uploads(&self, spec: &RunSpec, files: &[(&ListedFile, bool)]) {
+    /// forgotten, so that no parts are left to pay for. Best effort, within `deadlines`:
+    /// what is left is settled by a later delivery, or aborted by a lifecycle rule.
+    pub async fn settle_uploads(
+        &self,
+        spec: &RunSpec,
+        files: &[(&ListedFile, bool)],
+        deadlines: Deadlines,
+    ) {
         let large: Vec<(&ListedFile, bool)> = files
             .iter()
             .copied()
@@ -766,7 +778,7 @@ impl<'a> Mover<'a> {
         bounded(
             large,
             self.settings.move_concurrency,
-            Deadlines::none(),
+            deadlines,
             |(file, moved)| async move {
                 if moved {
                     if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
@@ -980,7 +992,7 @@ impl<'a> Mover<'a> {
                 match delete_failure(code, &err.message) {
                     None => Ok(()),
                     Some(failure) => Err(MoveFailure {
-                        transient: err.transient,
+                        transient: failure.transient || err.transient,
                         ..failure
                     }),
                 }

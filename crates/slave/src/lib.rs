@@ -39,6 +39,8 @@ const HARD_MARGIN: Duration = Duration::from_secs(10);
 /// Invocations in a row that may hand a batch on without finishing a file or copying a
 /// part; the files still left after that cannot be copied within one invocation.
 const STALLED_HANDOFFS: u32 = 3;
+/// Time kept after settling the uploads of finished files, so the invocation ends in time.
+const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -135,14 +137,9 @@ impl Slave {
                 .map_err(|e| EventError(e.to_string()))?;
         }
 
-        // A delivery of master's event tries again what an earlier one failed; a slave
-        // taking over from one that ran short of time goes on with what is left.
+        // Every file not completed: one an earlier delivery failed is tried again.
         let todo: Vec<usize> = (0..batch.files.len())
-            .filter(|&i| match batch.outcomes.states[i] {
-                FileState::Completed => false,
-                FileState::Failed => event.handed_on.is_none(),
-                FileState::Started => true,
-            })
+            .filter(|&i| batch.outcomes.states[i] != FileState::Completed)
             .collect();
         let already_done = batch
             .outcomes
@@ -155,7 +152,14 @@ impl Slave {
         let mut moved = self
             .move_files(run, &spec, &mut batch, &mover, todo, deadlines)
             .await?;
-        let stalls = handoff_stalls(&moved, event.handed_on);
+        // Progress is a file whose state changes, or parts copied: a file that fails again
+        // as before is none.
+        let changes = !batch.outcomes.clone().apply(&moved.outcomes).is_zero();
+        let stalls = handoff_stalls(
+            changes || moved.parts_copied,
+            !moved.unfinished.is_empty(),
+            event.handed_on,
+        );
         if stalls > STALLED_HANDOFFS {
             let reason = format!(
                 "the copy did not finish within {stalls} invocations of the slave in a row; \
@@ -185,7 +189,15 @@ impl Slave {
             .store
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
+        if !moved.unfinished.is_empty() {
+            let next = SlaveEvent {
+                handed_on: Some(stalls),
+                ..event.clone()
+            };
+            self.hand_off(&next).await?;
+        }
         // A moved file's upload is done with; a failed one's is aborted, parts and all.
+        // Last, and only while time is left: this invocation's work is recorded already.
         let settled: Vec<(&ListedFile, bool)> = moved
             .outcomes
             .iter()
@@ -196,14 +208,8 @@ impl Slave {
                 )
             })
             .collect();
-        mover.settle_uploads(&spec, &settled).await;
-        if !moved.unfinished.is_empty() {
-            let next = SlaveEvent {
-                handed_on: Some(stalls),
-                ..event.clone()
-            };
-            self.hand_off(&next).await?;
-        }
+        let before_the_end = Deadlines::before(deadline, Duration::ZERO, SETTLE_MARGIN);
+        mover.settle_uploads(&spec, &settled, before_the_end).await;
         let output = SlaveOutput {
             completed: delta.completed.max(0) as u64,
             failed: delta.failed.max(0) as u64,
@@ -254,7 +260,10 @@ impl Slave {
                     to_delete.push(i);
                     continue;
                 }
-                Ok(Copy::SourceGone) => gone.push(i),
+                Ok(Copy::SourceGone) => {
+                    gone.push(i);
+                    continue;
+                }
                 Ok(Copy::Unfinished { progressed }) => {
                     parts_copied |= progressed;
                     continue;
@@ -264,10 +273,13 @@ impl Slave {
             unfinished.remove(&i);
         }
         if !gone.is_empty() {
-            outcomes.extend(
-                self.after_sources_gone(run, spec, batch, mover, gone)
-                    .await?,
-            );
+            for (i, outcome) in self
+                .after_sources_gone(run, spec, batch, mover, gone, deadlines)
+                .await?
+            {
+                unfinished.remove(&i);
+                outcomes.extend(outcome.map(|outcome| (i, outcome)));
+            }
         }
         // What identifies a copy whose ETag is not the listed one is durable before its
         // source goes: a later delivery that finds the source gone can still verify it.
@@ -304,8 +316,9 @@ impl Slave {
     /// Files whose sources are gone: another delivery may have moved them meanwhile, so
     /// the batch's outcomes are read again, now that the sources are seen gone (a
     /// delivery records its copies before deleting). A file that delivery completed is
-    /// left to it; any other counts as moved only if its destination holds the listed
-    /// object, as the copy recorded for it says.
+    /// done, with no outcome of this invocation's; any other counts as moved only if its
+    /// destination holds the listed object, as the copy recorded for it says. A file
+    /// whose destination cannot be checked for now is not answered: it is left for later.
     async fn after_sources_gone(
         &self,
         run: &RunId,
@@ -313,29 +326,33 @@ impl Slave {
         batch: &mut BatchView,
         mover: &Mover<'_>,
         gone: Vec<usize>,
-    ) -> Result<Vec<(usize, Outcome)>, Error> {
+        deadlines: Deadlines,
+    ) -> Result<Vec<(usize, Option<Outcome>)>, Error> {
         batch.outcomes = self
             .store
             .outcomes(run, &batch.id, batch.files.len())
             .await?;
         let (files, now) = (&batch.files, &batch.outcomes);
-        let left: Vec<usize> = gone
+        let (done, left): (Vec<usize>, Vec<usize>) = gone
             .into_iter()
-            .filter(|&i| now.states[i] != FileState::Completed)
-            .collect();
-        let verified = common::deadline::bounded(
-            left,
-            self.settings.move_concurrency,
-            Deadlines::none(),
-            |i| mover.verify_moved(spec, &files[i], now.copied.get(&i).map(String::as_str)),
-        )
-        .await;
-        Ok(verified
-            .into_iter()
-            .map(|(i, result)| match result {
-                Ok(()) => (i, completed(&files[i])),
-                Err(failure) => (i, failed(failure)),
+            .partition(|&i| now.states[i] == FileState::Completed);
+        let concurrency = self.settings.move_concurrency;
+        let verified = in_rounds(left, deadlines, |round| async move {
+            common::deadline::bounded(round, concurrency, deadlines, |i| {
+                mover.verify_moved(spec, &files[i], now.copied.get(&i).map(String::as_str))
             })
+            .await
+        })
+        .await;
+        let answered = verified.into_iter().filter_map(|(i, result)| match result {
+            Ok(()) => Some((i, Some(completed(&files[i])))),
+            Err(failure) if failure.transient => None,
+            Err(failure) => Some((i, Some(failed(failure)))),
+        });
+        Ok(done
+            .into_iter()
+            .map(|i| (i, None))
+            .chain(answered)
             .collect())
     }
 
@@ -362,11 +379,10 @@ impl Slave {
 }
 
 /// How many invocations in a row, this one included, will have handed the batch on
-/// without finishing a file or copying a part; 0 when this one made progress or leaves
-/// nothing to hand on.
-fn handoff_stalls(moved: &Moved, handed_on: Option<u32>) -> u32 {
-    let progressed = !moved.outcomes.is_empty() || moved.parts_copied;
-    if moved.unfinished.is_empty() || progressed {
+/// without progress (a file's state changed, or parts copied); 0 when this one made
+/// progress or leaves nothing to hand on.
+fn handoff_stalls(progressed: bool, files_left: bool, handed_on: Option<u32>) -> u32 {
+    if !files_left || progressed {
         0
     } else {
         handed_on.unwrap_or(0) + 1
@@ -436,30 +452,10 @@ mod tests {
 
     #[test]
     fn a_batch_is_handed_on_until_invocations_in_a_row_make_no_progress() {
-        let moved = |outcomes: usize, unfinished: usize, parts_copied| Moved {
-            outcomes: (0..outcomes)
-                .map(|i| (i, Outcome::Completed { size: 1 }))
-                .collect(),
-            unfinished: (outcomes..outcomes + unfinished).collect(),
-            parts_copied,
-        };
-        assert_eq!(
-            handoff_stalls(&moved(3, 0, false), Some(2)),
-            0,
-            "nothing left"
-        );
-        assert_eq!(
-            handoff_stalls(&moved(1, 5, false), Some(2)),
-            0,
-            "a file finished"
-        );
-        assert_eq!(
-            handoff_stalls(&moved(0, 5, true), Some(2)),
-            0,
-            "parts were copied"
-        );
-        assert_eq!(handoff_stalls(&moved(0, 5, false), None), 1);
-        assert_eq!(handoff_stalls(&moved(0, 5, false), Some(2)), 3);
+        assert_eq!(handoff_stalls(false, false, Some(2)), 0, "nothing left");
+        assert_eq!(handoff_stalls(true, true, Some(2)), 0, "progress");
+        assert_eq!(handoff_stalls(false, true, None), 1);
+        assert_eq!(handoff_stalls(false, true, Some(2)), 3);
     }
 
     #[test]
