@@ -122,7 +122,13 @@ impl LocalStack {
         std::fs::write(self.crash_dir.join(point), b"").unwrap();
     }
 
-    /// Whether the crash armed at `point` has happened.
+    /// Makes the next `times` arrivals at the crash point `point` abort there, for a
+    /// point one function at a time reaches.
+    pub fn arm_crashes(&self, point: &str, times: u32) {
+        std::fs::write(self.crash_dir.join(point), times.to_string()).unwrap();
+    }
+
+    /// Whether the crashes armed at `point` have all happened.
     pub fn crashed(&self, point: &str) -> bool {
         !self.crash_dir.join(point).exists()
     }

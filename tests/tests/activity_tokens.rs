@@ -1,8 +1,9 @@
 //! The activity task's token is never lost, on the local stack through the real state
-//! machine: status dies or its calls fail at each step of handling a token, once, and
-//! every execution still ends as it should (succeeded with the summary, or
-//! `TransferFailed` naming the files) well before its run timeout. The test stack's
-//! activity heartbeat is a few seconds, so a token lost with its holder comes back fast.
+//! machine: status dies or its calls fail at each step of handling a token, once, or
+//! dies past every retry, and every execution still ends as it should (succeeded with
+//! the summary, or `TransferFailed` naming the files) well before its run timeout. The
+//! test stack's activity heartbeat is a few seconds, so a token lost with its holder
+//! comes back fast.
 //!
 //! Faults and armed crashes apply to the whole stack, so the tests take turns.
 
@@ -351,6 +352,41 @@ async fn a_status_that_dies_right_after_delivering_is_answered_the_same_by_its_r
         failures.iter().any(|e| e == "Runtime.ExitError"),
         "{failures:?}"
     );
+    let events = succeeded(stack, &execution, &described, &bucket, &files).await;
+    assert_eq!(heartbeat_timeouts(&events), 0, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_status_that_keeps_dying_past_its_retries_is_entered_afresh_after_a_pause() {
+    // GIVEN a run whose status dies on entry four times in a row: one more than the
+    // state machine's retrier of Lambda errors allows
+    let stack = local_stack();
+    let files = keys("raw/f-", 8);
+    let bucket = bucket_with(stack, &files).await;
+    let _turn = stack.turn(json!({})).await;
+    stack.arm_crashes("status-on-entry", 4);
+
+    // WHEN the execution runs
+    let execution = stack
+        .start("status-keeps-dying", &timed(&bucket, json!({})))
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN the retrier gave up, the catcher paused and entered Status again with the
+    // request intact, and the run ended with its summary
+    assert!(stack.crashed("status-on-entry"));
+    let history = stack.history(&execution).await;
+    let exits = lambda_failures(&history)
+        .into_iter()
+        .filter(|e| e == "Runtime.ExitError")
+        .count();
+    assert_eq!(exits, 4, "{:?}", lambda_failures(&history));
+    let pauses = history
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .filter(|d| d.name() == "PauseBeforeStatus")
+        .count();
+    assert_eq!(pauses, 1);
     let events = succeeded(stack, &execution, &described, &bucket, &files).await;
     assert_eq!(heartbeat_timeouts(&events), 0, "{events:?}");
 }

@@ -190,10 +190,24 @@ async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
     assert_eq!((progress.completed, progress.failed), (2, 2));
     assert_eq!(progress.verdict(), common::progress::Verdict::Failed);
 
-    // AND a redelivery counts nothing again
+    // AND a redelivery, even once a failure's cause is gone (the vanished source put
+    // back as listed), leaves the failed files as recorded and reported: at the source
+    f.put("raw/vanished.csv", body_of("raw/vanished.csv")).await;
     let again = deliver(&f.slave(), &events[0]).await;
-    assert_eq!((again.completed, again.failed), (0, 0));
+    assert_eq!(
+        (again.completed, again.failed, again.already_done),
+        (0, 0, 2)
+    );
     assert_eq!(f.progress("fail").await, progress);
+    assert_eq!(
+        f.file("fail", "raw/vanished.csv").await.state,
+        FileState::Failed
+    );
+    assert_eq!(
+        f.get("raw/vanished.csv").await,
+        Some(body_of("raw/vanished.csv"))
+    );
+    assert_eq!(f.get("refined/vanished.csv").await, None);
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //!
 //! A crash point `name` is armed by creating the file `name` in the directory that
 //! `CRASH_ARMED_DIR` names. The first process to reach the point removes the file and
-//! aborts, as a Lambda that runs out of time or memory there would.
+//! aborts, as a Lambda that runs out of time or memory there would. A file holding a
+//! number `n` above 1 makes the next `n` arrivals abort, one after the other; it is for
+//! points that one process at a time reaches.
 
 /// Aborts the process if the crash point `name` is armed.
 pub fn crash_point(name: &str) {
@@ -13,7 +15,14 @@ pub fn crash_point(name: &str) {
             return;
         };
         let armed = std::path::Path::new(&dir).join(name);
-        if std::fs::remove_file(&armed).is_ok() {
+        let Ok(times) = std::fs::read_to_string(&armed) else {
+            return;
+        };
+        let claimed = match times.trim().parse::<u32>() {
+            Ok(left) if left > 1 => std::fs::write(&armed, (left - 1).to_string()).is_ok(),
+            _ => std::fs::remove_file(&armed).is_ok(),
+        };
+        if claimed {
             tracing::error!(point = name, "crashing, as a test armed");
             std::process::abort();
         }

@@ -95,24 +95,37 @@ pub enum ActivityState {
 /// The state of the activity task from the types of an execution's history events,
 /// newest first. The newest activity or execution-end event decides; a timed-out task
 /// is waiting whatever its error, since only the execution's end is final.
-pub fn activity_state<'a>(newest_first: impl IntoIterator<Item = &'a str>) -> ActivityState {
+///
+/// A redrive runs again only the branches that did not succeed: past an
+/// `ExecutionRedriven` event, the end before it no longer counts, and an older success of
+/// the task still stands while any other task event means the task runs again.
+///
+/// `None` when no event decides: older events may, or else the task is waiting.
+pub fn activity_state<'a>(
+    newest_first: impl IntoIterator<Item = &'a str>,
+) -> Option<ActivityState> {
+    let mut redriven = false;
     for event in newest_first {
         match event {
-            "ActivitySucceeded" => return ActivityState::Delivered { succeeded: true },
-            "ActivityFailed" => return ActivityState::Delivered { succeeded: false },
-            "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted" | "ExecutionTimedOut" => {
-                return ActivityState::Ended;
+            "ActivitySucceeded" => return Some(ActivityState::Delivered { succeeded: true }),
+            "ActivityFailed" if !redriven => {
+                return Some(ActivityState::Delivered { succeeded: false });
             }
-            // A redriven execution runs again from its failed state, waiting on its task.
-            "ActivityScheduled"
+            "ExecutionSucceeded" | "ExecutionFailed" | "ExecutionAborted" | "ExecutionTimedOut"
+                if !redriven =>
+            {
+                return Some(ActivityState::Ended);
+            }
+            "ExecutionRedriven" => redriven = true,
+            "ActivityFailed"
+            | "ActivityScheduled"
             | "ActivityStarted"
             | "ActivityScheduleFailed"
-            | "ActivityTimedOut"
-            | "ExecutionRedriven" => return ActivityState::Waiting,
+            | "ActivityTimedOut" => return Some(ActivityState::Waiting),
             _ => {}
         }
     }
-    ActivityState::Waiting
+    None
 }
 
 /// When a run must be finished: its execution's start plus its timeout. `None` if
@@ -215,7 +228,9 @@ mod tests {
 
     #[test]
     fn the_newest_activity_event_says_whether_the_result_was_delivered() {
-        let state = |events: &[&'static str]| activity_state(events.iter().copied());
+        let state = |events: &[&'static str]| {
+            activity_state(events.iter().copied()).expect("an event decides")
+        };
         assert_eq!(
             state(&[
                 "LambdaFunctionFailed",
@@ -242,11 +257,48 @@ mod tests {
             state(&["ExecutionFailed", "ActivityTimedOut"]),
             ActivityState::Ended
         );
+        assert_eq!(activity_state(["LambdaFunctionSucceeded"]), None);
+        assert_eq!(activity_state([]), None);
+    }
+
+    #[test]
+    fn a_redrive_runs_the_task_again_unless_it_succeeded_before() {
+        let state = |events: &[&'static str]| activity_state(events.iter().copied());
         assert_eq!(
             state(&["ExecutionRedriven", "ExecutionFailed", "ActivityTimedOut"]),
-            ActivityState::Waiting
+            Some(ActivityState::Waiting),
+            "the branch waiting on the task timed out: it runs again"
         );
-        assert_eq!(state(&[]), ActivityState::Waiting);
+        assert_eq!(
+            state(&["ExecutionRedriven", "ExecutionFailed", "ActivityFailed"]),
+            Some(ActivityState::Waiting),
+            "a failed task is scheduled again"
+        );
+        assert_eq!(
+            state(&[
+                "ExecutionRedriven",
+                "ExecutionFailed",
+                "LambdaFunctionFailed",
+                "ActivitySucceeded"
+            ]),
+            Some(ActivityState::Delivered { succeeded: true }),
+            "the task's branch succeeded: only the failed branch runs again"
+        );
+        assert_eq!(
+            state(&["ExecutionRedriven", "ExecutionFailed"]),
+            None,
+            "older events decide"
+        );
+        assert_eq!(
+            state(&[
+                "ActivityScheduled",
+                "ExecutionRedriven",
+                "ExecutionFailed",
+                "ActivitySucceeded"
+            ]),
+            Some(ActivityState::Waiting),
+            "events after the redrive come first"
+        );
     }
 
     #[test]

@@ -128,6 +128,19 @@ pub enum StoreError {
     Corrupt { run: RunId, problem: String },
 }
 
+impl StoreError {
+    /// The `errorType` of a status table failure, in every function: `StatusTableError`
+    /// when trying again later may succeed (throttling, 5xx, timeouts), and
+    /// `StatusTableRefused` when it cannot (access denied, no such table, an item that
+    /// cannot be read), so that a state machine retries only the first.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            StoreError::Aws(e) if e.transient => "StatusTableError",
+            _ => "StatusTableRefused",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     client: Client,
@@ -581,15 +594,36 @@ impl Store {
     }
 
     /// Forgets the multipart copy of `key`: it was completed and recorded, or aborted.
-    pub async fn forget_upload(&self, run: &RunId, key: &str) -> Result<(), StoreError> {
-        self.client
+    /// With `upload_id`, only if the record is still of that upload: another delivery may
+    /// have replaced it with one of its own meanwhile.
+    pub async fn forget_upload(
+        &self,
+        run: &RunId,
+        key: &str,
+        upload_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let deleted = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(self::key(upload_pk(run), key)))
+            .set_condition_expression(upload_id.map(|_| "upload_id = :u".to_string()))
+            .set_expression_attribute_values(
+                upload_id.map(|id| HashMap::from([(":u".to_string(), s(id))])),
+            )
             .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DeleteItem", e))?;
-        Ok(())
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(
+                    aws_sdk_dynamodb::operation::delete_item::DeleteItemError::is_conditional_check_failed_exception,
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(AwsError::from_sdk("DeleteItem", e).into()),
+        }
     }
 
     // ---- batches ------------------------------------------------------------------

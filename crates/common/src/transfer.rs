@@ -686,7 +686,9 @@ impl<'a> Mover<'a> {
                 }));
             }
         }
-        self.store.forget_upload(self.run, &file.key).await?;
+        self.store
+            .forget_upload(self.run, &file.key, Some(&upload.upload_id))
+            .await?;
         Ok(None)
     }
 
@@ -706,7 +708,11 @@ impl<'a> Mover<'a> {
         self.abort(spec, destination_key, &upload.upload_id).await;
         self.abort_others(spec, destination_key, Some(&upload.upload_id))
             .await;
-        if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
+        let forgotten = self
+            .store
+            .forget_upload(self.run, &file.key, Some(&upload.upload_id))
+            .await;
+        if let Err(e) = forgotten {
             tracing::warn!(key = %file.key, error = %e, "could not forget an aborted upload");
         }
         failure
@@ -781,7 +787,7 @@ impl<'a> Mover<'a> {
             deadlines,
             |(file, moved)| async move {
                 if moved {
-                    if let Err(e) = self.store.forget_upload(self.run, &file.key).await {
+                    if let Err(e) = self.store.forget_upload(self.run, &file.key, None).await {
                         tracing::warn!(key = %file.key, error = %e, "could not forget a finished upload");
                     }
                 } else {

@@ -82,7 +82,7 @@ impl Error {
             Error::Listing { .. } => "ListingFailed",
             Error::ListingRefused { .. } => "ListingRefused",
             Error::Store(StoreError::ProgressConflict { .. }) => "ListingConflict",
-            Error::Store(_) => "StatusTableError",
+            Error::Store(e) => e.error_type(),
             Error::Invoke(_) => "SlaveInvokeFailed",
         }
     }
@@ -96,6 +96,7 @@ pub const ERROR_TYPES: &[&str] = &[
     "ListingRefused",
     "ListingConflict",
     "StatusTableError",
+    "StatusTableRefused",
     "SlaveInvokeFailed",
 ];
 
@@ -426,6 +427,10 @@ mod tests {
             },
             Error::Store(StoreError::ProgressConflict { run }),
             Error::Store(StoreError::Aws(AwsError::permanent("Op", "m"))),
+            Error::Store(StoreError::Aws(AwsError {
+                transient: true,
+                ..AwsError::permanent("Op", "m")
+            })),
             Error::Invoke(AwsError::permanent("Op", "m")),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();

@@ -3,8 +3,8 @@
 //!
 //! The event names a batch that master recorded; its files are read from the status
 //! table, so an event can only move what master listed for the run, and only under the
-//! run's source prefix. Files an earlier delivery completed are skipped, so a batch
-//! delivered twice moves and counts nothing twice. Transient failures (throttling, 5xx,
+//! run's source prefix. Files an earlier delivery completed or failed are skipped, so a
+//! batch delivered twice moves and counts nothing twice, and a recorded outcome is final. Transient failures (throttling, 5xx,
 //! timeouts) are tried again a few rounds within the invocation; what still fails is
 //! recorded `failed` with its reason.
 //!
@@ -14,6 +14,7 @@
 //! copy keeps its finished parts across invocations, so no batch and no object is too
 //! large for the function's timeout.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_lambda::primitives::Blob;
@@ -39,8 +40,10 @@ const HARD_MARGIN: Duration = Duration::from_secs(10);
 /// Invocations in a row that may hand a batch on without finishing a file or copying a
 /// part; the files still left after that cannot be copied within one invocation.
 const STALLED_HANDOFFS: u32 = 3;
-/// Time kept after settling the uploads of finished files, so the invocation ends in time.
-const SETTLE_MARGIN: Duration = Duration::from_secs(2);
+/// Time kept after settling the uploads of finished files: for the handoff, and for the
+/// invocation to end in time. An upload left unsettled is aborted later (by a later copy
+/// of its file or the bucket's lifecycle rule); a batch not handed on waits for a retry.
+const SETTLE_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,7 +63,7 @@ impl Error {
         match self {
             Error::Config(_) => "ConfigError",
             Error::InvalidEvent(_) => "InvalidEvent",
-            Error::Store(_) => "StatusTableError",
+            Error::Store(e) => e.error_type(),
             Error::Handoff(_) => "HandoffFailed",
         }
     }
@@ -71,6 +74,7 @@ pub const ERROR_TYPES: &[&str] = &[
     "ConfigError",
     "InvalidEvent",
     "StatusTableError",
+    "StatusTableRefused",
     "HandoffFailed",
 ];
 
@@ -91,6 +95,9 @@ struct Moved {
     unfinished: Vec<usize>,
     /// Whether a multipart copy left unfinished got some of its parts copied.
     parts_copied: bool,
+    /// Unfinished files whose source is gone and whose destination could not be checked
+    /// yet, with why not.
+    unchecked: BTreeMap<usize, String>,
 }
 
 impl Slave {
@@ -137,9 +144,10 @@ impl Slave {
                 .map_err(|e| EventError(e.to_string()))?;
         }
 
-        // Every file not completed: one an earlier delivery failed is tried again.
+        // Only files without an outcome: a recorded outcome is final, since the run may
+        // already have been reported with it (a late duplicate of master's event, say).
         let todo: Vec<usize> = (0..batch.files.len())
-            .filter(|&i| batch.outcomes.states[i] != FileState::Completed)
+            .filter(|&i| batch.outcomes.states[i] == FileState::Started)
             .collect();
         let already_done = batch
             .outcomes
@@ -152,28 +160,17 @@ impl Slave {
         let mut moved = self
             .move_files(run, &spec, &mut batch, &mover, todo, deadlines)
             .await?;
-        // Progress is a file whose state changes, or parts copied: a file that fails again
-        // as before is none.
-        let changes = !batch.outcomes.clone().apply(&moved.outcomes).is_zero();
+        // Progress is an outcome (every file tried had none), or parts copied.
         let stalls = handoff_stalls(
-            changes || moved.parts_copied,
+            !moved.outcomes.is_empty() || moved.parts_copied,
             !moved.unfinished.is_empty(),
             event.handed_on,
         );
         if stalls > STALLED_HANDOFFS {
-            let reason = format!(
-                "the copy did not finish within {stalls} invocations of the slave in a row; \
-                 copy it in parts (a lower MULTIPART_THRESHOLD_BYTES) or give the slave a longer \
-                 timeout; the source was left in place"
-            );
             let stalled = std::mem::take(&mut moved.unfinished);
             moved.outcomes.extend(stalled.into_iter().map(|i| {
-                (
-                    i,
-                    Outcome::Failed {
-                        reason: reason.clone(),
-                    },
-                )
+                let reason = stalled_reason(stalls, moved.unchecked.get(&i).map(String::as_str));
+                (i, Outcome::Failed { reason })
             }));
         }
         for (i, outcome) in &moved.outcomes {
@@ -189,15 +186,9 @@ impl Slave {
             .store
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
-        if !moved.unfinished.is_empty() {
-            let next = SlaveEvent {
-                handed_on: Some(stalls),
-                ..event.clone()
-            };
-            self.hand_off(&next).await?;
-        }
         // A moved file's upload is done with; a failed one's is aborted, parts and all.
-        // Last, and only while time is left: this invocation's work is recorded already.
+        // Before the handoff, so that no other invocation works on the batch meanwhile,
+        // and only while time is left for the handoff after it.
         let settled: Vec<(&ListedFile, bool)> = moved
             .outcomes
             .iter()
@@ -210,6 +201,13 @@ impl Slave {
             .collect();
         let before_the_end = Deadlines::before(deadline, Duration::ZERO, SETTLE_MARGIN);
         mover.settle_uploads(&spec, &settled, before_the_end).await;
+        if !moved.unfinished.is_empty() {
+            let next = SlaveEvent {
+                handed_on: Some(stalls),
+                ..event.clone()
+            };
+            self.hand_off(&next).await?;
+        }
         let output = SlaveOutput {
             completed: delta.completed.max(0) as u64,
             failed: delta.failed.max(0) as u64,
@@ -237,7 +235,7 @@ impl Slave {
     ) -> Result<Moved, Error> {
         let files = &batch.files;
         let concurrency = self.settings.move_concurrency;
-        let mut unfinished: std::collections::BTreeSet<usize> = todo.iter().copied().collect();
+        let mut unfinished: BTreeSet<usize> = todo.iter().copied().collect();
         let copied = in_rounds(todo, deadlines, |round| async move {
             common::deadline::bounded(round, concurrency, deadlines, |i| {
                 mover.copy_verified(spec, &files[i])
@@ -272,13 +270,21 @@ impl Slave {
             }
             unfinished.remove(&i);
         }
+        let mut unchecked = BTreeMap::new();
         if !gone.is_empty() {
-            for (i, outcome) in self
+            for (i, answer) in self
                 .after_sources_gone(run, spec, batch, mover, gone, deadlines)
                 .await?
             {
+                match answer {
+                    GoneSource::Answered(outcome) => outcomes.push((i, outcome)),
+                    GoneSource::CompletedBefore => {}
+                    GoneSource::Unchecked(why) => {
+                        unchecked.insert(i, why);
+                        continue;
+                    }
+                }
                 unfinished.remove(&i);
-                outcomes.extend(outcome.map(|outcome| (i, outcome)));
             }
         }
         // What identifies a copy whose ETag is not the listed one is durable before its
@@ -310,6 +316,7 @@ impl Slave {
             outcomes,
             unfinished: unfinished.into_iter().collect(),
             parts_copied,
+            unchecked,
         })
     }
 
@@ -318,7 +325,7 @@ impl Slave {
     /// delivery records its copies before deleting). A file that delivery completed is
     /// done, with no outcome of this invocation's; any other counts as moved only if its
     /// destination holds the listed object, as the copy recorded for it says. A file
-    /// whose destination cannot be checked for now is not answered: it is left for later.
+    /// whose destination cannot be checked for now is left for later.
     async fn after_sources_gone(
         &self,
         run: &RunId,
@@ -327,7 +334,7 @@ impl Slave {
         mover: &Mover<'_>,
         gone: Vec<usize>,
         deadlines: Deadlines,
-    ) -> Result<Vec<(usize, Option<Outcome>)>, Error> {
+    ) -> Result<Vec<(usize, GoneSource)>, Error> {
         batch.outcomes = self
             .store
             .outcomes(run, &batch.id, batch.files.len())
@@ -344,14 +351,14 @@ impl Slave {
             .await
         })
         .await;
-        let answered = verified.into_iter().filter_map(|(i, result)| match result {
-            Ok(()) => Some((i, Some(completed(&files[i])))),
-            Err(failure) if failure.transient => None,
-            Err(failure) => Some((i, Some(failed(failure)))),
+        let answered = verified.into_iter().map(|(i, result)| match result {
+            Ok(()) => (i, GoneSource::Answered(completed(&files[i]))),
+            Err(failure) if failure.transient => (i, GoneSource::Unchecked(failure.reason)),
+            Err(failure) => (i, GoneSource::Answered(failed(failure))),
         });
         Ok(done
             .into_iter()
-            .map(|i| (i, None))
+            .map(|i| (i, GoneSource::CompletedBefore))
             .chain(answered)
             .collect())
     }
@@ -378,6 +385,16 @@ impl Slave {
     }
 }
 
+/// What became of a file whose source was found gone.
+enum GoneSource {
+    /// Verified at its destination, or failed for good.
+    Answered(Outcome),
+    /// Another delivery completed it; this invocation has nothing to record.
+    CompletedBefore,
+    /// Its destination could not be checked for now, for this reason: it is left for later.
+    Unchecked(String),
+}
+
 /// How many invocations in a row, this one included, will have handed the batch on
 /// without progress (a file's state changed, or parts copied); 0 when this one made
 /// progress or leaves nothing to hand on.
@@ -386,6 +403,23 @@ fn handoff_stalls(progressed: bool, files_left: bool, handed_on: Option<u32>) ->
         0
     } else {
         handed_on.unwrap_or(0) + 1
+    }
+}
+
+/// Why a file left unfinished by invocations in a row that made no progress failed.
+/// `unchecked` says why its destination could not be checked, when its source is gone.
+fn stalled_reason(stalls: u32, unchecked: Option<&str>) -> String {
+    match unchecked {
+        None => format!(
+            "the copy did not finish within {stalls} invocations of the slave in a row; copy \
+             it in parts (a lower MULTIPART_THRESHOLD_BYTES) or give the slave a longer \
+             timeout; the source was left in place"
+        ),
+        Some(why) => format!(
+            "the source is gone, but {stalls} invocations of the slave in a row could not \
+             check that the destination holds the listed object ({why}); check the \
+             destination"
+        ),
     }
 }
 
@@ -459,6 +493,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_file_is_said_to_be_left_in_place_only_while_its_source_is() {
+        let kept = stalled_reason(4, None);
+        assert!(kept.contains("4 invocations"), "{kept}");
+        assert!(kept.contains("the source was left in place"), "{kept}");
+        let gone = stalled_reason(4, Some("HeadObject: SlowDown"));
+        assert!(gone.starts_with("the source is gone"), "{gone}");
+        assert!(gone.contains("HeadObject: SlowDown"), "{gone}");
+        assert!(!gone.contains("left in place"), "{gone}");
+    }
+
+    #[test]
     fn every_error_type_is_listed() {
         let aws = common::error::AwsError::permanent("Op", "m");
         let samples = [
@@ -468,6 +513,10 @@ mod tests {
             }),
             Error::InvalidEvent(EventError("e".into())),
             Error::Store(StoreError::Aws(aws.clone())),
+            Error::Store(StoreError::Aws(common::error::AwsError {
+                transient: true,
+                ..aws.clone()
+            })),
             Error::Handoff(aws),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();

@@ -76,13 +76,14 @@ impl Error {
         match self {
             Error::Config(_) => "ConfigError",
             Error::InvalidEvent(_) => "InvalidEvent",
-            Error::Store(_) => "StatusTableError",
+            Error::Store(e) => e.error_type(),
             Error::TransferIncomplete { .. } => "TransferIncomplete",
             Error::RunTimedOut { .. } => "RunTimedOut",
             Error::TransferFailed { .. } => TRANSFER_FAILED,
             Error::ActivityTaskPending { .. } => "ActivityTaskPending",
             Error::ActivityTaskGone { .. } => "ActivityTaskGone",
-            Error::Activity(_) => "ActivityError",
+            Error::Activity(e) if e.transient => "ActivityError",
+            Error::Activity(_) => "ActivityRefused",
         }
     }
 }
@@ -92,12 +93,14 @@ pub const ERROR_TYPES: &[&str] = &[
     "ConfigError",
     "InvalidEvent",
     "StatusTableError",
+    "StatusTableRefused",
     "TransferIncomplete",
     "RunTimedOut",
     "TransferFailed",
     "ActivityTaskPending",
     "ActivityTaskGone",
     "ActivityError",
+    "ActivityRefused",
 ];
 
 common::diagnostic!(Error);
@@ -150,6 +153,7 @@ impl Status {
         payload: Value,
         deadline: Option<SystemTime>,
     ) -> Result<RunSummary, Error> {
+        crash_point("status-on-entry");
         let event: StatusEvent = parse_event(payload)?;
         let run = &event.run_id;
         let must_end_by = run_deadline(event.started_at.as_deref(), event.run_timeout_seconds);
@@ -411,6 +415,7 @@ impl Status {
             });
         };
         let mut token = None;
+        let mut newest_first: Vec<String> = Vec::new();
         loop {
             let page = self
                 .sfn
@@ -422,13 +427,12 @@ impl Status {
                 .send()
                 .await
                 .map_err(|e| Error::Activity(AwsError::from_sdk("GetExecutionHistory", e)))?;
-            let kinds: Vec<&str> = page.events.iter().map(|e| e.r#type.as_str()).collect();
-            let state = activity_state(kinds.iter().copied());
-            let decided = kinds
-                .iter()
-                .any(|kind| kind.starts_with("Activity") || kind.starts_with("Execution"));
-            if decided || page.next_token.is_none() {
+            newest_first.extend(page.events.iter().map(|e| e.r#type.as_str().to_string()));
+            if let Some(state) = activity_state(newest_first.iter().map(String::as_str)) {
                 return Ok(state);
+            }
+            if page.next_token.is_none() {
+                return Ok(ActivityState::Waiting);
             }
             token = page.next_token;
         }
@@ -514,6 +518,10 @@ mod tests {
             }),
             Error::InvalidEvent(EventError("e".into())),
             Error::Store(StoreError::Aws(AwsError::permanent("Op", "m"))),
+            Error::Store(StoreError::Aws(AwsError {
+                transient: true,
+                ..AwsError::permanent("Op", "m")
+            })),
             Error::TransferIncomplete {
                 run: run.clone(),
                 detail: "d".into(),
@@ -529,6 +537,10 @@ mod tests {
                 source: AwsError::permanent("Op", "m"),
             },
             Error::Activity(AwsError::permanent("Op", "m")),
+            Error::Activity(AwsError {
+                transient: true,
+                ..AwsError::permanent("Op", "m")
+            }),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
         let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();

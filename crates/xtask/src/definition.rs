@@ -235,6 +235,21 @@ fn check_scope(scope: &Value, label: &str, problems: &mut Vec<String>) {
                 ));
             }
         }
+        // A catcher's default ResultPath is `$`: the error replaces the state's input,
+        // which only a Fail state (reading `$.Error` and `$.Cause`) can take.
+        for rule in array(body, "Catch") {
+            let target = rule.get("Next").and_then(Value::as_str).unwrap_or("");
+            let target_kind = states
+                .get(target)
+                .and_then(|t| t.get("Type"))
+                .and_then(Value::as_str);
+            if target_kind.is_some_and(|k| k != "Fail") && rule.get("ResultPath").is_none() {
+                problems.push(format!(
+                    "state {name:?}: the catcher to {target:?} has no ResultPath, so the error \
+                     replaces the input {target:?} gets"
+                ));
+            }
+        }
         let terminal = matches!(kind, "Succeed" | "Fail" | "Choice")
             || body.get("End").and_then(Value::as_bool) == Some(true);
         if !terminal && !body.contains_key("Next") {
@@ -322,6 +337,31 @@ mod tests {
                 r#"state "Ok" cannot be reached in branch 1 of "Fork""#,
                 r#"state "Broken" cannot be reached in branch 1 of "Fork""#,
             ]
+        );
+    }
+
+    #[test]
+    fn a_catcher_into_a_state_other_than_fail_must_keep_the_input() {
+        let retrying = MACHINE.replace(
+            r#""Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Broken"}]"#,
+            r#""Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Done?"}]"#,
+        );
+        let problems = Definition::parse(&retrying).unwrap().structural_problems();
+        assert!(
+            problems.contains(
+                &r#"state "Work": the catcher to "Done?" has no ResultPath, so the error replaces the input "Done?" gets"#
+                    .to_string()
+            ),
+            "{problems:?}"
+        );
+        let kept = retrying.replace(
+            r#""Next": "Done?"}]"#,
+            r#""Next": "Done?", "ResultPath": "$.error"}]"#,
+        );
+        let problems = Definition::parse(&kept).unwrap().structural_problems();
+        assert!(
+            !problems.iter().any(|p| p.contains("ResultPath")),
+            "{problems:?}"
         );
     }
 
