@@ -157,7 +157,9 @@ class Front(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if answer in faults.ANSWERS:
-                return self.respond(*faults.error_answer(answer, call))
+                # As S3 does, an error answered to a HEAD has no body, so no error code.
+                return self.respond(*faults.error_answer(answer, call),
+                                    head=self.command == "HEAD")
             if answer in ("tamper", "tamper-size") and call.operation == "CopyObject":
                 tampered = faults.tamper_copy(
                     lambda *request: self.forward(self.moto_port, *request),

@@ -7,6 +7,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -65,6 +66,29 @@ class FrontTest(unittest.TestCase):
         status, _, body = self.invoke("RequestResponse", self.padded(2 * 1024 * 1024))
         self.assertEqual(status, 200)
         self.assertEqual(len(json.loads(body)["echo"]["pad"]), 2 * 1024 * 1024 - 11)
+
+    def test_an_error_injected_into_a_head_has_no_body_as_s3_answers_it(self):
+        self.addCleanup(stack.Front.injector.configure, {})
+        stack.Front.injector.configure({"rules": [
+            {"service": "s3", "operations": ["HeadObject", "GetObject"], "answer": "SlowDown"}]})
+        answers = {}
+        for method in ("HEAD", "GET"):
+            # Raw bytes: an HTTP client reads no body after a HEAD whatever is sent.
+            with socket.create_connection(("127.0.0.1", self.port), timeout=60) as raw:
+                raw.sendall(
+                    f"{method} /bucket/raw/a.csv HTTP/1.1\r\nHost: local\r\n"
+                    "User-Agent: aws-sdk-rust app/s3-transfer-flow-slave\r\n"
+                    "Authorization: AWS4-HMAC-SHA256 "
+                    "Credential=k/20261128/us-east-1/s3/aws4_request\r\n"
+                    "Connection: close\r\n\r\n".encode())
+                received = b""
+                while chunk := raw.recv(65536):
+                    received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            answers[method] = (head.split(b"\r\n")[0], body)
+        self.assertEqual(answers["HEAD"], (b"HTTP/1.1 503 Service Unavailable", b""))
+        self.assertEqual(answers["GET"][0], b"HTTP/1.1 503 Service Unavailable")
+        self.assertIn(b"<Code>SlowDown</Code>", answers["GET"][1])
 
 
 if __name__ == "__main__":

@@ -314,6 +314,56 @@ async fn three_denied_files_fail_the_run_by_name_and_stay_where_they_are() {
 }
 
 #[tokio::test]
+async fn a_duplicate_that_copied_a_file_its_twin_failed_keeps_the_source_the_run_reported() {
+    // GIVEN a one-file run whose slave event is delivered twice at once: the first copy
+    // to arrive is denied, so one delivery fails the file; the other's copy succeeds,
+    // and it reads the batch again (slowly) before it would delete the source
+    let stack = local_stack();
+    let file = vec!["raw/contested.csv".to_string()];
+    let bucket = bucket_with(stack, &file).await;
+    let _turn = stack
+        .turn(json!({"duplicate_events": ["slave"], "rules": [
+            {"service": "s3", "operations": ["CopyObject"], "key_contains": "contested",
+             "count": 1, "answer": "AccessDenied"},
+            {"service": "s3", "operations": ["CopyObject"], "key_contains": "contested",
+             "latency_ms": 1000},
+            {"service": "dynamodb", "operations": ["GetItem"], "callers": ["slave"],
+             "latency_ms": 2000}
+        ]}))
+        .await;
+
+    // WHEN the execution runs, and both deliveries have ended
+    let execution = stack.start("contested", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the run was reported with the file failed, and that report still holds: the
+    // source is where it was, and the file is failed, counted once
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    assert_eq!(described.error.as_deref(), Some("TransferFailed"));
+    let cause = described.cause.unwrap();
+    assert!(cause.starts_with("1 of 1 files failed to move"), "{cause}");
+    assert!(cause.contains("raw/contested.csv: "), "{cause}");
+    let listed = contents(stack, &bucket).await;
+    assert_eq!(
+        listed.get("raw/contested.csv").map(String::as_str),
+        Some(md5_hex(&body_of("raw/contested.csv")).as_str()),
+        "{listed:?}"
+    );
+    let store = store(stack).await;
+    let run = RunId::parse("contested").unwrap();
+    let progress = store.run_view(&run).await.unwrap().unwrap().progress;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (1, 0, 1)
+    );
+    let files = store.files(&run).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].state, FileState::Failed);
+}
+
+#[tokio::test]
 async fn a_destination_that_does_not_hold_the_source_bytes_never_costs_the_source() {
     // GIVEN 20 files, and two whose copies come out wrong: other bytes of the same
     // size, and one byte more

@@ -33,13 +33,22 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalServerError",
     "ServiceException",
     "EC2ThrottledException",
+    "InternalFailure",
+    "ProvisionedThroughputExceeded",
+    "ActivityWorkerLimitExceeded",
 ];
 
+/// HTTP statuses that mean "not now" whatever the code, or when there is none: S3
+/// answers a `HEAD` with a bare status, no body to name its error.
+const TRANSIENT_STATUSES: &[u16] = &[429, 500, 502, 503, 504];
+
 impl AwsError {
-    pub fn from_sdk<E, R>(operation: &'static str, err: aws_sdk_s3::error::SdkError<E, R>) -> Self
+    pub fn from_sdk<E>(
+        operation: &'static str,
+        err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         use aws_sdk_s3::error::SdkError;
         let code = err.code().map(str::to_string);
@@ -47,7 +56,10 @@ impl AwsError {
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(_) => code.as_deref().is_some_and(is_transient_code),
+            SdkError::ServiceError(service) => {
+                code.as_deref().is_some_and(is_transient_code)
+                    || TRANSIENT_STATUSES.contains(&service.raw().status().as_u16())
+            }
             _ => false,
         };
         // A service error says what is wrong in its code and message; the full context
@@ -151,5 +163,31 @@ mod tests {
         );
         assert!(!err.transient, "{err:?}");
         assert!(err.to_string().starts_with("GetObjectTagging: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bare_5xx_answer_to_a_head_is_transient_and_a_bare_403_is_not() {
+        // S3 answers a HEAD with a status and no body, so no error code.
+        let bare = |status| {
+            mock!(aws_sdk_s3::Client::head_object)
+                .sequence()
+                .http_status(status, None)
+                .build()
+        };
+        let rules = [bare(503), bare(500), bare(403)];
+        let client = mock_client!(aws_sdk_s3, RuleMode::Sequential, &rules, |c| c
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled()));
+        let mut transient = Vec::new();
+        for _ in &rules {
+            let err = client
+                .head_object()
+                .bucket("b")
+                .key("k")
+                .send()
+                .await
+                .unwrap_err();
+            transient.push(AwsError::from_sdk("HeadObject", err).transient);
+        }
+        assert_eq!(transient, [true, true, false]);
     }
 }

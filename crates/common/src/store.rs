@@ -865,13 +865,17 @@ impl Store {
                 }
             }
         }
-        Err(StoreError::Corrupt {
-            run: run.clone(),
-            problem: format!(
-                "batch {:?} keeps changing under concurrent writers",
+        // Contention, not damage: a later attempt, with fewer writers, succeeds.
+        Err(AwsError {
+            operation: "TransactWriteItems",
+            code: None,
+            message: format!(
+                "run {run}: batch {:?} kept changing under concurrent writers",
                 batch.id
             ),
-        })
+            transient: true,
+        }
+        .into())
     }
 
     /// A batch's outcomes as they stand now, strongly consistent.
@@ -1085,10 +1089,13 @@ enum Cancelled {
 
 /// What a `TransactWriteItems` answer means: `None` when it was written, or why it was
 /// cancelled; an error that is neither is the caller's error.
-fn cancellation<R: std::fmt::Debug>(
+fn cancellation(
     sent: Result<
         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
-        aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>,
+        aws_sdk_dynamodb::error::SdkError<
+            TransactWriteItemsError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
     >,
 ) -> Result<Option<Cancelled>, StoreError> {
     let err = match sent {

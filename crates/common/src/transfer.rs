@@ -766,32 +766,42 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// Files that have their outcome (`true` for moved), and might have had a multipart
-    /// upload: a moved file's upload record goes; a failed file's upload is aborted and
-    /// forgotten, so that no parts are left to pay for. Best effort, within `deadlines`:
-    /// what is left is settled by a later delivery, or aborted by a lifecycle rule.
-    pub async fn settle_uploads(
+    /// Files about to be recorded failed: the multipart upload of each that might have one
+    /// is aborted and forgotten, before the outcome is recorded, since no later delivery
+    /// tries a file with an outcome. Best effort, within `deadlines`: what is left is
+    /// aborted by the bucket's lifecycle rule.
+    pub async fn abandon_uploads(
         &self,
         spec: &RunSpec,
-        files: &[(&ListedFile, bool)],
+        files: &[&ListedFile],
         deadlines: Deadlines,
     ) {
-        let large: Vec<(&ListedFile, bool)> = files
+        let large: Vec<&ListedFile> = files
             .iter()
             .copied()
-            .filter(|(file, _)| might_copy_in_parts(file, self.settings))
+            .filter(|file| might_copy_in_parts(file, self.settings))
+            .collect();
+        bounded(large, self.settings.move_concurrency, deadlines, |file| {
+            self.abandon_upload(spec, file)
+        })
+        .await;
+    }
+
+    /// Files recorded moved: the record of each one's completed multipart upload goes.
+    /// Best effort, within `deadlines`: what is left goes with the run's other items.
+    pub async fn forget_uploads(&self, files: &[&ListedFile], deadlines: Deadlines) {
+        let large: Vec<&ListedFile> = files
+            .iter()
+            .copied()
+            .filter(|file| might_copy_in_parts(file, self.settings))
             .collect();
         bounded(
             large,
             self.settings.move_concurrency,
             deadlines,
-            |(file, moved)| async move {
-                if moved {
-                    if let Err(e) = self.store.forget_upload(self.run, &file.key, None).await {
-                        tracing::warn!(key = %file.key, error = %e, "could not forget a finished upload");
-                    }
-                } else {
-                    self.abandon_upload(spec, file).await;
+            |file| async move {
+                if let Err(e) = self.store.forget_upload(self.run, &file.key, None).await {
+                    tracing::warn!(key = %file.key, error = %e, "could not forget a finished upload");
                 }
             },
         )

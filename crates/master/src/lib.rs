@@ -247,12 +247,12 @@ impl Master {
         })
     }
 
-    fn listing_error<R: std::fmt::Debug>(
+    fn listing_error(
         &self,
         location: &Location,
         err: aws_sdk_s3::error::SdkError<
             aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error,
-            R,
+            aws_sdk_s3::config::http::HttpResponse,
         >,
     ) -> Error {
         let source = AwsError::from_sdk("ListObjectsV2", err);

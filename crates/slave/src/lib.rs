@@ -40,10 +40,11 @@ const HARD_MARGIN: Duration = Duration::from_secs(10);
 /// Invocations in a row that may hand a batch on without finishing a file or copying a
 /// part; the files still left after that cannot be copied within one invocation.
 const STALLED_HANDOFFS: u32 = 3;
-/// Time kept after settling the uploads of finished files: for the handoff, and for the
-/// invocation to end in time. An upload left unsettled is aborted later (by a later copy
-/// of its file or the bucket's lifecycle rule); a batch not handed on waits for a retry.
-const SETTLE_MARGIN: Duration = Duration::from_secs(5);
+/// Time kept after aborting the uploads of failed files, to record the outcomes and hand
+/// the batch on. An upload left open is aborted by the bucket's lifecycle rule.
+const RECORD_MARGIN: Duration = Duration::from_secs(6);
+/// Time kept after forgetting the upload records of moved files, to end in time.
+const END_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -182,25 +183,20 @@ impl Slave {
                 }
             }
         }
+        // No later delivery tries a file with an outcome: a failed file's multipart upload
+        // is aborted now, before its outcome is recorded, while time is left to record.
+        let (failed, completed): (Vec<_>, Vec<_>) = moved
+            .outcomes
+            .iter()
+            .map(|(i, outcome)| (&batch.files[*i], outcome))
+            .partition(|(_, outcome)| matches!(outcome, Outcome::Failed { .. }));
+        let failed: Vec<&ListedFile> = failed.into_iter().map(|(file, _)| file).collect();
+        let to_record = Deadlines::before(deadline, Duration::ZERO, RECORD_MARGIN);
+        mover.abandon_uploads(&spec, &failed, to_record).await;
         let delta = self
             .store
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
-        // A moved file's upload is done with; a failed one's is aborted, parts and all.
-        // Before the handoff, so that no other invocation works on the batch meanwhile,
-        // and only while time is left for the handoff after it.
-        let settled: Vec<(&ListedFile, bool)> = moved
-            .outcomes
-            .iter()
-            .map(|(i, outcome)| {
-                (
-                    &batch.files[*i],
-                    matches!(outcome, Outcome::Completed { .. }),
-                )
-            })
-            .collect();
-        let before_the_end = Deadlines::before(deadline, Duration::ZERO, SETTLE_MARGIN);
-        mover.settle_uploads(&spec, &settled, before_the_end).await;
         if !moved.unfinished.is_empty() {
             let next = SlaveEvent {
                 handed_on: Some(stalls),
@@ -208,6 +204,10 @@ impl Slave {
             };
             self.hand_off(&next).await?;
         }
+        // Last, and only while time is left: the records of moved files' uploads.
+        let completed: Vec<&ListedFile> = completed.into_iter().map(|(file, _)| file).collect();
+        let to_end = Deadlines::before(deadline, Duration::ZERO, END_MARGIN);
+        mover.forget_uploads(&completed, to_end).await;
         let output = SlaveOutput {
             completed: delta.completed.max(0) as u64,
             failed: delta.failed.max(0) as u64,
@@ -291,6 +291,22 @@ impl Slave {
         // source goes: a later delivery that finds the source gone can still verify it.
         if !copies.is_empty() {
             self.store.record_copies(run, batch, &copies).await?;
+        }
+        // A duplicate delivery may have given some of these files an outcome meanwhile,
+        // and the run may have been reported with it: a failed file keeps its source.
+        if !to_delete.is_empty() {
+            batch.outcomes = self
+                .store
+                .outcomes(run, &batch.id, batch.files.len())
+                .await?;
+            let now = &batch.outcomes;
+            to_delete.retain(|&i| {
+                let open = now.states[i] == FileState::Started;
+                if !open {
+                    unfinished.remove(&i);
+                }
+                open
+            });
         }
         let files = &batch.files;
         if !to_delete.is_empty() {
@@ -417,8 +433,8 @@ fn stalled_reason(stalls: u32, unchecked: Option<&str>) -> String {
         ),
         Some(why) => format!(
             "the source is gone, but {stalls} invocations of the slave in a row could not \
-             check that the destination holds the listed object ({why}); check the \
-             destination"
+             check that the destination holds the listed object; check the destination \
+             ({why})"
         ),
     }
 }
