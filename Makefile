@@ -127,7 +127,7 @@ diagram:
 # loopback ports themselves, with the binaries built here), then one line adding up
 # every suite's result; sam build last, as it is the slowest step.
 test: tools check binaries lint security
-	$(VENV)/bin/python -m unittest discover --start-directory local --pattern 'test_*.py'
+	$(VENV)/bin/python -m unittest discover --start-directory local --top-level-directory . --pattern 'test_*.py'
 	cargo test $(CARGO_FLAGS) --lib --bins --tests 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' .tools/test.log
 	$(MAKE) --no-print-directory bench-smoke
@@ -135,12 +135,12 @@ test: tools check binaries lint security
 
 bench: tools $(BENCH_STAMP) $(RCLONE) $(GARAGE)
 	cargo build --locked --release --bins
-	$(BENCH_VENV)/bin/python bench/run.py
+	$(BENCH_VENV)/bin/python -m bench.run
 
 # A small benchmark on moto's S3 (this project's move and s5cmd, 200 objects), so the
 # benchmark cannot rot; make test runs it with the debug build it already has.
 bench-smoke: tools $(BENCH_STAMP) binaries
-	$(BENCH_VENV)/bin/python bench/run.py --smoke --profile debug
+	$(BENCH_VENV)/bin/python -m bench.run --smoke --profile debug
 
 demo: tools
 	cargo xtask demo $(N)
@@ -148,10 +148,10 @@ demo: tools
 # The whole workflow on this machine: moto, the functions under local Lambda, and a
 # front on port 4566 (and [::1]:9000, for `cargo lambda invoke`) that answers as AWS does.
 local-up: tools
-	$(VENV)/bin/python local/stack.py up .local
+	$(VENV)/bin/python -m local.stack up .local
 
 local-down:
-	$(PYTHON) local/stack.py down .local
+	$(PYTHON) -m local.stack down .local
 
 fmt:
 	cargo fmt --all

@@ -2,9 +2,9 @@
 server, in one run on one machine; the functions' cold starts and peak memory; and the
 whole workflow on the local stack.
 
-Usage: python bench/run.py [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
+Usage: python -m bench.run [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
                            [--lambdas 8] [--no-functions] [--no-workflow]   (make bench)
-       python bench/run.py --smoke [--profile debug]                        (make bench-smoke)
+       python -m bench.run --smoke [--profile debug]                        (make bench-smoke)
 
 The full run starts Garage (a production S3 server) on core 0, and moto for the status
 table's DynamoDB on core 1, where each mover runs too. For every mover, `--runs` times:
@@ -29,24 +29,23 @@ import argparse
 import json
 import os
 import platform
+import queue
 import re
 import secrets
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from local import lambdas  # local Lambda, shared with the local stack
+from local.stack import free_port, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, ".tools")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-sys.path.insert(0, os.path.join(ROOT, "local"))
-import lambdas  # noqa: E402  (local Lambda, shared with the local stack)
-from stack import free_port, wait_for_port  # noqa: E402
 
 BUCKET = "bench"
 REGION = "us-east-1"
@@ -185,7 +184,7 @@ class Moto:
         self.core = cpu
         self.port = free_port()
         processes.start(pinned(cpu, [os.path.join(TOOLS, "venv", "bin", "python"),
-                                     "local/moto_server.py", str(self.port)]),
+                                     "-m", "local.moto_server", str(self.port)]),
                         os.path.join(workdir, "moto.log"))
         wait_for_port(self.port, 60)
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -338,20 +337,19 @@ def binary(profile, name):
 
 # ---------------------------------------------------------------- cold start and memory
 
-class InvokeSink(BaseHTTPRequestHandler):
-    """A Lambda Invoke endpoint that accepts every invocation (202) and keeps its payload."""
+# The function name `accepted` invokes to mark how far the sink's output has been read.
+MARKER = "bench-marker"
 
-    protocol_version = "HTTP/1.1"
+
+def accepted(sink_url, invocations):
+    """The payloads `xtask invoke-sink` has accepted since the last call. It prints
+    invocations in the order it accepts them, so once one sent now is read, every one
+    accepted before it has been read too."""
+    urllib.request.urlopen(f"{sink_url}/2015-03-31/functions/{MARKER}/invocations", data=b"{}").read()
     payloads = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        type(self).payloads.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        self.send_response(202)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    while (invocation := invocations.get(timeout=60))["function"] != MARKER:
+        payloads.append(invocation["payload"])
+    return payloads
 
 
 def run_function(name, profile, env, event, workdir):
@@ -376,37 +374,50 @@ def run_function(name, profile, env, event, workdir):
 def functions_profile(bench, workdir, runs):
     """Each function's cold start (median of `runs`), and the peak memory of master
     listing 1,000 files and of slave moving them as one batch."""
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), InvokeSink)
-    sink.daemon_threads = True
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    env = dict(bench.env, AWS_ENDPOINT_URL_DYNAMODB=bench.table.endpoint,
-               TABLE_NAME=f"cold-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET, S3_FORCE_PATH_STYLE="true",
-               SLAVE_FUNCTION="slave", BATCH_SIZE="1000", RUST_LOG="warn",
-               ACTIVITY_ARN="arn:aws:states:us-east-1:123456789012:activity:bench",
-               AWS_ENDPOINT_URL_SFN=bench.table.endpoint,
-               AWS_ENDPOINT_URL_LAMBDA=f"http://127.0.0.1:{sink.server_address[1]}")
-    subprocess.run([binary(bench.profile, "xtask"), "create-table"], env=env, check=True, capture_output=True)
+    # Master's Lambda endpoint: accepts every invocation (202) and prints it.
+    sink = subprocess.Popen([binary(bench.profile, "xtask"), "invoke-sink"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    invocations = queue.Queue()
     profile = {}
     try:
+        sink_url = sink.stdout.readline().strip()
+        if not sink_url:
+            raise RuntimeError(f"xtask invoke-sink exited with {sink.wait()}")
+
+        def read():
+            for line in sink.stdout:
+                invocations.put(json.loads(line))
+
+        threading.Thread(target=read, daemon=True).start()
+        env = dict(bench.env, AWS_ENDPOINT_URL_DYNAMODB=bench.table.endpoint,
+                   TABLE_NAME=f"cold-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET, S3_FORCE_PATH_STYLE="true",
+                   SLAVE_FUNCTION="slave", BATCH_SIZE="1000", RUST_LOG="warn",
+                   ACTIVITY_ARN="arn:aws:states:us-east-1:123456789012:activity:bench",
+                   AWS_ENDPOINT_URL_SFN=bench.table.endpoint,
+                   AWS_ENDPOINT_URL_LAMBDA=sink_url)
+        subprocess.run([binary(bench.profile, "xtask"), "create-table"], env=env, check=True, capture_output=True)
         for name in ("master", "slave", "status"):
             cold = [run_function(name, bench.profile, env, b"{}", workdir)[0] for _ in range(runs)]
             profile[name] = {"cold_start_ms": statistics.median(cold)}
         # 1,000 files under raw/: master records them as one batch and invokes slave once.
         bench.s5cmd("rm", f"s3://{BUCKET}/*")
         bench.s5cmd("cp", os.path.join(bench.source, "part-000*"), f"s3://{BUCKET}/raw/")
-        InvokeSink.payloads = []
+        accepted(sink_url, invocations)  # drops the cold starts' invocations, if any
         _, peak, ok, answer = run_function("master", bench.profile, env, b'{"run_id": "memory"}', workdir)
-        if not ok or len(InvokeSink.payloads) != 1:
-            raise RuntimeError(f"master: {answer!r} with {len(InvokeSink.payloads)} invocations")
+        payloads = accepted(sink_url, invocations)
+        if not ok or len(payloads) != 1:
+            raise RuntimeError(f"master: {answer!r} with {len(payloads)} invocations")
         profile["master"]["peak_mb"] = peak
-        _, peak, ok, answer = run_function("slave", bench.profile, env, InvokeSink.payloads[0], workdir)
+        _, peak, ok, answer = run_function("slave", bench.profile, env, json.dumps(payloads[0]).encode(),
+                                           workdir)
         moved = json.loads(answer).get("completed") if ok else None
         if moved != 1000:
             raise RuntimeError(f"slave: {answer!r}")
         profile["slave"]["peak_mb"] = peak
         profile["slave"]["batch_files"] = moved
     finally:
-        sink.shutdown()
+        sink.terminate()
+        sink.wait()
     for name, p in profile.items():
         log(f"{name}: cold start {p['cold_start_ms']:.1f} ms"
             + (f", peak {p['peak_mb']:.1f} MB" if "peak_mb" in p else ""))
@@ -429,7 +440,7 @@ def whole_workflow(bench, workdir):
         options += ["--function-env", f"{name}={value}"]
     try:
         stack = processes.start(
-            pinned(MOVER_CPU, [os.path.join(TOOLS, "venv", "bin", "python"), "local/stack.py", "run", state,
+            pinned(MOVER_CPU, [os.path.join(TOOLS, "venv", "bin", "python"), "-m", "local.stack", "run", state,
                                "--port", str(free_port()), "--lambda-port", str(free_port()),
                                "--bucket", BUCKET, "--stack", "bench", "--no-build",
                                "--bin-dir", os.path.join(TARGET, bench.profile), *options]),

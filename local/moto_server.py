@@ -1,6 +1,6 @@
 """Runs moto's server (S3, DynamoDB, Step Functions) on a loopback port.
 
-Usage: python local/moto_server.py PORT
+Usage: python -m local.moto_server PORT
 
 The server exits when the process that started it dies, so a test run that is killed
 never leaves a server behind. Where moto differs from AWS in a way this project
@@ -55,7 +55,7 @@ from moto.stepfunctions.responses import StepFunctionResponse
 import moto.dynamodb.models as dynamodb_models
 from moto.s3.responses import S3Response
 
-import strict
+from . import strict
 
 # The longest GetActivityTask waits for a task, as on AWS; tests may shorten it.
 ACTIVITY_POLL_SECONDS = float(os.environ.get("MOTO_ACTIVITY_POLL_SECONDS", "60"))

@@ -1,8 +1,8 @@
 """The local stack: the whole workflow on one machine, with no AWS account.
 
-Usage: python local/stack.py up DIR     start it in the background; return once it is up
-       python local/stack.py down DIR   stop what `up` started
-       python local/stack.py run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
+Usage: python -m local.stack up DIR     start it in the background; return once it is up
+       python -m local.stack down DIR   stop what `up` started
+       python -m local.stack run DIR [--port 4566] [--lambda-port 9000] [--bucket NAME]
                                      [--stack NAME] [--exit-with-parent] [--faults FILE]
                                      [--release] [--no-build] [--bin-dir DIR]
                                      [--concurrency 16] [--function-env K=V]...
@@ -46,8 +46,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import faults
-import lambdas
+from . import faults, lambdas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVOKE = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations(\?.*)?$")
@@ -252,8 +251,8 @@ def up(state):
         return 0
     with open(os.path.join(state, "stack.log"), "w") as out:
         child = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "run", state],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "local.stack", "run", state],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     log(f"starting (the first start builds the functions); log: {state}/stack.log")
@@ -382,7 +381,7 @@ def main():
         # moto's Step Functions engine calls Lambda at localhost:$MOTO_PORT: the front.
         moto_env["MOTO_PORT"] = str(args.port)
         moto_env.setdefault("MOTO_ACTIVITY_POLL_SECONDS", "10")
-        moto = start("moto", [sys.executable, "local/moto_server.py", str(moto_port)], moto_env)
+        moto = start("moto", [sys.executable, "-m", "local.moto_server", str(moto_port)], moto_env)
         wait_for_port(moto_port, 60, moto)
 
         Front.moto_port = moto_port

@@ -42,7 +42,7 @@ import xml.etree.ElementTree as ElementTree
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
-from faults import s3_operation
+from .faults import s3_operation
 
 MAX_KEY_BYTES = 1024
 MAX_DELETE_OBJECTS = 1000

@@ -1,6 +1,6 @@
 """Tests of the front's own limits (stack.py), with a stand-in function behind it.
 
-Run with: python -m unittest discover -s local   (make test runs them)
+Run with: python -m unittest discover -s local -t .   (make test runs them)
 """
 
 import concurrent.futures
@@ -15,9 +15,8 @@ import threading
 import unittest
 from http.server import ThreadingHTTPServer
 
-import lambdas
-import stack
-from test_lambdas import FUNCTION
+from . import lambdas, stack
+from .test_lambdas import FUNCTION
 
 
 class FrontTest(unittest.TestCase):

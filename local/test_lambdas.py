@@ -1,7 +1,7 @@
 """Tests of local Lambda (lambdas.py) with a stand-in function: a small Python program
 that speaks the Lambda runtime API and does what each event says.
 
-Run with: python -m unittest discover -s local   (make test runs them)
+Run with: python -m unittest discover -s local -t .   (make test runs them)
 """
 
 import json
@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-import lambdas
+from . import lambdas
 
 # Echoes the event, or fails, crashes, sleeps or dies at start, as the event asks.
 FUNCTION = r'''#!PYTHON

@@ -16,8 +16,9 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_s3::primitives::ByteStream;
-use common::run::{MasterOutput, SlaveEvent, SlaveOutput};
-use common::store::FileStatus;
+use common::rules::events::{MasterOutput, SlaveEvent, SlaveOutput};
+use common::rules::records::FileStatus;
+use common::store::StatusRecords;
 use common::{Clients, Config, MasterSettings, SlaveSettings};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::json;
@@ -51,7 +52,8 @@ fn moto() -> &'static Moto {
         );
         let port = free_port();
         let process = Command::new(&python)
-            .arg(workspace_root().join("local/moto_server.py"))
+            .current_dir(workspace_root())
+            .args(["-m", "local.moto_server"])
             .arg(port.to_string())
             .env("MOTO_PORT", port.to_string())
             // An empty GetActivityTask answers after this long instead of AWS's 60 s.
@@ -327,7 +329,7 @@ impl Fixture {
     }
 
     /// The status table, as the functions see it.
-    pub fn store(&self) -> common::Store {
+    pub fn table(&self) -> common::Store {
         common::Store::new(
             self.clients.dynamodb.clone(),
             &self.table,
@@ -335,10 +337,15 @@ impl Fixture {
         )
     }
 
+    /// The runs as status and the command line read them.
+    pub fn records(&self) -> StatusRecords {
+        StatusRecords::new(self.table())
+    }
+
     /// The run's progress as status reads it.
-    pub async fn progress(&self, run: &str) -> common::progress::RunProgress {
+    pub async fn progress(&self, run: &str) -> common::rules::progress::RunProgress {
         let run = common::RunId::parse(run).unwrap();
-        self.store()
+        self.records()
             .run_view(&run)
             .await
             .unwrap()
@@ -349,7 +356,7 @@ impl Fixture {
     /// Every file recorded for the run, by key, with its state and reason.
     pub async fn files(&self, run: &str) -> BTreeMap<String, FileStatus> {
         let run = common::RunId::parse(run).unwrap();
-        self.store()
+        self.records()
             .files(&run)
             .await
             .unwrap()
@@ -369,7 +376,7 @@ impl Fixture {
     /// The run's failed files with their reasons, as status lists them.
     pub async fn failed_files(&self, run: &str) -> Vec<(String, String)> {
         let run = common::RunId::parse(run).unwrap();
-        self.store().failed_files(&run, 1000).await.unwrap()
+        self.records().failed_files(&run, 1000).await.unwrap()
     }
 }
 
@@ -395,7 +402,7 @@ pub async fn listing(
                 .unwrap_or_default()
                 .trim_matches('"')
                 .to_string();
-            let key = common::keys::decode_listed_key(&object.key.unwrap()).unwrap();
+            let key = common::rules::keys::decode_listed_key(&object.key.unwrap()).unwrap();
             keys.insert(key, etag);
         }
     }

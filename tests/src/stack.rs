@@ -20,7 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
-use common::store::Store;
+use common::store::{StatusRecords, Store};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
@@ -307,12 +307,18 @@ pub async fn contents(stack: &LocalStack, bucket: &str) -> BTreeMap<String, Stri
     crate::listing(&stack.s3().await, bucket, "").await
 }
 
-pub async fn store(stack: &LocalStack) -> Store {
+/// The stack's status table.
+pub async fn table(stack: &LocalStack) -> Store {
     Store::new(
         stack.dynamodb().await,
         stack.var("TABLE_NAME"),
         Duration::from_secs(3600),
     )
+}
+
+/// The runs as status and the command line read them.
+pub async fn records(stack: &LocalStack) -> StatusRecords {
+    StatusRecords::new(table(stack).await)
 }
 
 /// What the bucket must hold once `moved` went from raw/ to refined/ and `kept` stayed.

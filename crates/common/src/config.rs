@@ -6,22 +6,8 @@
 
 use std::time::Duration;
 
-use crate::run::{Location, Suffixes};
-
-/// Where the defaults of a run come from when its event leaves them out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunDefaults {
-    /// `SOURCE_BUCKET`: optional; without it, every event must name its source bucket.
-    pub source_bucket: Option<String>,
-    /// `SOURCE_PREFIX`, default `raw/`.
-    pub source_prefix: String,
-    /// `DESTINATION_BUCKET`, default: the source bucket.
-    pub destination_bucket: Option<String>,
-    /// `DESTINATION_PREFIX`, default `refined/`.
-    pub destination_prefix: String,
-    /// `SUFFIXES`, comma-separated, default `.csv`.
-    pub suffixes: Suffixes,
-}
+use crate::rules::copy::{MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::rules::run::{Location, RunDefaults, Suffixes};
 
 /// Settings every function shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +84,6 @@ pub struct StatusSettings {
     pub check_interval: Duration,
 }
 
-/// S3's smallest part size for all parts but the last.
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// S3's largest part size.
-pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 

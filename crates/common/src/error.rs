@@ -1,48 +1,13 @@
-//! AWS call failures, with what a caller needs to decide: retry later, or give up.
+//! AWS call failures read from the SDK's errors, and the errors' stable names.
 
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-/// A failed AWS call, after the SDK's own retries.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{operation}: {message}")]
-pub struct AwsError {
-    pub operation: &'static str,
-    /// The service's error code, such as `NoSuchKey` or `ThrottlingException`.
-    pub code: Option<String>,
-    pub message: String,
-    /// Whether trying again later may succeed (throttling, 5xx, timeouts, network).
-    pub transient: bool,
-}
-
-/// Error codes that mean "not now" rather than "never".
-const TRANSIENT_CODES: &[&str] = &[
-    "SlowDown",
-    "InternalError",
-    "ServiceUnavailable",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "TransactionConflict",
-    "TransactionInProgressException",
-    "InternalServerError",
-    "ServiceException",
-    "EC2ThrottledException",
-    "InternalFailure",
-    "ProvisionedThroughputExceeded",
-    "ActivityWorkerLimitExceeded",
-];
-
-/// HTTP statuses that mean "not now" whatever the code, or when there is none: S3
-/// answers a `HEAD` with a bare status, no body to name its error.
-const TRANSIENT_STATUSES: &[u16] = &[429, 500, 502, 503, 504];
+use crate::rules::failure::TRANSIENT_STATUSES;
+pub use crate::rules::failure::{AwsError, is_transient_code};
 
 impl AwsError {
+    /// What an SDK call's error says: its code, its message, and whether it is transient.
     pub fn from_sdk<E>(
         operation: &'static str,
         err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -76,24 +41,6 @@ impl AwsError {
             transient,
         }
     }
-
-    /// An error the caller builds itself, such as a DynamoDB item that is not what it should be.
-    pub fn permanent(operation: &'static str, message: impl Into<String>) -> Self {
-        AwsError {
-            operation,
-            code: None,
-            message: message.into(),
-            transient: false,
-        }
-    }
-
-    pub fn code_is(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
-    }
-}
-
-pub fn is_transient_code(code: &str) -> bool {
-    TRANSIENT_CODES.contains(&code)
 }
 
 /// One `impl From<$error> for lambda_runtime::Diagnostic` per function crate, so that

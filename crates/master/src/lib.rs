@@ -20,12 +20,14 @@ use std::time::SystemTime;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use aws_sdk_s3::types::EncodingType;
-use common::batch::{BatchLimits, ListedFile, split};
-use common::keys::decode_listed_key;
 use common::lambda::remaining;
-use common::run::{
-    CheckOutput, InputCheck, Location, MasterEvent, MasterOutput, SlaveEvent, parse_event,
+use common::rules::batch::{BatchId, BatchLimits, ListedFile, split};
+use common::rules::events::{
+    CheckOutput, InputCheck, MasterEvent, MasterOutput, SlaveEvent, parse_event,
 };
+use common::rules::keys::decode_listed_key;
+use common::rules::run::Location;
+use common::store::MasterRecords;
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
     StoreError,
@@ -105,7 +107,7 @@ common::diagnostic!(Error);
 pub struct Master {
     s3: aws_sdk_s3::Client,
     lambda: aws_sdk_lambda::Client,
-    store: Store,
+    records: MasterRecords,
     config: Config,
     settings: MasterSettings,
 }
@@ -137,7 +139,11 @@ impl Master {
         Master {
             s3: clients.s3.clone(),
             lambda: clients.lambda.clone(),
-            store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
+            records: MasterRecords::new(Store::new(
+                clients.dynamodb.clone(),
+                &config.table_name,
+                config.run_ttl,
+            )),
             config,
             settings,
         }
@@ -155,7 +161,7 @@ impl Master {
         let event: MasterEvent = parse_event(payload)?;
         event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
         let (run, spec) = event.resolve(&self.config.defaults)?;
-        let record = self.store.start_run(&run, &spec).await?;
+        let record = self.records.start_run(&run, &spec).await?;
         let mut cursor = Cursor {
             recorded_through: record.recorded_through.clone(),
             selected: record.selected,
@@ -167,26 +173,19 @@ impl Master {
             selected: cursor.selected,
             invocations: cursor.invocations,
         };
-        if record.listing_complete {
+        let Some(resume) = record.resume() else {
             return Ok(output(&cursor, true));
-        }
+        };
         info!(run_id = %run, source = %spec.source, destination = %spec.destination,
-              resume_after = record.recorded_through.as_deref().unwrap_or(""), "listing");
-        if let Some(recorded) = &record.recorded_through
-            && record.handed_through.as_ref() != Some(recorded)
-        {
+              resume_after = resume.list_after.as_deref().unwrap_or(""), "listing");
+        if let Some(pending) = &resume.pending {
             // An earlier call stopped between recording batches and handing them out.
-            let pending = self
-                .store
-                .batch_ids(&run, record.handed_through.as_deref(), recorded)
-                .await?;
-            cursor.invocations += self.invoke_slaves(&run, pending.iter()).await?;
-            self.store.advance_handed(&run, recorded).await?;
+            let batches = self.records.pending_batches(&run, pending).await?;
+            cursor.invocations += self.invoke_slaves(&run, batches.iter()).await?;
+            self.records.advance_handed(&run, &pending.through).await?;
         }
 
-        let mut page = self
-            .list(&spec, cursor.recorded_through.clone(), None)
-            .await?;
+        let mut page = self.list(&spec, resume.list_after, None).await?;
         loop {
             // The next page is fetched while this one is recorded and handed out.
             let next = async {
@@ -199,7 +198,7 @@ impl Master {
                 tokio::join!(self.hand_page(&run, &spec, &page, &mut cursor), next);
             handed?;
             let Some(next) = next else {
-                self.store.complete_listing(&run).await?;
+                self.records.complete_listing(&run).await?;
                 info!(run_id = %run, selected = cursor.selected, invocations = cursor.invocations, "listing complete");
                 return Ok(output(&cursor, true));
             };
@@ -328,16 +327,15 @@ impl Master {
             object_bytes: self.settings.batch_bytes,
         };
         let batches = split(&page.selected, limits);
-        self.store
+        self.records
             .record_page(run, cursor.recorded_through.as_deref(), &batches, last_key)
             .await?;
         cursor.recorded_through = Some(last_key.clone());
         cursor.selected += page.selected.len() as u64;
 
-        let invocations = self
-            .invoke_slaves(run, batches.iter().map(|files| &files[0].key))
-            .await?;
-        self.store.advance_handed(run, last_key).await?;
+        let ids: Vec<BatchId> = batches.iter().map(|files| BatchId::of(&files[0])).collect();
+        let invocations = self.invoke_slaves(run, ids.iter()).await?;
+        self.records.advance_handed(run, last_key).await?;
         cursor.invocations += invocations;
         info!(run_id = %run, source = %spec.source, through = %last_key, files = page.selected.len(),
               invocations, "page handed");
@@ -349,7 +347,7 @@ impl Master {
     async fn invoke_slaves<'a>(
         &self,
         run: &RunId,
-        batches: impl Iterator<Item = &'a String>,
+        batches: impl Iterator<Item = &'a BatchId>,
     ) -> Result<u64, Error> {
         let mut count = 0;
         stream::iter(batches)
@@ -363,10 +361,10 @@ impl Master {
         Ok(count)
     }
 
-    async fn invoke_slave(&self, run: &RunId, batch: &str) -> Result<(), Error> {
+    async fn invoke_slave(&self, run: &RunId, batch: &BatchId) -> Result<(), Error> {
         let event = SlaveEvent {
             run_id: run.clone(),
-            batch: batch.to_string(),
+            batch: batch.clone(),
             handed_on: None,
         };
         let payload = serde_json::to_vec(&event).expect("a slave event always serializes");

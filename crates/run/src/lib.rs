@@ -6,9 +6,10 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::progress::RunProgress;
-use common::run::RunId;
-use common::store::{FileStatus, Store};
+use common::rules::progress::RunProgress;
+use common::rules::records::FileStatus;
+use common::rules::run::RunId;
+use common::store::StatusRecords;
 use serde_json::Value;
 
 /// Failed files listed after a failed run.
@@ -16,7 +17,7 @@ const FAILED_FILES_SHOWN: usize = 100;
 
 pub struct Runner {
     pub sfn: aws_sdk_sfn::Client,
-    pub store: Store,
+    pub records: StatusRecords,
     pub state_machine_arn: String,
 }
 
@@ -76,7 +77,7 @@ impl Runner {
                 .await
                 .map_err(|e| format!("DescribeExecution: {e:?}"))?;
             let progress = self
-                .store
+                .records
                 .run_view(name)
                 .await
                 .map_err(|e| format!("reading the status table: {e}"))?
@@ -101,7 +102,7 @@ impl Runner {
                 }
                 let failed_files = match &progress {
                     Some(p) if p.failed > 0 => self
-                        .store
+                        .records
                         .failed_files(name, FAILED_FILES_SHOWN)
                         .await
                         .map_err(|e| format!("reading failed files: {e}"))?,
@@ -263,7 +264,8 @@ mod tests {
 
     #[test]
     fn each_file_is_one_line_with_its_reason_if_it_failed() {
-        use common::batch::{FileState, ListedFile};
+        use common::rules::batch::ListedFile;
+        use common::rules::outcomes::FileState;
         let file = |state, reason: Option<&str>| FileStatus {
             file: ListedFile {
                 key: "raw/a b.csv".into(),

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::run::RunId;
-use common::store::Store;
+use common::RunId;
+use common::store::{StatusRecords, Store};
 use run::{Runner, report};
 use serde_json::Value;
 
@@ -68,7 +68,7 @@ async fn run_cli(args: Vec<String>) -> Result<bool, String> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let runner = Runner {
         sfn: aws_sdk_sfn::Client::new(&sdk),
-        store: store(&sdk)?,
+        records: records(&sdk)?,
         state_machine_arn,
     };
     let finished = runner.run(&run_id, &input, &mut std::io::stdout()).await?;
@@ -80,7 +80,7 @@ async fn run_cli(args: Vec<String>) -> Result<bool, String> {
 async fn list_files(run: &str) -> Result<bool, String> {
     let run = RunId::parse(run).map_err(|e| e.to_string())?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let files = store(&sdk)?
+    let files = records(&sdk)?
         .files(&run)
         .await
         .map_err(|e| format!("reading the status table: {e}"))?;
@@ -102,15 +102,15 @@ fn variable(name: &str) -> Result<String, String> {
     })
 }
 
-/// The status table named by `TABLE_NAME`.
-fn store(sdk: &aws_config::SdkConfig) -> Result<Store, String> {
+/// The runs recorded in the status table named by `TABLE_NAME`.
+fn records(sdk: &aws_config::SdkConfig) -> Result<StatusRecords, String> {
     let table = variable("TABLE_NAME")?;
     // Only reads: the retention given to new items is never used.
-    Ok(Store::new(
+    Ok(StatusRecords::new(Store::new(
         aws_sdk_dynamodb::Client::new(sdk),
         table,
         Duration::ZERO,
-    ))
+    )))
 }
 
 fn parse_input(text: &str) -> Result<Value, String> {

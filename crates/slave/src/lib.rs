@@ -19,11 +19,16 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use common::batch::{FileState, ListedFile, Outcome};
 use common::deadline::Deadlines;
-use common::run::{SlaveEvent, SlaveOutput, parse_event};
-use common::store::BatchView;
-use common::transfer::{Copy, MoveFailure, Mover};
+use common::rules::batch::ListedFile;
+use common::rules::events::{SlaveEvent, SlaveOutput, parse_event};
+use common::rules::failure::MoveFailure;
+use common::rules::handoff::{handoff_stalls, stalled_for_good, stalled_reason};
+use common::rules::outcomes::{FileState, Outcome};
+use common::rules::records::BatchView;
+use common::rules::run::PlannedMove;
+use common::store::SlaveRecords;
+use common::transfer::{Copy, Mover};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
@@ -37,9 +42,6 @@ const ROUNDS: u32 = 3;
 /// Time kept for recording outcomes and invoking the continuation: copies still in
 /// flight this long before the deadline are abandoned.
 const HARD_MARGIN: Duration = Duration::from_secs(10);
-/// Invocations in a row that may hand a batch on without finishing a file or copying a
-/// part; the files still left after that cannot be copied within one invocation.
-const STALLED_HANDOFFS: u32 = 3;
 /// Time kept after aborting the uploads of failed files, to record the outcomes and hand
 /// the batch on. An upload left open is aborted by the bucket's lifecycle rule.
 const RECORD_MARGIN: Duration = Duration::from_secs(6);
@@ -84,8 +86,19 @@ common::diagnostic!(Error);
 pub struct Slave {
     s3: aws_sdk_s3::Client,
     lambda: aws_sdk_lambda::Client,
-    store: Store,
+    records: SlaveRecords,
     settings: SlaveSettings,
+}
+
+/// One invocation's work on a batch: the run, each file's planned move, and the mover
+/// that keeps to the invocation's deadlines.
+#[derive(Clone, Copy)]
+struct Work<'a> {
+    run: &'a RunId,
+    spec: &'a RunSpec,
+    planned: &'a [PlannedMove],
+    mover: &'a Mover<'a>,
+    deadlines: Deadlines,
 }
 
 /// What became of each file this invocation took on.
@@ -114,7 +127,11 @@ impl Slave {
         Slave {
             s3: clients.s3.clone(),
             lambda: clients.lambda.clone(),
-            store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
+            records: SlaveRecords::new(Store::new(
+                clients.dynamodb.clone(),
+                &config.table_name,
+                config.run_ttl,
+            )),
             settings,
         }
     }
@@ -129,37 +146,42 @@ impl Slave {
     ) -> Result<SlaveOutput, Error> {
         let event: SlaveEvent = parse_event(payload)?;
         let run = &event.run_id;
-        let (record, batch) = self.store.load_batch(run, &event.batch).await?;
+        let (record, batch) = self.records.load_batch(run, &event.batch).await?;
         let spec = record.and_then(|r| r.spec).ok_or_else(|| {
             EventError(format!("run {run} is unknown: master has not recorded it"))
         })?;
         let mut batch = batch.ok_or_else(|| {
             EventError(format!(
                 "no batch {:?} was recorded for run {run}",
-                event.batch
+                event.batch.as_str()
             ))
         })?;
-        // The files come from the table, but a run's files are only ever under its prefix.
-        for file in &batch.files {
-            spec.destination_key(&file.key)
-                .map_err(|e| EventError(e.to_string()))?;
-        }
-
-        // Only files without an outcome: a recorded outcome is final, since the run may
-        // already have been reported with it (a late duplicate of master's event, say).
-        let todo: Vec<usize> = (0..batch.files.len())
-            .filter(|&i| batch.outcomes.states[i] == FileState::Started)
-            .collect();
-        let already_done = batch
-            .outcomes
-            .states
+        // Each file's destination, once. The files come from the table, but a run's files
+        // are only ever under its prefix.
+        let planned: Vec<PlannedMove> = batch
+            .files
             .iter()
-            .filter(|s| **s == FileState::Completed)
-            .count() as u64;
+            .map(|file| spec.plan(file))
+            .collect::<Result<_, _>>()
+            .map_err(|e| EventError(e.to_string()))?;
+
+        // Only files without an outcome (a late duplicate of master's event, say).
+        let todo = batch.outcomes.open();
+        let already_done = batch.outcomes.completed() as u64;
         let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
-        let mover = Mover::new(&self.s3, &self.settings, &self.store, run, deadlines);
+        let mover = Mover::new(&self.s3, &self.settings, &self.records, run, deadlines);
         let mut moved = self
-            .move_files(run, &spec, &mut batch, &mover, todo, deadlines)
+            .move_files(
+                &Work {
+                    run,
+                    spec: &spec,
+                    planned: &planned,
+                    mover: &mover,
+                    deadlines,
+                },
+                &mut batch,
+                todo,
+            )
             .await?;
         // Progress is an outcome (every file tried had none), or parts copied.
         let stalls = handoff_stalls(
@@ -167,7 +189,7 @@ impl Slave {
             !moved.unfinished.is_empty(),
             event.handed_on,
         );
-        if stalls > STALLED_HANDOFFS {
+        if stalled_for_good(stalls) {
             let stalled = std::mem::take(&mut moved.unfinished);
             moved.outcomes.extend(stalled.into_iter().map(|i| {
                 let reason = stalled_reason(stalls, moved.unchecked.get(&i).map(String::as_str));
@@ -188,13 +210,13 @@ impl Slave {
         let (failed, completed): (Vec<_>, Vec<_>) = moved
             .outcomes
             .iter()
-            .map(|(i, outcome)| (&batch.files[*i], outcome))
+            .map(|(i, outcome)| (&planned[*i], outcome))
             .partition(|(_, outcome)| matches!(outcome, Outcome::Failed { .. }));
-        let failed: Vec<&ListedFile> = failed.into_iter().map(|(file, _)| file).collect();
+        let failed: Vec<&PlannedMove> = failed.into_iter().map(|(planned, _)| planned).collect();
         let to_record = Deadlines::before(deadline, Duration::ZERO, RECORD_MARGIN);
         mover.abandon_uploads(&spec, &failed, to_record).await;
         let delta = self
-            .store
+            .records
             .record_outcomes(run, &batch, &moved.outcomes)
             .await?;
         if !moved.unfinished.is_empty() {
@@ -205,7 +227,8 @@ impl Slave {
             self.hand_off(&next).await?;
         }
         // Last, and only while time is left: the records of moved files' uploads.
-        let completed: Vec<&ListedFile> = completed.into_iter().map(|(file, _)| file).collect();
+        let completed: Vec<&PlannedMove> =
+            completed.into_iter().map(|(planned, _)| planned).collect();
         let to_end = Deadlines::before(deadline, Duration::ZERO, END_MARGIN);
         mover.forget_uploads(&completed, to_end).await;
         let output = SlaveOutput {
@@ -226,19 +249,23 @@ impl Slave {
     /// finished file's outcome by position, and how many are left for later.
     async fn move_files(
         &self,
-        run: &RunId,
-        spec: &RunSpec,
+        work: &Work<'_>,
         batch: &mut BatchView,
-        mover: &Mover<'_>,
         todo: Vec<usize>,
-        deadlines: Deadlines,
     ) -> Result<Moved, Error> {
+        let Work {
+            run,
+            spec,
+            planned,
+            mover,
+            deadlines,
+        } = *work;
         let files = &batch.files;
         let concurrency = self.settings.move_concurrency;
         let mut unfinished: BTreeSet<usize> = todo.iter().copied().collect();
         let copied = in_rounds(todo, deadlines, |round| async move {
             common::deadline::bounded(round, concurrency, deadlines, |i| {
-                mover.copy_verified(spec, &files[i])
+                mover.copy_verified(spec, &planned[i])
             })
             .await
         })
@@ -272,10 +299,7 @@ impl Slave {
         }
         let mut unchecked = BTreeMap::new();
         if !gone.is_empty() {
-            for (i, answer) in self
-                .after_sources_gone(run, spec, batch, mover, gone, deadlines)
-                .await?
-            {
+            for (i, answer) in self.after_sources_gone(work, batch, gone).await? {
                 match answer {
                     GoneSource::Answered(outcome) => outcomes.push((i, outcome)),
                     GoneSource::CompletedBefore => {}
@@ -290,13 +314,13 @@ impl Slave {
         // What identifies a copy whose ETag is not the listed one is durable before its
         // source goes: a later delivery that finds the source gone can still verify it.
         if !copies.is_empty() {
-            self.store.record_copies(run, batch, &copies).await?;
+            self.records.record_copies(run, batch, &copies).await?;
         }
         // A duplicate delivery may have given some of these files an outcome meanwhile,
         // and the run may have been reported with it: a failed file keeps its source.
         if !to_delete.is_empty() {
             batch.outcomes = self
-                .store
+                .records
                 .outcomes(run, &batch.id, batch.files.len())
                 .await?;
             let now = &batch.outcomes;
@@ -344,15 +368,19 @@ impl Slave {
     /// whose destination cannot be checked for now is left for later.
     async fn after_sources_gone(
         &self,
-        run: &RunId,
-        spec: &RunSpec,
+        work: &Work<'_>,
         batch: &mut BatchView,
-        mover: &Mover<'_>,
         gone: Vec<usize>,
-        deadlines: Deadlines,
     ) -> Result<Vec<(usize, GoneSource)>, Error> {
+        let Work {
+            run,
+            spec,
+            planned,
+            mover,
+            deadlines,
+        } = *work;
         batch.outcomes = self
-            .store
+            .records
             .outcomes(run, &batch.id, batch.files.len())
             .await?;
         let (files, now) = (&batch.files, &batch.outcomes);
@@ -362,7 +390,7 @@ impl Slave {
         let concurrency = self.settings.move_concurrency;
         let verified = in_rounds(left, deadlines, |round| async move {
             common::deadline::bounded(round, concurrency, deadlines, |i| {
-                mover.verify_moved(spec, &files[i], now.copied.get(&i).map(String::as_str))
+                mover.verify_moved(spec, &planned[i], now.copied.get(&i).map(String::as_str))
             })
             .await
         })
@@ -409,34 +437,6 @@ enum GoneSource {
     CompletedBefore,
     /// Its destination could not be checked for now, for this reason: it is left for later.
     Unchecked(String),
-}
-
-/// How many invocations in a row, this one included, will have handed the batch on
-/// without progress (a file's state changed, or parts copied); 0 when this one made
-/// progress or leaves nothing to hand on.
-fn handoff_stalls(progressed: bool, files_left: bool, handed_on: Option<u32>) -> u32 {
-    if !files_left || progressed {
-        0
-    } else {
-        handed_on.unwrap_or(0) + 1
-    }
-}
-
-/// Why a file left unfinished by invocations in a row that made no progress failed.
-/// `unchecked` says why its destination could not be checked, when its source is gone.
-fn stalled_reason(stalls: u32, unchecked: Option<&str>) -> String {
-    match unchecked {
-        None => format!(
-            "the copy did not finish within {stalls} invocations of the slave in a row; copy \
-             it in parts (a lower MULTIPART_THRESHOLD_BYTES) or give the slave a longer \
-             timeout; the source was left in place"
-        ),
-        Some(why) => format!(
-            "the source is gone, but {stalls} invocations of the slave in a row could not \
-             check that the destination holds the listed object; check the destination \
-             ({why})"
-        ),
-    }
 }
 
 fn completed(file: &ListedFile) -> Outcome {
@@ -499,25 +499,6 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_is_handed_on_until_invocations_in_a_row_make_no_progress() {
-        assert_eq!(handoff_stalls(false, false, Some(2)), 0, "nothing left");
-        assert_eq!(handoff_stalls(true, true, Some(2)), 0, "progress");
-        assert_eq!(handoff_stalls(false, true, None), 1);
-        assert_eq!(handoff_stalls(false, true, Some(2)), 3);
-    }
-
-    #[test]
-    fn a_stalled_file_is_said_to_be_left_in_place_only_while_its_source_is() {
-        let kept = stalled_reason(4, None);
-        assert!(kept.contains("4 invocations"), "{kept}");
-        assert!(kept.contains("the source was left in place"), "{kept}");
-        let gone = stalled_reason(4, Some("HeadObject: SlowDown"));
-        assert!(gone.starts_with("the source is gone"), "{gone}");
-        assert!(gone.contains("HeadObject: SlowDown"), "{gone}");
-        assert!(!gone.contains("left in place"), "{gone}");
-    }
 
     #[test]
     fn every_error_type_is_listed() {

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::crash::crash_point;
 use common::lambda::remaining;
-use common::progress::{
-    ActivityState, RunProgress, TaskRoute, Verdict, activity_state, failure_cause, route_task,
-    run_deadline,
+use common::rules::activity::{
+    ActivityState, TaskRoute, activity_state, may_poll, route_task, run_deadline,
 };
-use common::run::{RunSummary, StatusEvent, parse_event};
-use common::store::{Delivered, RunRecord, RunView};
+use common::rules::events::{RunSummary, StatusEvent, parse_event};
+use common::rules::progress::{RunProgress, Verdict, failure_cause, may_wait};
+use common::rules::records::{Delivered, RunRecord, RunView};
+use common::store::StatusRecords;
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, StatusSettings, Store,
     StoreError,
@@ -107,7 +108,7 @@ common::diagnostic!(Error);
 
 pub struct Status {
     sfn: aws_sdk_sfn::Client,
-    store: Store,
+    records: StatusRecords,
     settings: StatusSettings,
     /// How often the tokens recorded for a run are heartbeaten while its status waits.
     heartbeat_every: Duration,
@@ -141,7 +142,11 @@ impl Status {
     pub fn new(clients: &Clients, config: &Config, settings: StatusSettings) -> Self {
         Status {
             sfn: clients.sfn.clone(),
-            store: Store::new(clients.dynamodb.clone(), &config.table_name, config.run_ttl),
+            records: StatusRecords::new(Store::new(
+                clients.dynamodb.clone(),
+                &config.table_name,
+                config.run_ttl,
+            )),
             settings,
             heartbeat_every: config.task_heartbeat / 3,
         }
@@ -156,7 +161,8 @@ impl Status {
         crash_point("status-on-entry");
         let event: StatusEvent = parse_event(payload)?;
         let run = &event.run_id;
-        let must_end_by = run_deadline(event.started_at.as_deref(), event.run_timeout_seconds);
+        let started = event.started_at.as_deref().and_then(parse_time);
+        let must_end_by = run_deadline(started, event.run_timeout_seconds);
         let (spec, record, progress) = self.finished_run(run, deadline, must_end_by).await?;
         let summary = RunSummary {
             run_id: run.clone(),
@@ -168,7 +174,7 @@ impl Status {
             bytes: progress.bytes,
         };
         let cause = if progress.verdict() == Verdict::Failed {
-            let listed = self.store.failed_files(run, FAILED_FILES_LISTED).await?;
+            let listed = self.records.failed_files(run, FAILED_FILES_LISTED).await?;
             Some(failure_cause(&progress, &listed))
         } else {
             None
@@ -202,7 +208,7 @@ impl Status {
         let started = Instant::now();
         let mut heartbeaten: Option<Instant> = None;
         loop {
-            let view = self.store.run_view(run).await?;
+            let view = self.records.run_view(run).await?;
             let (tokens, detail) = match view.map(|v| (v.record.spec.clone(), v)) {
                 Some((Some(spec), RunView { record, progress })) => match progress.verdict() {
                     Verdict::Succeeded | Verdict::Failed => return Ok((spec, record, progress)),
@@ -240,11 +246,13 @@ impl Status {
                 });
             }
             let interval = self.settings.check_interval;
-            let may_wait = started.elapsed() + interval <= self.settings.run_wait
-                && deadline.is_some_and(|d| {
-                    remaining(d) > interval + self.settings.activity_poll + POLL_MARGIN
-                });
-            if !may_wait {
+            if !may_wait(
+                started.elapsed(),
+                interval,
+                self.settings.run_wait,
+                deadline.map(remaining),
+                self.settings.activity_poll + POLL_MARGIN,
+            ) {
                 return Err(Error::TransferIncomplete {
                     run: run.clone(),
                     detail,
@@ -300,7 +308,7 @@ impl Status {
                             }
                             ActivityState::Waiting => {
                                 info!(run_id = %run, "a recorded task token lapsed; waiting for its successor");
-                                self.store.forget_token(run, &token).await?;
+                                self.records.forget_token(run, &token).await?;
                             }
                             ActivityState::Ended => {
                                 return Err(Error::ActivityTaskGone {
@@ -313,11 +321,12 @@ impl Status {
                     Err(e) => return Err(Error::Activity(e)),
                 }
             }
-            let may_poll = match deadline {
-                Some(d) => remaining(d) > self.settings.activity_poll + POLL_MARGIN,
-                None => polls < POLLS_WITHOUT_DEADLINE,
-            };
-            if !may_poll {
+            if !may_poll(
+                deadline.map(remaining),
+                self.settings.activity_poll + POLL_MARGIN,
+                polls,
+                POLLS_WITHOUT_DEADLINE,
+            ) {
                 return self.no_token_yet(event).await;
             }
             polls += 1;
@@ -327,7 +336,7 @@ impl Status {
             }
             // Another run's status check may have recorded this run's token meanwhile.
             tokens = self
-                .store
+                .records
                 .run_record(run)
                 .await?
                 .map(|r| r.task_tokens)
@@ -361,7 +370,7 @@ impl Status {
     /// Notes on the run's item that its result was delivered. The delivery stands even if
     /// this fails: a later call would find its token closed and the history would tell.
     async fn note_delivered(&self, run: &RunId, how: Delivered) {
-        if let Err(e) = self.store.mark_delivered(run, how).await {
+        if let Err(e) = self.records.mark_delivered(run, how).await {
             warn!(run_id = %run, error = %e, "the result was delivered but could not be noted");
         }
     }
@@ -384,12 +393,12 @@ impl Status {
         match route_task(task.input.as_deref(), run) {
             TaskRoute::Mine => {
                 crash_point("status-after-own-token");
-                self.store.record_token(run, &token).await?;
+                self.records.record_token(run, &token).await?;
                 Ok(Some(token))
             }
             TaskRoute::Other(owner) => {
                 crash_point("status-before-recording-another-runs-token");
-                self.store.record_token(&owner, &token).await?;
+                self.records.record_token(&owner, &token).await?;
                 info!(run_id = %run, owner = %owner, "recorded another run's task token");
                 Ok(None)
             }
@@ -485,6 +494,15 @@ impl Status {
     }
 }
 
+/// A time as Step Functions writes it (`$$.Execution.StartTime`, RFC 3339); `None` if
+/// it is not one.
+fn parse_time(raw: &str) -> Option<SystemTime> {
+    let time =
+        aws_smithy_types::DateTime::from_str(raw, aws_smithy_types::date_time::Format::DateTime)
+            .ok()?;
+    SystemTime::try_from(time).ok()
+}
+
 fn delivered(succeeded: bool) -> Delivered {
     if succeeded {
         Delivered::Succeeded
@@ -507,6 +525,26 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executions_start_is_read_as_step_functions_writes_it() {
+        let start = parse_time("2026-11-28T10:00:00.250Z").unwrap();
+        assert_eq!(
+            start.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
+            Duration::from_millis(1_795_860_000_250)
+        );
+        assert_eq!(
+            parse_time("2026-11-28T10:00:00Z"),
+            Some(start - Duration::from_millis(250))
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn a_delivery_is_noted_as_what_the_history_says_it_was() {
+        assert_eq!(delivered(true), Delivered::Succeeded);
+        assert_eq!(delivered(false), Delivered::Failed);
+    }
 
     #[test]
     fn every_error_type_is_listed() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use common::run::{MasterOutput, SlaveOutput};
+use common::rules::events::{MasterOutput, SlaveOutput};
 use common::{Clients, Config, MasterSettings, SlaveSettings};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ pub struct Moved {
 pub async fn bench_move(
     run_id: &str,
     lambdas: usize,
-    template: &crate::template::Template,
+    template: &deployment::template::Template,
 ) -> Result<Moved, Problem> {
     let problem = |e: common::ConfigError| Problem(e.to_string());
     let config = Config::from_env().map_err(problem)?;

@@ -107,14 +107,14 @@ pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
 
     let runner = run::Runner {
         sfn: aws_sdk_sfn::Client::new(&sdk),
-        store: common::store::Store::new(
+        records: common::store::StatusRecords::new(common::store::Store::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             stack.var("TABLE_NAME")?,
             Duration::ZERO,
-        ),
+        )),
         state_machine_arn: stack.var("STATE_MACHINE_ARN")?.to_string(),
     };
-    let run_id = common::run::RunId::parse(&format!(
+    let run_id = common::RunId::parse(&format!(
         "demo-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

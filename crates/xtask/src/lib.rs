@@ -1,16 +1,10 @@
-//! Project commands that read the repository's deployment files: the state machine
-//! diagram in the README, and the definition rendered for validators.
+//! The project's commands (`cargo xtask`) and what they share with the tests: the local
+//! stack and deployment, the demo, the benchmark's mover and an asynchronous-invoke sink.
+//! The deployment files themselves are read by the `deployment` crate.
 
 pub mod async_invoke;
 pub mod bench;
-pub mod definition;
 pub mod demo;
-pub mod diagram;
 pub mod local;
-pub mod policy;
-pub mod template;
 
-/// Something wrong with a deployment file, said so a reader can fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Problem(pub String);
+pub use deployment::Problem;

@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::Problem;
-use crate::definition::Definition;
-use crate::template::{Reference, Substitution, Template};
+use deployment::definition::Definition;
+use deployment::template::{Reference, Substitution, Template};
 
 pub const REGION: &str = "us-east-1";
 /// The account moto reports.
@@ -334,8 +334,8 @@ pub fn set_by_cargo_for_a_package(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
-/// A local stack (`local/stack.py run`) started by this process, stopped when dropped
-/// (or when this process dies: the stack watches its parent).
+/// A local stack (`python -m local.stack run`) started by this process, stopped when
+/// dropped (or when this process dies: the stack watches its parent).
 pub struct RunningStack {
     process: Child,
     pub dir: PathBuf,
@@ -345,7 +345,8 @@ pub struct RunningStack {
 
 impl RunningStack {
     /// Starts the stack on free ports, its files under `dir`, and waits until it is up.
-    /// `options` are more of `local/stack.py run`'s options (`--features`, `--faults`, …).
+    /// `options` are more of `python -m local.stack run`'s options (`--features`,
+    /// `--faults`, …).
     pub fn start(
         root: &Path,
         dir: &Path,
@@ -368,7 +369,7 @@ impl RunningStack {
         }
         let process = command
             .current_dir(root)
-            .arg("local/stack.py")
+            .args(["-m", "local.stack"])
             .args(["run", &dir.to_string_lossy(), "--exit-with-parent"])
             .args(["--port", &free_port()?.to_string()])
             .args(["--lambda-port", &free_port()?.to_string()])

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use deployment::definition::Definition;
+use deployment::diagram;
+use deployment::template::Template;
 use xtask::Problem;
-use xtask::definition::Definition;
-use xtask::diagram;
-use xtask::template::Template;
 
 fn usage() -> &'static str {
     "usage:
@@ -30,6 +30,9 @@ fn usage() -> &'static str {
                           one run would, LAMBDAS (8) slave invocations at a time; the
                           settings come from the environment, as for the functions
   xtask create-table      create the status table TABLE_NAME as template.yaml declares it
+  xtask invoke-sink       answer every Lambda Invoke on a free loopback port as AWS
+                          answers an asynchronous one (202); print the endpoint's URL,
+                          then each invocation as one JSON line, its function and payload
   xtask check-build DIR   check that `sam build` left an x86-64 Linux `bootstrap` in
                           DIR/<function> for every function of template.yaml"
 }
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         ["bench-move", run] => bench_move(run, "8"),
         ["bench-move", run, lambdas] => bench_move(run, lambdas),
         ["create-table"] => create_table(),
+        ["invoke-sink"] => invoke_sink(),
         [
             "local-deploy",
             endpoint,
@@ -238,6 +242,30 @@ fn create_table() -> Result<(), Problem> {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
         xtask::local::table_if_missing(&dynamodb, &template, &config.table_name).await
+    })
+}
+
+fn invoke_sink() -> Result<(), Problem> {
+    use std::io::Write;
+    // Flushed line by line: the reader acts on each line as it comes.
+    let print = |line: String| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Problem(format!("writing to stdout: {e}")))
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    runtime.block_on(async {
+        let (sink, mut invocations) = tokio::sync::mpsc::unbounded_channel();
+        let url = xtask::async_invoke::start(sink)
+            .await
+            .map_err(|e| Problem(format!("starting the invoke endpoint: {e}")))?;
+        print(url)?;
+        // The endpoint keeps its sender for as long as it listens: until killed.
+        while let Some((function, payload)) = invocations.recv().await {
+            print(serde_json::json!({"function": function, "payload": payload}).to_string())?;
+        }
+        Ok(())
     })
 }
 

@@ -1,11 +1,24 @@
-//! Malformed events of every kind, generated: master and slave answer each one with
-//! `InvalidEvent` (never a panic, never another error), and nothing changes in the
-//! bucket, in the status table, or in what master hands to slaves.
+//! Bad input to master and slave in the test's process, against the local AWS APIs:
+//! malformed events of every kind, generated, events naming what master never recorded,
+//! and missing settings. Each is answered with a stable error naming what is wrong
+//! (never a panic), and nothing changes in the bucket, in the status table, or in what
+//! master hands to slaves.
 
+use common::rules::batch::ListedFile;
+use common::rules::events::SlaveEvent;
+use common::rules::outcomes::FileState;
 use integration_tests::{Fixture, body_of};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
+
+async fn seeded(keys: &[&str]) -> Fixture {
+    let f = Fixture::new().await;
+    for key in keys {
+        f.put(key, body_of(key)).await;
+    }
+    f
+}
 
 /// Fields a master event may have.
 const MASTER_FIELDS: &[&str] = &[
@@ -148,4 +161,124 @@ fn malformed_events_are_refused_as_invalid_and_change_nothing() {
         assert_eq!(f.objects().await, objects);
         assert_eq!(f.table_items().await, items);
     });
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_by_name_and_nothing_moves() {
+    let keys = ["raw/a.csv", "raw/b.csv", "elsewhere/c.csv"];
+    let f = seeded(&keys).await;
+    let before = f.objects().await;
+    let master = f.master();
+
+    // master: each bad event is InvalidEvent with a message naming the problem
+    for (event, expected) in [
+        (json!({}), "run_id is missing"),
+        (
+            json!({"run_id": "r", "source_prefx": "x/"}),
+            "unknown field `source_prefx`",
+        ),
+        (json!({"run_id": "has space"}), "run_id"),
+        (
+            json!({"run_id": "r", "source_bucket": "Not_A_Bucket"}),
+            "not a valid S3 bucket name",
+        ),
+        (
+            json!({"run_id": "r", "destination_prefix": "raw/out/"}),
+            "overlap",
+        ),
+        (
+            json!({"run_id": "r", "suffixes": []}),
+            "suffix list is empty",
+        ),
+        (json!({"run_id": "r", "suffixes": ".csv"}), "invalid type"),
+    ] {
+        let err = master.handle(event.clone(), None).await.unwrap_err();
+        assert_eq!(err.error_type(), "InvalidEvent", "{event}");
+        assert!(err.to_string().contains(expected), "{event}: {err}");
+    }
+    assert!(f.inbox.take().is_empty());
+
+    // a run id reused for another prefix is refused
+    f.run_master("once").await;
+    let err = master
+        .handle(
+            json!({"run_id": "once", "source_prefix": "elsewhere/"}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), "InvalidEvent");
+    assert!(err.to_string().contains("different spec"), "{err}");
+    let handed = f.inbox.take();
+
+    // slave: batches master never recorded, unknown runs, malformed events, and a
+    // recorded batch whose files lie outside the run's prefix (the table tampered with)
+    // are refused before anything moves
+    let run = common::RunId::parse("once").unwrap();
+    let outside = [ListedFile {
+        key: "elsewhere/c.csv".into(),
+        ..f.file("once", "raw/a.csv").await.file
+    }];
+    common::store::MasterRecords::new(f.table())
+        .record_page(&run, Some("raw/b.csv"), &[&outside[..]], "raw/c")
+        .await
+        .unwrap();
+    let slave = f.slave();
+    let event = |run: &str, batch: &str| {
+        serde_json::to_value(SlaveEvent {
+            run_id: common::RunId::parse(run).unwrap(),
+            batch: common::rules::batch::BatchId::recorded(batch),
+            handed_on: None,
+        })
+        .unwrap()
+    };
+    for (payload, expected) in [
+        (
+            event("once", "elsewhere/c.csv"),
+            "not under the run's source prefix",
+        ),
+        (
+            event("once", "raw/b.csv"),
+            "no batch \"raw/b.csv\" was recorded for run once",
+        ),
+        (event("nobody", "raw/a.csv"), "run nobody is unknown"),
+        (
+            json!({"run_id": "once", "batch": "raw/a.csv", "extra": 1}),
+            "unknown field `extra`",
+        ),
+        (json!({"batch": "raw/a.csv"}), "missing field `run_id`"),
+        (
+            json!({"run_id": "once", "batch": ["raw/a.csv"]}),
+            "batch: invalid type",
+        ),
+    ] {
+        let err = slave.handle(payload.clone(), None).await.unwrap_err();
+        assert_eq!(err.error_type(), "InvalidEvent", "{payload}");
+        assert!(err.to_string().contains(expected), "{payload}: {err}");
+    }
+    assert_eq!(f.objects().await, before, "a refused event moved something");
+    assert!(
+        f.files("once")
+            .await
+            .values()
+            .all(|f| f.state == FileState::Started)
+    );
+    assert_eq!(handed.len(), 1);
+}
+
+#[tokio::test]
+async fn missing_settings_fail_every_invocation_naming_the_variable() {
+    let err = common::Config::from_lookup(&[("SOURCE_BUCKET", "data-bucket")]).unwrap_err();
+    let broken: Result<master::Master, _> = Err(err);
+    let event = lambda_runtime::LambdaEvent::new(
+        json!({"run_id": "r"}),
+        lambda_runtime::Context::default(),
+    );
+    let err = master::handle(&broken, event).await.unwrap_err();
+    let diagnostic = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(diagnostic.error_type, "ConfigError");
+    assert_eq!(
+        diagnostic.error_message,
+        "environment variable TABLE_NAME: is not set"
+    );
 }

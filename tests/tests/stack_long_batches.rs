@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::batch::FileState;
-use common::run::RunId;
+use common::RunId;
+use common::rules::outcomes::FileState;
 use integration_tests::stack::{
-    LocalStack, bucket_with, contents, input, keys, moved_and_kept, output, store,
+    LocalStack, bucket_with, contents, input, keys, moved_and_kept, output, records,
 };
 use serde_json::{Value, json};
 
@@ -72,7 +72,7 @@ async fn a_batch_whose_copies_outlast_an_invocation_is_handed_on_and_moved_once(
     assert_eq!(count(&calls, "slave", "s3", "CopyObject"), 160);
     assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
     let run = RunId::parse("handed-on").unwrap();
-    let store = store(stack).await;
+    let store = records(stack).await;
     let progress = store.run_view(&run).await.unwrap().unwrap().progress;
     assert_eq!(
         (progress.selected, progress.completed, progress.failed),
@@ -180,7 +180,7 @@ async fn a_multipart_copy_that_outlasts_an_invocation_resumes_with_its_parts_and
         .unwrap();
     assert_eq!(uploads.count(), 0);
     let run = RunId::parse("parts-resumed").unwrap();
-    let progress = store(stack)
+    let progress = records(stack)
         .await
         .run_view(&run)
         .await

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::config::{Config, Lookup, MasterSettings, SlaveSettings, StatusSettings};
+use deployment::definition::{Definition, array, error_names, states_of};
+use deployment::template::{Substitution, Template};
 use serde_norway::Value as Yaml;
-use xtask::definition::{Definition, array, error_names, states_of};
-use xtask::template::{Substitution, Template};
 
 fn read(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
@@ -251,9 +251,11 @@ fn the_status_function_outlives_its_wait_and_one_activity_poll() {
 #[test]
 fn the_readme_diagram_matches_the_definition() {
     let readme = read("README.md");
-    let expected =
-        xtask::diagram::replace_in_readme(&readme, &xtask::diagram::mermaid(&definition()))
-            .expect("the README has the diagram markers");
+    let expected = deployment::diagram::replace_in_readme(
+        &readme,
+        &deployment::diagram::mermaid(&definition()),
+    )
+    .expect("the README has the diagram markers");
     assert!(
         expected == readme,
         "README.md's state machine diagram is out of date: run `make diagram`"
@@ -262,7 +264,7 @@ fn the_readme_diagram_matches_the_definition() {
 
 #[test]
 fn the_sample_events_are_events_the_functions_accept() {
-    use common::run::{MasterEvent, SlaveEvent, StatusEvent, parse_event};
+    use common::rules::events::{MasterEvent, SlaveEvent, StatusEvent, parse_event};
     let event = |name: &str| serde_json::from_str(&read(&format!("events/{name}.json"))).unwrap();
     parse_event::<MasterEvent>(event("master")).unwrap();
     parse_event::<SlaveEvent>(event("slave")).unwrap();
@@ -271,7 +273,7 @@ fn the_sample_events_are_events_the_functions_accept() {
 
 #[test]
 fn the_state_machines_timing_defaults_are_the_ones_master_checks() {
-    use common::run::{
+    use common::rules::events::{
         DEFAULT_RUN_TIMEOUT_SECONDS, DEFAULT_WAIT_BEFORE_MASTER_SECONDS,
         DEFAULT_WAIT_BEFORE_STATUS_SECONDS,
     };

@@ -1,35 +1,8 @@
-//! Batches: the files master hands to one slave invocation, and what became of each.
-//!
-//! A batch is a run of consecutive selected files from one listing page, named by its
-//! first key. Its files are recorded once, by master, as one JSON list; their outcomes
-//! are kept apart, as one character per file, so that recording a batch's outcomes
-//! rewrites a few hundred bytes instead of every file's row. These are the pure parts:
-//! splitting, encoding, and how outcomes change a file's state and the run's counters.
+//! What became of a batch's files: each file's state, kept as one character per file,
+//! so that recording a batch's outcomes rewrites a few hundred bytes instead of every
+//! file's row, and how an outcome changes a file's state and the run's counters.
 
 use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-/// A file as the listing saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "(String, u64, String)", into = "(String, u64, String)")]
-pub struct ListedFile {
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-}
-
-impl From<(String, u64, String)> for ListedFile {
-    fn from((key, size, etag): (String, u64, String)) -> Self {
-        ListedFile { key, size, etag }
-    }
-}
-
-impl From<ListedFile> for (String, u64, String) {
-    fn from(f: ListedFile) -> Self {
-        (f.key, f.size, f.etag)
-    }
-}
 
 /// Where a file of a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -182,6 +155,21 @@ impl Outcomes {
         self.states.iter().map(|s| s.code()).collect()
     }
 
+    /// The positions of the files without an outcome: the ones a delivery still moves.
+    /// A recorded outcome is final, since the run may have been reported with it.
+    pub fn open(&self) -> Vec<usize> {
+        (0..self.states.len())
+            .filter(|&i| self.states[i] == FileState::Started)
+            .collect()
+    }
+
+    pub fn completed(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| **s == FileState::Completed)
+            .count()
+    }
+
     pub fn failed(&self) -> usize {
         self.states
             .iter()
@@ -242,92 +230,9 @@ pub fn short_reason(reason: &str) -> String {
     format!("{}…", &reason[..end])
 }
 
-/// A batch's files as recorded: a JSON list of `[key, size, etag]`.
-pub fn encode_files(files: &[ListedFile]) -> String {
-    serde_json::to_string(files).expect("files always serialize")
-}
-
-pub fn decode_files(raw: &str) -> Result<Vec<ListedFile>, String> {
-    serde_json::from_str(raw).map_err(|e| format!("a batch's files are not readable: {e}"))
-}
-
-/// How much one batch may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    /// Files in a batch: one slave invocation's share.
-    pub files: usize,
-    /// Bytes of the batch's encoded file list, so that it fits in one DynamoDB item.
-    pub names_bytes: usize,
-    /// Bytes of the objects themselves, so that a batch of large objects is spread over
-    /// several slaves instead of queueing behind one.
-    pub object_bytes: u64,
-}
-
-/// Splits a page's selected files into batches within `limits` (a file beyond a byte
-/// limit on its own travels alone). The order is kept, so each batch is named by its
-/// first key and batches never overlap.
-pub fn split(files: &[ListedFile], limits: BatchLimits) -> Vec<&[ListedFile]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let (mut names, mut objects) = (0, 0u64);
-    for (i, file) in files.iter().enumerate() {
-        let cost = encoded_len(file);
-        let count = i - start;
-        let full = count == limits.files
-            || names + cost > limits.names_bytes
-            || objects.saturating_add(file.size) > limits.object_bytes;
-        if count > 0 && full {
-            out.push(&files[start..i]);
-            start = i;
-            (names, objects) = (0, 0);
-        }
-        names += cost;
-        objects = objects.saturating_add(file.size);
-    }
-    if start < files.len() {
-        out.push(&files[start..]);
-    }
-    out
-}
-
-/// The length of [`encode_files`] of `files`, without encoding them.
-pub fn encoded_size(files: &[ListedFile]) -> usize {
-    1 + files.iter().map(encoded_len).sum::<usize>().max(1)
-}
-
-/// The bytes one file adds to [`encode_files`]: `["key",size,"etag"],`.
-fn encoded_len(file: &ListedFile) -> usize {
-    json_string_len(&file.key) + json_string_len(&file.etag) + digits(file.size) + 5
-}
-
-/// The length of `s` as a JSON string, quotes included.
-fn json_string_len(s: &str) -> usize {
-    2 + s
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
-        })
-        .sum::<usize>()
-}
-
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    fn file(key: &str, size: u64) -> ListedFile {
-        ListedFile {
-            key: key.into(),
-            size,
-            etag: "\"9b2cf535f27731c974343645a3985328\"".into(),
-        }
-    }
 
     fn completed(size: u64) -> Outcome {
         Outcome::Completed { size }
@@ -411,6 +316,14 @@ mod tests {
     }
 
     #[test]
+    fn only_files_without_an_outcome_are_left_to_move() {
+        let mut outcomes = Outcomes::started(4);
+        outcomes.apply(&[(1, completed(5)), (2, failed())]);
+        assert_eq!(outcomes.open(), [0, 3]);
+        assert_eq!((outcomes.completed(), outcomes.failed()), (1, 1));
+    }
+
+    #[test]
     fn copies_are_recorded_until_their_file_completes() {
         let mut outcomes = Outcomes::started(3);
         let copies = [(0, "\"abc-2\"".to_string()), (2, "\"def\"".to_string())];
@@ -462,95 +375,5 @@ mod tests {
         let cut = short_reason(&long);
         assert!(cut.len() <= MAX_REASON_BYTES, "{}", cut.len());
         assert!(cut.ends_with('…'));
-    }
-
-    #[test]
-    fn files_round_trip_through_their_encoding() {
-        let files = vec![
-            file("raw/a \"quoted\"\n.csv", 0),
-            file("raw/日本語.csv", 123),
-        ];
-        let encoded = encode_files(&files);
-        assert_eq!(decode_files(&encoded).unwrap(), files);
-        assert!(decode_files("{").is_err());
-    }
-
-    fn limits(files: usize, names_bytes: usize, object_bytes: u64) -> BatchLimits {
-        BatchLimits {
-            files,
-            names_bytes,
-            object_bytes,
-        }
-    }
-
-    #[test]
-    fn batches_respect_count_names_and_object_bytes() {
-        let files: Vec<ListedFile> = (0..10).map(|i| file(&format!("raw/{i}.csv"), 10)).collect();
-        let sizes = |l| split(&files, l).iter().map(|b| b.len()).collect::<Vec<_>>();
-        assert_eq!(sizes(limits(4, 1 << 20, u64::MAX)), [4, 4, 2]);
-        let two = encoded_len(&files[0]) * 2;
-        assert_eq!(sizes(limits(100, two, u64::MAX)), [2, 2, 2, 2, 2]);
-        assert_eq!(sizes(limits(100, 1 << 20, 30)), [3, 3, 3, 1]);
-        assert!(split(&[], limits(4, 100, 100)).is_empty());
-        let huge = vec![file(&"x".repeat(500), u64::MAX)];
-        assert_eq!(
-            split(&huge, limits(4, 100, 10)).len(),
-            1,
-            "a file larger than the budget still travels alone"
-        );
-    }
-
-    #[test]
-    fn large_objects_are_spread_over_batches_of_their_own() {
-        let gib = 1 << 30;
-        let files = vec![
-            file("raw/a.csv", 1),
-            file("raw/b.bin", 6 * gib),
-            file("raw/c.csv", 1),
-            file("raw/d.bin", 3 * gib),
-            file("raw/e.bin", 3 * gib),
-        ];
-        let batches: Vec<Vec<&str>> = split(&files, limits(100, 1 << 20, 5 * gib))
-            .iter()
-            .map(|b| b.iter().map(|f| f.key.as_str()).collect())
-            .collect();
-        assert_eq!(
-            batches,
-            [
-                vec!["raw/a.csv"],
-                vec!["raw/b.bin"],
-                vec!["raw/c.csv", "raw/d.bin"],
-                vec!["raw/e.bin"]
-            ]
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn encoded_length_is_exact(key in "\\PC{0,30}", size: u64) {
-            let f = ListedFile { key, size, etag: "\"e\\\"t\"".into() };
-            // `[` and `]` around the list replace the one entry's trailing comma.
-            prop_assert_eq!(encode_files(std::slice::from_ref(&f)).len(), encoded_len(&f) + 1);
-            let two = [f.clone(), f];
-            prop_assert_eq!(encode_files(&two).len(), encoded_size(&two));
-        }
-
-        #[test]
-        fn batches_keep_every_file_in_order(
-            n in 0usize..300, max_files in 1usize..50, budget in 1usize..400, objects in 1u64..2000,
-        ) {
-            let files: Vec<ListedFile> = (0..n)
-                .map(|i| file(&format!("raw/{}\"{}.csv", "k".repeat(i % 7), i), (i * 7 % 301) as u64))
-                .collect();
-            let out = split(&files, limits(max_files, budget, objects));
-            let flat: Vec<ListedFile> = out.iter().flat_map(|b| b.iter().cloned()).collect();
-            prop_assert_eq!(&flat, &files);
-            for b in out {
-                prop_assert!(!b.is_empty() && b.len() <= max_files);
-                let bytes: usize = b.iter().map(encoded_len).sum();
-                let sizes: u64 = b.iter().map(|f| f.size).sum();
-                prop_assert!(b.len() == 1 || (bytes <= budget && sizes <= objects));
-            }
-        }
     }
 }

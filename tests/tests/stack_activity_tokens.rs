@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
-use common::run::RunId;
-use common::store::Delivered;
+use common::RunId;
+use common::rules::records::Delivered;
 use integration_tests::stack::{
     LocalStack, TASK_HEARTBEAT_SECONDS, activity_events, bucket_with, contents, duration, input,
-    keys, lambda_failures, local_stack, moved_and_kept, output, store,
+    keys, lambda_failures, local_stack, moved_and_kept, output, records,
 };
 use serde_json::{Value, json};
 
@@ -61,7 +61,12 @@ async fn succeeded(
         duration(described)
     );
     let run = RunId::parse(described.name.as_deref().unwrap()).unwrap();
-    let record = store(stack).await.run_record(&run).await.unwrap().unwrap();
+    let record = records(stack)
+        .await
+        .run_record(&run)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.delivered, Some(Delivered::Succeeded));
     assert!(record.task_tokens.is_empty(), "{:?}", record.task_tokens);
     events
@@ -234,7 +239,7 @@ async fn task_answers_that_fail_after_every_sdk_attempt_are_sent_again_by_the_ne
             "{failures:?}"
         );
     }
-    let store = store(stack).await;
+    let store = records(stack).await;
     let record = |run: &str| {
         let store = store.clone();
         let run = RunId::parse(run).unwrap();
@@ -329,7 +334,12 @@ async fn a_delivered_result_stands_when_noting_it_fails() {
         .count();
     assert_eq!(answered, 1);
     let run = RunId::parse("note-failed").unwrap();
-    let record = store(stack).await.run_record(&run).await.unwrap().unwrap();
+    let record = records(stack)
+        .await
+        .run_record(&run)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.delivered, None);
 }
 

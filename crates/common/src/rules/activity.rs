@@ -1,50 +1,8 @@
-//! Pure decisions about a run's state: is it finished, and whose activity task is this.
+//! Whose activity task this is, and where an execution's task stands.
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use crate::keys::shown;
-use crate::run::RunId;
-
-/// A run's counters, as recorded in its run partition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunProgress {
-    pub listing_complete: bool,
-    pub selected: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Master has not finished listing: more files may still be selected.
-    Listing,
-    /// Listing is done; this many selected files have no outcome yet.
-    Moving { remaining: u64 },
-    /// Every selected file is completed.
-    Succeeded,
-    /// Every selected file has an outcome and at least one failed.
-    Failed,
-}
-
-impl RunProgress {
-    pub fn verdict(&self) -> Verdict {
-        let done = self.completed + self.failed;
-        if !self.listing_complete {
-            Verdict::Listing
-        } else if done < self.selected {
-            Verdict::Moving {
-                remaining: self.selected - done,
-            }
-        } else if self.failed > 0 {
-            Verdict::Failed
-        } else {
-            Verdict::Succeeded
-        }
-    }
-}
+use crate::rules::run::RunId;
 
 /// What to do with an activity task handed out by `GetActivityTask`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,78 +86,33 @@ pub fn activity_state<'a>(
     None
 }
 
-/// When a run must be finished: its execution's start plus its timeout. `None` if
-/// either is missing or the start is not an RFC 3339 time.
-pub fn run_deadline(started_at: Option<&str>, timeout_seconds: Option<u32>) -> Option<SystemTime> {
-    let started = aws_smithy_types::DateTime::from_str(
-        started_at?,
-        aws_smithy_types::date_time::Format::DateTime,
-    )
-    .ok()?;
-    let started = SystemTime::try_from(started).ok()?;
-    Some(started + Duration::from_secs(timeout_seconds?.into()))
+/// Whether a status call may poll for the activity task once more: with a deadline,
+/// while one poll and its margin (`poll_and_margin`) fit in the time `left`; without
+/// one, `polls_without_deadline` times.
+pub fn may_poll(
+    left: Option<Duration>,
+    poll_and_margin: Duration,
+    polls: u32,
+    polls_without_deadline: u32,
+) -> bool {
+    match left {
+        Some(left) => left > poll_and_margin,
+        None => polls < polls_without_deadline,
+    }
 }
 
-/// Step Functions' limit on a task failure's cause.
-pub const MAX_CAUSE_CHARS: usize = 32_768;
-
-/// The cause sent with a failed run's task failure: how many failed, then each failed
-/// file with its reason, cut to fit the limit.
-pub fn failure_cause(progress: &RunProgress, listed: &[(String, String)]) -> String {
-    let mut cause = format!(
-        "{} of {} files failed to move:",
-        progress.failed, progress.selected
-    );
-    let mut named = 0u64;
-    for (key, reason) in listed {
-        let line = format!("\n{}: {reason}", shown(key));
-        // Leave room for the closing "and N more" line.
-        if cause.len() + line.len() > MAX_CAUSE_CHARS - 64 {
-            break;
-        }
-        cause.push_str(&line);
-        named += 1;
-    }
-    if named < progress.failed {
-        cause.push_str(&format!("\n... and {} more", progress.failed - named));
-    }
-    cause
+/// When a run must be finished: its execution's start plus its timeout. `None` if
+/// either is missing.
+pub fn run_deadline(
+    started: Option<SystemTime>,
+    timeout_seconds: Option<u32>,
+) -> Option<SystemTime> {
+    Some(started? + Duration::from_secs(timeout_seconds?.into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn progress(listing_complete: bool, selected: u64, completed: u64, failed: u64) -> RunProgress {
-        RunProgress {
-            listing_complete,
-            selected,
-            completed,
-            failed,
-            bytes: 0,
-        }
-    }
-
-    #[test]
-    fn a_run_is_not_finished_while_listing() {
-        assert_eq!(progress(false, 0, 0, 0).verdict(), Verdict::Listing);
-        assert_eq!(progress(false, 10, 10, 0).verdict(), Verdict::Listing);
-    }
-
-    #[test]
-    fn a_run_finishes_when_every_selected_file_has_an_outcome() {
-        assert_eq!(
-            progress(true, 10, 7, 1).verdict(),
-            Verdict::Moving { remaining: 2 }
-        );
-        assert_eq!(progress(true, 10, 10, 0).verdict(), Verdict::Succeeded);
-        assert_eq!(progress(true, 10, 9, 1).verdict(), Verdict::Failed);
-        assert_eq!(
-            progress(true, 0, 0, 0).verdict(),
-            Verdict::Succeeded,
-            "an empty prefix is a finished run"
-        );
-    }
 
     #[test]
     fn tasks_are_routed_by_the_run_id_in_their_input() {
@@ -302,45 +215,22 @@ mod tests {
     }
 
     #[test]
+    fn a_status_call_polls_while_a_poll_fits_before_its_deadline() {
+        let s = Duration::from_secs;
+        assert!(may_poll(Some(s(66)), s(65), 9, 2));
+        assert!(!may_poll(Some(s(65)), s(65), 0, 2));
+        assert!(may_poll(None, s(65), 1, 2));
+        assert!(!may_poll(None, s(65), 2, 2));
+    }
+
+    #[test]
     fn a_runs_deadline_is_its_start_plus_its_timeout() {
-        let deadline = run_deadline(Some("2026-11-28T10:00:00.250Z"), Some(3600)).unwrap();
-        let expected = aws_smithy_types::DateTime::from_str(
-            "2026-11-28T11:00:00.250Z",
-            aws_smithy_types::date_time::Format::DateTime,
-        )
-        .unwrap();
-        assert_eq!(deadline, SystemTime::try_from(expected).unwrap());
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_860_000_250);
+        assert_eq!(
+            run_deadline(Some(start), Some(3600)),
+            Some(start + Duration::from_secs(3600))
+        );
         assert_eq!(run_deadline(None, Some(1)), None);
-        assert_eq!(run_deadline(Some("yesterday"), Some(1)), None);
-        assert_eq!(run_deadline(Some("2026-11-28T10:00:00Z"), None), None);
-    }
-
-    #[test]
-    fn the_failure_cause_shows_keys_with_control_characters_escaped() {
-        let listed = vec![("raw/a\nb.csv".to_string(), "denied".to_string())];
-        assert_eq!(
-            failure_cause(&progress(true, 1, 0, 1), &listed),
-            "1 of 1 files failed to move:\nraw/a\\u{a}b.csv: denied"
-        );
-    }
-
-    #[test]
-    fn the_failure_cause_names_each_failed_file_within_the_limit() {
-        let p = progress(true, 10, 8, 2);
-        let listed = vec![
-            ("raw/a.csv".to_string(), "AccessDenied".to_string()),
-            ("raw/b.csv".to_string(), "gone".to_string()),
-        ];
-        assert_eq!(
-            failure_cause(&p, &listed),
-            "2 of 10 files failed to move:\nraw/a.csv: AccessDenied\nraw/b.csv: gone"
-        );
-        let many: Vec<(String, String)> = (0..5000)
-            .map(|i| (format!("raw/{i:04}.csv"), "x".repeat(20)))
-            .collect();
-        let p = progress(true, 5000, 0, 5000);
-        let cause = failure_cause(&p, &many);
-        assert!(cause.len() <= MAX_CAUSE_CHARS);
-        assert!(cause.ends_with(" more"), "{}", &cause[cause.len() - 40..]);
+        assert_eq!(run_deadline(Some(start), None), None);
     }
 }

@@ -9,17 +9,17 @@
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
-use common::batch::FileState;
-use common::run::RunId;
+use common::RunId;
+use common::rules::outcomes::FileState;
+use deployment::policy::{Deployment, Need};
+use deployment::template::{Reference, Template};
 use integration_tests::stack::{
     LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, moved_and_kept,
-    output, put, store,
+    output, put, records, table,
 };
 use integration_tests::{body_of, md5_hex, workspace_root};
 use serde_json::{Value, json};
 use xtask::local::{ACCOUNT, LocalNames, REGION};
-use xtask::policy::{Deployment, Need};
-use xtask::template::{Reference, Template};
 
 const DYNAMODB_WRITES: [&str; 5] = [
     "PutItem",
@@ -95,7 +95,7 @@ async fn five_thousand_files_survive_throttling_errors_duplicates_and_a_crash() 
     // every file is at the destination with its bytes, and none is left at the source
     assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
     // no file was counted twice, and every row says completed
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("under-faults").unwrap();
     let progress = store.run_view(&run).await.unwrap().unwrap().progress;
     assert_eq!(
@@ -163,7 +163,7 @@ async fn a_page_whose_recording_answer_was_lost_is_never_recorded_twice_when_the
             .iter()
             .any(|e| e == "ListingConflict")
     );
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("lost-page").unwrap();
     let recorded: Vec<String> = store
         .files(&run)
@@ -220,7 +220,7 @@ async fn status_waits_for_slow_files_is_retried_and_ends_the_run_soon_after_the_
             &input(&bucket, json!({"wait_before_status_seconds": 0})),
         )
         .await;
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("slow-files").unwrap();
     let last_file_done = loop {
         let view = store.run_view(&run).await.unwrap();
@@ -299,7 +299,7 @@ async fn three_denied_files_fail_the_run_by_name_and_stay_where_they_are() {
         contents(stack, &bucket).await,
         moved_and_kept(&movable, &denied)
     );
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("denied").unwrap();
     let failed = store.failed_files(&run, 100).await.unwrap();
     assert_eq!(
@@ -351,7 +351,7 @@ async fn a_duplicate_that_copied_a_file_its_twin_failed_keeps_the_source_the_run
         Some(md5_hex(&body_of("raw/contested.csv")).as_str()),
         "{listed:?}"
     );
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("contested").unwrap();
     let progress = store.run_view(&run).await.unwrap().unwrap().progress;
     assert_eq!(
@@ -400,7 +400,7 @@ async fn a_destination_that_does_not_hold_the_source_bytes_never_costs_the_sourc
         assert_eq!(now.get(&destination), Some(&md5_hex(&body_of(key))));
         assert!(!now.contains_key(key));
     }
-    let failed = store(stack)
+    let failed = records(stack)
         .await
         .failed_files(&RunId::parse("tampered").unwrap(), 10)
         .await
@@ -526,8 +526,7 @@ async fn a_multipart_copy_that_keeps_failing_leaves_no_upload_open() {
     assert!(open.uploads().is_empty(), "{:?}", open.uploads());
     let run = RunId::parse("doomed").unwrap();
     assert_eq!(
-        store(stack)
-            .await
+        common::store::SlaveRecords::new(table(stack).await)
             .upload(&run, "raw/doomed.csv")
             .await
             .unwrap(),
@@ -629,7 +628,7 @@ async fn copies_whose_etag_is_not_the_listed_one_are_proven_by_the_record_kept_b
     }
     let now = contents(stack, &bucket).await;
     assert!(now.keys().all(|k| k.starts_with("refined/")), "{now:?}");
-    let progress = store(stack)
+    let progress = records(stack)
         .await
         .run_view(&RunId::parse("proven-copies").unwrap())
         .await

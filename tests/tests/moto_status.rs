@@ -242,7 +242,7 @@ async fn a_token_for_another_run_is_recorded_there_and_delivered_by_that_run() {
     );
     let f = &f;
     let recorded = |run: &'static str| async move {
-        f.store()
+        f.records()
             .run_record(&common::RunId::parse(run).unwrap())
             .await
             .unwrap()

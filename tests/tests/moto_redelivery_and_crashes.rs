@@ -1,9 +1,10 @@
-//! Duplicate deliveries, crashes between steps, failures and bad input: no file lost,
-//! none counted twice, every fate recorded.
+//! Master and slave in the test's process against the local AWS APIs, through
+//! duplicate deliveries, crashes between steps, failures, resumed and racing calls: no
+//! file lost, none counted twice, every fate recorded.
 
-use common::batch::{FileState, ListedFile};
 use common::deadline::Deadlines;
-use common::run::SlaveEvent;
+use common::rules::batch::ListedFile;
+use common::rules::outcomes::FileState;
 use common::transfer::Mover;
 use integration_tests::{Fixture, body_of, deliver};
 use serde_json::json;
@@ -76,16 +77,19 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
     f.run_master("crash").await;
     let events = f.inbox.take();
     let spec = common::RunSpec::new(
-        common::run::Location::new(&f.bucket, "raw/").unwrap(),
-        common::run::Location::new(&f.bucket, "refined/").unwrap(),
+        common::rules::run::Location::new(&f.bucket, "raw/").unwrap(),
+        common::rules::run::Location::new(&f.bucket, "refined/").unwrap(),
         Default::default(),
     )
     .unwrap();
-    let (store, run) = (f.store(), common::RunId::parse("crash").unwrap());
+    let (records, run) = (
+        common::store::SlaveRecords::new(f.table()),
+        common::RunId::parse("crash").unwrap(),
+    );
     let mover = Mover::new(
         &f.clients.s3,
         &f.slave_settings,
-        &store,
+        &records,
         &run,
         Deadlines::none(),
     );
@@ -95,8 +99,14 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
         listed("raw/copied.csv").await,
         listed("raw/deleted.csv").await,
     );
-    mover.copy_verified(&spec, &copied).await.unwrap();
-    mover.copy_verified(&spec, &deleted).await.unwrap();
+    mover
+        .copy_verified(&spec, &spec.plan(&copied).unwrap())
+        .await
+        .unwrap();
+    mover
+        .copy_verified(&spec, &spec.plan(&deleted).unwrap())
+        .await
+        .unwrap();
     let results = mover.delete_sources(&f.bucket, &[&deleted]).await;
     assert!(results[0].is_ok());
     assert_eq!(
@@ -188,7 +198,7 @@ async fn failed_files_are_recorded_with_their_reason_and_left_in_place() {
     assert_eq!(failed, ["raw/rewritten.csv", "raw/vanished.csv"]);
     let progress = f.progress("fail").await;
     assert_eq!((progress.completed, progress.failed), (2, 2));
-    assert_eq!(progress.verdict(), common::progress::Verdict::Failed);
+    assert_eq!(progress.verdict(), common::rules::progress::Verdict::Failed);
 
     // AND a redelivery, even once a failure's cause is gone (the vanished source put
     // back as listed), leaves the failed files as recorded and reported: at the source
@@ -257,100 +267,6 @@ async fn a_vanished_source_counts_as_moved_only_if_the_destination_holds_the_lis
     );
     assert!(reason.contains("not the listed object's"), "{reason}");
     assert_eq!(f.get("refined/replaced.csv").await.unwrap(), other);
-}
-
-#[tokio::test]
-async fn large_objects_are_copied_in_parts_with_metadata_and_tags() {
-    // GIVEN an 11 MiB object with metadata, content type and tags, and a small one likewise,
-    // and a slave that copies objects of 5 MiB and more in 5 MiB parts
-    let mut f = Fixture::new().await;
-    f.slave_settings.multipart_threshold = 5 * 1024 * 1024;
-    f.slave_settings.part_size = 5 * 1024 * 1024;
-    let big: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    for (key, body) in [
-        ("raw/big.csv", big.clone()),
-        ("raw/small.csv", b"a,b\n".to_vec()),
-    ] {
-        f.clients
-            .s3
-            .put_object()
-            .bucket(&f.bucket)
-            .key(key)
-            .body(body.into())
-            .content_type("text/csv")
-            .metadata("origin", "sensor-7")
-            .tagging("team=data&class=raw")
-            .send()
-            .await
-            .unwrap();
-    }
-
-    // WHEN the run moves them
-    f.run_master("parts").await;
-    f.deliver_all(1).await;
-
-    // THEN both arrive whole, with their metadata, content type and tags
-    assert_eq!(f.get("refined/big.csv").await.unwrap(), big);
-    for key in ["refined/big.csv", "refined/small.csv"] {
-        let head = f
-            .clients
-            .s3
-            .head_object()
-            .bucket(&f.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(head.content_type(), Some("text/csv"), "{key}");
-        assert_eq!(
-            head.metadata().unwrap().get("origin").map(String::as_str),
-            Some("sensor-7"),
-            "{key}"
-        );
-        let tags = f
-            .clients
-            .s3
-            .get_object_tagging()
-            .bucket(&f.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        let mut tags: Vec<(String, String)> = tags
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect();
-        tags.sort();
-        assert_eq!(
-            tags,
-            [
-                ("class".into(), "raw".into()),
-                ("team".into(), "data".into())
-            ],
-            "{key}"
-        );
-    }
-    let head = f
-        .clients
-        .s3
-        .head_object()
-        .bucket(&f.bucket)
-        .key("refined/big.csv")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        head.e_tag().unwrap().ends_with("-3\""),
-        "three parts: {:?}",
-        head.e_tag()
-    );
-    assert!(f.keys("raw/").await.is_empty());
-    let progress = f.progress("parts").await;
-    assert_eq!(
-        (progress.completed, progress.bytes),
-        (2, big.len() as u64 + 4)
-    );
 }
 
 #[tokio::test]
@@ -490,7 +406,7 @@ async fn two_master_calls_of_one_run_at_once_record_each_file_in_exactly_one_bat
     // are exact: no file is counted twice and the run ends when its files do
     assert!(conflicts > 0, "the two calls never raced");
     let recorded: Vec<String> = f
-        .store()
+        .records()
         .files(&common::RunId::parse("twice").unwrap())
         .await
         .unwrap()
@@ -553,125 +469,5 @@ async fn two_runs_at_once_keep_to_their_own_files_and_counters() {
             b.sort();
             b
         }
-    );
-}
-
-#[tokio::test]
-async fn bad_events_are_refused_by_name_and_nothing_moves() {
-    let keys = ["raw/a.csv", "raw/b.csv", "elsewhere/c.csv"];
-    let f = seeded(&keys).await;
-    let before = f.objects().await;
-    let master = f.master();
-
-    // master: each bad event is InvalidEvent with a message naming the problem
-    for (event, expected) in [
-        (json!({}), "run_id is missing"),
-        (
-            json!({"run_id": "r", "source_prefx": "x/"}),
-            "unknown field `source_prefx`",
-        ),
-        (json!({"run_id": "has space"}), "run_id"),
-        (
-            json!({"run_id": "r", "source_bucket": "Not_A_Bucket"}),
-            "not a valid S3 bucket name",
-        ),
-        (
-            json!({"run_id": "r", "destination_prefix": "raw/out/"}),
-            "overlap",
-        ),
-        (
-            json!({"run_id": "r", "suffixes": []}),
-            "suffix list is empty",
-        ),
-        (json!({"run_id": "r", "suffixes": ".csv"}), "invalid type"),
-    ] {
-        let err = master.handle(event.clone(), None).await.unwrap_err();
-        assert_eq!(err.error_type(), "InvalidEvent", "{event}");
-        assert!(err.to_string().contains(expected), "{event}: {err}");
-    }
-    assert!(f.inbox.take().is_empty());
-
-    // a run id reused for another prefix is refused
-    f.run_master("once").await;
-    let err = master
-        .handle(
-            json!({"run_id": "once", "source_prefix": "elsewhere/"}),
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.error_type(), "InvalidEvent");
-    assert!(err.to_string().contains("different spec"), "{err}");
-    let handed = f.inbox.take();
-
-    // slave: batches master never recorded, unknown runs, malformed events, and a
-    // recorded batch whose files lie outside the run's prefix (the table tampered with)
-    // are refused before anything moves
-    let run = common::RunId::parse("once").unwrap();
-    let outside = [ListedFile {
-        key: "elsewhere/c.csv".into(),
-        ..f.file("once", "raw/a.csv").await.file
-    }];
-    f.store()
-        .record_page(&run, Some("raw/b.csv"), &[&outside[..]], "raw/c")
-        .await
-        .unwrap();
-    let slave = f.slave();
-    let event = |run: &str, batch: &str| {
-        serde_json::to_value(SlaveEvent {
-            run_id: common::RunId::parse(run).unwrap(),
-            batch: batch.into(),
-            handed_on: None,
-        })
-        .unwrap()
-    };
-    for (payload, expected) in [
-        (
-            event("once", "elsewhere/c.csv"),
-            "not under the run's source prefix",
-        ),
-        (
-            event("once", "raw/b.csv"),
-            "no batch \"raw/b.csv\" was recorded for run once",
-        ),
-        (event("nobody", "raw/a.csv"), "run nobody is unknown"),
-        (
-            json!({"run_id": "once", "batch": "raw/a.csv", "extra": 1}),
-            "unknown field `extra`",
-        ),
-        (json!({"batch": "raw/a.csv"}), "missing field `run_id`"),
-        (
-            json!({"run_id": "once", "batch": ["raw/a.csv"]}),
-            "batch: invalid type",
-        ),
-    ] {
-        let err = slave.handle(payload.clone(), None).await.unwrap_err();
-        assert_eq!(err.error_type(), "InvalidEvent", "{payload}");
-        assert!(err.to_string().contains(expected), "{payload}: {err}");
-    }
-    assert_eq!(f.objects().await, before, "a refused event moved something");
-    assert!(
-        f.files("once")
-            .await
-            .values()
-            .all(|f| f.state == FileState::Started)
-    );
-    assert_eq!(handed.len(), 1);
-}
-
-#[tokio::test]
-async fn missing_settings_fail_every_invocation_naming_the_variable() {
-    let err = common::Config::from_lookup(&[("SOURCE_BUCKET", "data-bucket")]).unwrap_err();
-    let broken: Result<master::Master, _> = Err(err);
-    let event = lambda_runtime::LambdaEvent::new(
-        json!({"run_id": "r"}),
-        lambda_runtime::Context::default(),
-    );
-    let err = master::handle(&broken, event).await.unwrap_err();
-    let diagnostic = lambda_runtime::Diagnostic::from(err);
-    assert_eq!(diagnostic.error_type, "ConfigError");
-    assert_eq!(
-        diagnostic.error_message,
-        "environment variable TABLE_NAME: is not set"
     );
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
-use common::batch::FileState;
-use common::run::RunId;
+use common::RunId;
+use common::rules::outcomes::FileState;
 use integration_tests::stack::{
-    bucket_with, contents, input, keys, local_stack, output, put, store,
+    bucket_with, contents, input, keys, local_stack, output, put, records,
 };
 use integration_tests::{body_of, md5_hex};
 use serde_json::json;
@@ -55,7 +55,7 @@ async fn a_run_of_1200_files_moves_every_one_and_leaves_the_rest() {
     expected.extend(left_alone.iter().map(|k| (k.clone(), md5_hex(&body_of(k)))));
     assert_eq!(contents(stack, &bucket).await, expected);
     // the table has every file completed and exact counters
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("big-run").unwrap();
     let view = store.run_view(&run).await.unwrap().unwrap();
     assert_eq!(
@@ -118,7 +118,7 @@ async fn files_that_cannot_be_copied_fail_the_run_by_name_and_the_rest_move() {
         assert_eq!(now.get(key), Some(&md5_hex(&body_of(key))), "{key} changed");
         assert!(!now.contains_key(&key.replacen("raw/", "refined/", 1)));
     }
-    let store = store(stack).await;
+    let store = records(stack).await;
     let run = RunId::parse("partly-failed").unwrap();
     let failed = store.failed_files(&run, 100).await.unwrap();
     assert_eq!(
@@ -165,7 +165,7 @@ async fn eight_executions_at_once_each_complete_their_own_activity_task() {
     let described = futures::future::join_all(executions.iter().map(|e| stack.finished(e))).await;
 
     // THEN each succeeds with its own files, run id and activity task
-    let store = store(stack).await;
+    let store = records(stack).await;
     let now = contents(stack, &bucket).await;
     assert_eq!(now.keys().filter(|k| k.starts_with("raw/")).count(), 0);
     for (i, ((run, files), described)) in runs.iter().zip(&described).enumerate() {
@@ -255,7 +255,7 @@ async fn an_empty_prefix_is_a_successful_run_of_nothing() {
             .collect::<Vec<_>>(),
         ["raw/readme.txt"]
     );
-    let store = store(stack).await;
+    let store = records(stack).await;
     let view = store
         .run_view(&RunId::parse("nothing-to-do").unwrap())
         .await
@@ -291,7 +291,7 @@ async fn a_misspelt_input_field_fails_the_execution_by_name_and_moves_nothing() 
         files
     );
     // refused before anything was recorded
-    let store = store(stack).await;
+    let store = records(stack).await;
     assert!(
         store
             .run_view(&RunId::parse("typo").unwrap())
@@ -334,7 +334,7 @@ async fn keys_with_characters_xml_cannot_carry_move_like_any_other() {
         .map(|k| (k.replacen("raw/", "refined/", 1), md5_hex(&body_of(k))))
         .collect();
     assert_eq!(contents(stack, &bucket).await, expected);
-    let recorded: Vec<String> = store(stack)
+    let recorded: Vec<String> = records(stack)
         .await
         .files(&RunId::parse("odd-keys").unwrap())
         .await
@@ -451,7 +451,7 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
 
     // THEN each fails with InvalidEvent naming what is wrong within seconds, before
     // anything was recorded or moved
-    let store = store(stack).await;
+    let store = records(stack).await;
     let expectations = cases
         .iter()
         .map(|(name, _, named)| (*name, *named))

@@ -1,11 +1,11 @@
-//! The run model: what a run is, what the functions receive and what they answer.
+//! What the functions receive and answer, and how an event is read and checked.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::config::RunDefaults;
+use crate::rules::batch::BatchId;
+use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
 
 /// The longest a run may last, in seconds (three days). An execution's history holds
 /// at most 25,000 events, and an unfinished run adds about 3 with each status call,
@@ -16,11 +16,6 @@ pub const MAX_RUN_TIMEOUT_SECONDS: u32 = 259_200;
 pub const DEFAULT_WAIT_BEFORE_MASTER_SECONDS: u32 = 5;
 pub const DEFAULT_WAIT_BEFORE_STATUS_SECONDS: u32 = 0;
 pub const DEFAULT_RUN_TIMEOUT_SECONDS: u32 = 3600;
-
-/// A problem with an event, named precisely enough for the user to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid event: {0}")]
-pub struct EventError(pub String);
 
 /// Parses an event, naming the field that is wrong; unknown fields are refused so that
 /// a misspelt `source_prefx` cannot silently fall back to the default prefix.
@@ -33,172 +28,6 @@ pub fn parse_event<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T,
             EventError(format!("{path}: {}", e.inner()))
         }
     })
-}
-
-/// The id of one run: the Step Functions execution name.
-///
-/// It follows the execution-name rules (1 to 80 characters, none of whitespace,
-/// brackets, wildcards or `"#%\^|~`$&,;:/`), which also keeps `#` free for the
-/// status table's key layout.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RunId(String);
-
-impl RunId {
-    pub fn parse(raw: &str) -> Result<Self, EventError> {
-        const FORBIDDEN: &str = "<>{}[]?*\"#%\\^|~`$&,;:/";
-        if raw.is_empty() || raw.chars().count() > 80 {
-            return Err(EventError(format!(
-                "run_id {raw:?} must be 1 to 80 characters"
-            )));
-        }
-        if let Some(c) = raw
-            .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || FORBIDDEN.contains(*c))
-        {
-            return Err(EventError(format!(
-                "run_id {raw:?} contains {c:?}, which an execution name cannot contain"
-            )));
-        }
-        Ok(RunId(raw.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for RunId {
-    type Error = EventError;
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        RunId::parse(&raw)
-    }
-}
-
-impl From<RunId> for String {
-    fn from(id: RunId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A bucket and a key prefix in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Location {
-    pub bucket: String,
-    pub prefix: String,
-}
-
-impl Location {
-    /// Checks the bucket name against S3's naming rules and the prefix against its key limit.
-    pub fn new(bucket: &str, prefix: &str) -> Result<Self, String> {
-        let valid_chars = bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        let valid_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !(3..=63).contains(&bucket.len()) || !valid_chars || !valid_ends {
-            return Err(format!("{bucket:?} is not a valid S3 bucket name"));
-        }
-        if prefix.len() >= 1024 {
-            return Err(format!("prefix {prefix:?} is longer than an S3 key may be"));
-        }
-        Ok(Location {
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-        })
-    }
-
-    /// Whether some key could be under both locations. Moving between overlapping
-    /// locations would list its own output.
-    pub fn overlaps(&self, other: &Location) -> bool {
-        self.bucket == other.bucket
-            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.prefix)
-    }
-}
-
-/// Which keys a run takes: those ending with one of these suffixes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<String>", into = "Vec<String>")]
-pub struct Suffixes(Vec<String>);
-
-impl Default for Suffixes {
-    fn default() -> Self {
-        Suffixes(vec![".csv".into()])
-    }
-}
-
-impl Suffixes {
-    pub fn new(list: Vec<String>) -> Result<Self, String> {
-        if list.is_empty() {
-            return Err(
-                "the suffix list is empty; give at least one suffix (\"\" selects every file)"
-                    .into(),
-            );
-        }
-        Ok(Suffixes(list))
-    }
-
-    /// A comma-separated list, as in the `SUFFIXES` variable, where an empty entry (an
-    /// empty list among them) selects every file.
-    pub fn parse_list(raw: &str) -> Self {
-        Suffixes(raw.split(',').map(|s| s.trim().to_string()).collect())
-    }
-
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
-    }
-}
-
-impl TryFrom<Vec<String>> for Suffixes {
-    type Error = String;
-    fn try_from(list: Vec<String>) -> Result<Self, String> {
-        Suffixes::new(list)
-    }
-}
-
-impl From<Suffixes> for Vec<String> {
-    fn from(s: Suffixes) -> Self {
-        s.0
-    }
-}
-
-/// Everything that defines what a run moves. Fixed when the run starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunSpec {
-    pub source: Location,
-    pub destination: Location,
-    pub suffixes: Suffixes,
-}
-
-impl RunSpec {
-    pub fn new(
-        source: Location,
-        destination: Location,
-        suffixes: Suffixes,
-    ) -> Result<Self, EventError> {
-        if source.overlaps(&destination) {
-            return Err(EventError(format!(
-                "source {source} and destination {destination} overlap; a run would move its own output"
-            )));
-        }
-        Ok(RunSpec {
-            source,
-            destination,
-            suffixes,
-        })
-    }
 }
 
 /// What `master` receives: the execution input with the run id added. Everything but
@@ -369,7 +198,7 @@ pub struct MasterOutput {
 #[serde(deny_unknown_fields)]
 pub struct SlaveEvent {
     pub run_id: RunId,
-    pub batch: String,
+    pub batch: BatchId,
     /// Set when a slave short of time hands on the rest of the batch: how many
     /// invocations in a row have handed it on without finishing a file or a part.
     #[serde(default, skip_serializing_if = "Option::is_none")]

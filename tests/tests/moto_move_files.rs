@@ -1,7 +1,7 @@
 //! Master and slave against the local S3 and DynamoDB APIs: what moves, what stays,
 //! and what the status table says afterwards.
 
-use common::batch::FileState;
+use common::rules::outcomes::FileState;
 use integration_tests::{Fixture, body_of, md5_hex};
 use serde_json::json;
 
@@ -91,7 +91,8 @@ async fn thousands_of_files_across_listing_pages_are_each_moved_once() {
     // THEN 31 batches were handed out, each once, and together they record every
     // selected key exactly once
     assert_eq!(events.len(), 31);
-    let batches: std::collections::BTreeSet<&String> = events.iter().map(|e| &e.batch).collect();
+    let batches: std::collections::BTreeSet<&common::rules::batch::BatchId> =
+        events.iter().map(|e| &e.batch).collect();
     assert_eq!(batches.len(), 31);
     let files = f.files("big-run").await;
     let mut expected = selected.clone();
@@ -132,7 +133,10 @@ async fn an_empty_prefix_is_a_finished_run_with_nothing_to_do() {
     );
     assert!(f.inbox.take().is_empty());
     let progress = f.progress("empty").await;
-    assert_eq!(progress.verdict(), common::progress::Verdict::Succeeded);
+    assert_eq!(
+        progress.verdict(),
+        common::rules::progress::Verdict::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -182,4 +186,98 @@ async fn the_event_chooses_buckets_prefixes_and_suffixes() {
     };
     assert_eq!(list(output).await, ["a.txt", "b.gz"]);
     assert_eq!(list(input).await, ["in/c.csv"]);
+}
+
+#[tokio::test]
+async fn large_objects_are_copied_in_parts_with_metadata_and_tags() {
+    // GIVEN an 11 MiB object with metadata, content type and tags, and a small one likewise,
+    // and a slave that copies objects of 5 MiB and more in 5 MiB parts
+    let mut f = Fixture::new().await;
+    f.slave_settings.multipart_threshold = 5 * 1024 * 1024;
+    f.slave_settings.part_size = 5 * 1024 * 1024;
+    let big: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for (key, body) in [
+        ("raw/big.csv", big.clone()),
+        ("raw/small.csv", b"a,b\n".to_vec()),
+    ] {
+        f.clients
+            .s3
+            .put_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .body(body.into())
+            .content_type("text/csv")
+            .metadata("origin", "sensor-7")
+            .tagging("team=data&class=raw")
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // WHEN the run moves them
+    f.run_master("parts").await;
+    f.deliver_all(1).await;
+
+    // THEN both arrive whole, with their metadata, content type and tags
+    assert_eq!(f.get("refined/big.csv").await.unwrap(), big);
+    for key in ["refined/big.csv", "refined/small.csv"] {
+        let head = f
+            .clients
+            .s3
+            .head_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_type(), Some("text/csv"), "{key}");
+        assert_eq!(
+            head.metadata().unwrap().get("origin").map(String::as_str),
+            Some("sensor-7"),
+            "{key}"
+        );
+        let tags = f
+            .clients
+            .s3
+            .get_object_tagging()
+            .bucket(&f.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let mut tags: Vec<(String, String)> = tags
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        assert_eq!(
+            tags,
+            [
+                ("class".into(), "raw".into()),
+                ("team".into(), "data".into())
+            ],
+            "{key}"
+        );
+    }
+    let head = f
+        .clients
+        .s3
+        .head_object()
+        .bucket(&f.bucket)
+        .key("refined/big.csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().ends_with("-3\""),
+        "three parts: {:?}",
+        head.e_tag()
+    );
+    assert!(f.keys("raw/").await.is_empty());
+    let progress = f.progress("parts").await;
+    assert_eq!(
+        (progress.completed, progress.bytes),
+        (2, big.len() as u64 + 4)
+    );
 }

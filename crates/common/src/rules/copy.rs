@@ -1,0 +1,465 @@
+//! What a copy, its parts and a delete answer mean for a file and its source: how a
+//! file is copied, when a copy is verified, when a source counts as moved, and what
+//! each refusal says.
+
+use crate::rules::batch::ListedFile;
+use crate::rules::failure::{AwsError, MoveFailure, is_transient_code};
+use crate::rules::keys::xml_can_carry;
+
+/// S3's smallest part size for all parts but the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part size.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's limit on the number of parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+/// `CopyObject` copies objects of at most 5 GiB; larger ones must be copied in parts.
+pub const MAX_SINGLE_COPY: u64 = MAX_PART_SIZE;
+
+/// The quotes S3 puts around ETags are not part of the value.
+pub fn bare(etag: &str) -> &str {
+    etag.trim_matches('"')
+}
+
+/// A multipart ETag (`<md5>-<parts>`) is not the MD5 of the content.
+pub fn is_content_md5(etag: &str) -> bool {
+    !bare(etag).contains('-') && !bare(etag).is_empty()
+}
+
+/// Whether an object written with this server-side encryption (`x-amz-server-side-encryption`,
+/// and whether a customer key was used) has its content MD5 as ETag: unencrypted and
+/// SSE-S3 objects do, SSE-KMS and SSE-C objects do not.
+pub fn encryption_keeps_md5(sse: Option<&str>, customer_key: bool) -> bool {
+    !customer_key && matches!(sse, None | Some("AES256"))
+}
+
+/// The part size for an object: the configured size, grown if the object would need
+/// more than S3's 10,000 parts.
+pub fn part_size(object_size: u64, configured: u64) -> u64 {
+    configured.max(object_size.div_ceil(MAX_PARTS))
+}
+
+/// Byte ranges (`start`, inclusive `end`) of each part.
+pub fn part_ranges(object_size: u64, part_size: u64) -> Vec<(u64, u64)> {
+    (0..object_size.div_ceil(part_size))
+        .map(|i| {
+            let start = i * part_size;
+            (start, (start + part_size).min(object_size) - 1)
+        })
+        .collect()
+}
+
+/// The ETag S3 gives an object completed from these parts: the MD5 of the parts' MD5s
+/// followed by `-` and their number. `None` when a part's ETag is not an MD5.
+pub fn multipart_etag(part_etags: &[&str]) -> Option<String> {
+    use md5::{Digest, Md5};
+    let mut digests = Vec::with_capacity(part_etags.len() * 16);
+    for etag in part_etags {
+        let hex = bare(etag);
+        if hex.len() != 32 {
+            return None;
+        }
+        for pair in hex.as_bytes().chunks(2) {
+            digests.push(u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?);
+        }
+    }
+    let digest = Md5::digest(&digests);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("\"{hex}-{}\"", part_etags.len()))
+}
+
+/// How a file is to be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    Whole,
+    InParts,
+}
+
+/// Whole up to the multipart threshold; in parts from there, and always beyond 5 GiB.
+/// A multipart upload names its key in the XML of its answers, so a destination key
+/// that XML cannot carry is copied whole if it can be, and otherwise fails.
+pub fn copy_method(size: u64, destination_key: &str, threshold: u64) -> Result<CopyMethod, String> {
+    if !might_copy_in_parts(size, threshold) {
+        return Ok(CopyMethod::Whole);
+    }
+    if xml_can_carry(destination_key) {
+        return Ok(CopyMethod::InParts);
+    }
+    if size <= MAX_SINGLE_COPY {
+        return Ok(CopyMethod::Whole);
+    }
+    Err(
+        "the object is larger than the 5 GiB CopyObject copies, and its key has characters \
+         XML cannot carry, which S3's multipart upload names in its answers; the source was \
+         left in place"
+            .into(),
+    )
+}
+
+/// Whether a file is large enough to be copied in parts, and so to have a multipart
+/// upload recorded.
+pub fn might_copy_in_parts(size: u64, threshold: u64) -> bool {
+    size >= threshold || size > MAX_SINGLE_COPY
+}
+
+/// What a finished copy's ETag says before anything more is asked of S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyCheck {
+    /// The copy reports the listed ETag: the destination holds the listed object.
+    Verified,
+    /// Both ETags should be content MD5s and they differ: the destination does not hold
+    /// the listed bytes, unless the source turns out to be encrypted with SSE-KMS or
+    /// SSE-C (one `HeadObject` of the source tells).
+    DiffersUnlessSourceEncrypted,
+    /// The ETags cannot be compared (a multipart source or copy, SSE-KMS): a
+    /// `HeadObject` of the destination must show the listed size and the copy's ETag.
+    CheckDestination,
+}
+
+/// Judges a copy by its ETag against the listed one; `copy_etag_is_md5` when S3 wrote
+/// the copy so that its ETag is the MD5 of its bytes.
+pub fn check_copy(listed_etag: &str, copy_etag: &str, copy_etag_is_md5: bool) -> CopyCheck {
+    if bare(copy_etag) == bare(listed_etag) {
+        CopyCheck::Verified
+    } else if copy_etag_is_md5 && is_content_md5(listed_etag) {
+        CopyCheck::DiffersUnlessSourceEncrypted
+    } else {
+        CopyCheck::CheckDestination
+    }
+}
+
+/// The failure of a copy whose MD5 differs from its unencrypted source's.
+pub fn copy_differs(destination_key: &str, copy_etag: &str, listed_etag: &str) -> MoveFailure {
+    MoveFailure::permanent(format!(
+        "the destination {destination_key:?} does not hold the listed bytes: its MD5 is {}, the source's {}; the source was left in place",
+        bare(copy_etag),
+        bare(listed_etag)
+    ))
+}
+
+/// Whether the destination, found with `found_size` bytes and `found_etag`, holds what
+/// was copied: `size` bytes and the copy's ETag. `Err` says what is wrong.
+pub fn holds_copy(
+    destination_key: &str,
+    size: u64,
+    copy_etag: &str,
+    found_size: i64,
+    found_etag: &str,
+) -> Result<(), MoveFailure> {
+    if found_size != size as i64 {
+        return Err(MoveFailure::permanent(format!(
+            "the destination {destination_key:?} holds {found_size} bytes, not the {size} listed"
+        )));
+    }
+    if bare(found_etag) != bare(copy_etag) {
+        return Err(MoveFailure::permanent(format!(
+            "the destination {destination_key:?} has ETag {found_etag}, not the copy's {copy_etag}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the destination, as HEAD shows it, holds the listed object after its source
+/// is gone: its size is the listed one and its ETag the one the copy recorded before
+/// deleting the source, or, without such a record, the listed ETag (a copy of a
+/// single-part unencrypted object keeps it). `Err` says what is wrong.
+pub fn holds_listed_object(
+    file: &ListedFile,
+    recorded_copy: Option<&str>,
+    found_size: i64,
+    found_etag: &str,
+) -> Result<(), String> {
+    let expected = recorded_copy.unwrap_or(&file.etag);
+    if found_size != file.size as i64 {
+        return Err(format!(
+            "holds {found_size} bytes, not the {} listed",
+            file.size
+        ));
+    }
+    if bare(found_etag) != bare(expected) {
+        let whose = if recorded_copy.is_some() {
+            "its verified copy's"
+        } else {
+            "the listed object's"
+        };
+        return Err(format!(
+            "has ETag {}, not {whose} {}",
+            bare(found_etag),
+            bare(expected)
+        ));
+    }
+    Ok(())
+}
+
+/// The failure of a file found gone whose destination does not hold it (`what` says
+/// what the destination holds instead).
+pub fn gone_without_copy(destination_key: &str, what: &str) -> MoveFailure {
+    MoveFailure::permanent(format!(
+        "the source is gone (deleted after it was listed) and the destination {destination_key:?} {what}"
+    ))
+}
+
+/// What a refused request about the listed source means for the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// The source is gone: an earlier attempt may have moved it.
+    Gone,
+    /// The file fails for this reason, its source kept.
+    Fails(MoveFailure),
+}
+
+/// What a refused copy (or `HeadObject`) of the source means. Every request on the
+/// source is conditional on the listed ETag: a refused condition is a source rewritten
+/// since it was listed. A `HeadObject` answer has no body, so its status 412 stands in
+/// for the code of a refused condition.
+pub fn source_refusal(err: AwsError, status: Option<u16>, file: &ListedFile) -> SourceRefusal {
+    if err.code_is("NoSuchKey") || err.code_is("NotFound") {
+        return SourceRefusal::Gone;
+    }
+    if err.code_is("PreconditionFailed") || status == Some(412) {
+        return SourceRefusal::Fails(source_changed(file));
+    }
+    SourceRefusal::Fails(err.into())
+}
+
+/// The failure of a source that changed after it was listed.
+pub fn source_changed(file: &ListedFile) -> MoveFailure {
+    MoveFailure::permanent(format!(
+        "the source changed after it was listed (its ETag is no longer {}); it was left in place",
+        file.etag
+    ))
+}
+
+/// What a refused `UploadPartCopy` means for the multipart copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartRefusal {
+    /// The upload is gone (completed by an earlier attempt, or aborted).
+    UploadGone,
+    /// The source is gone: no part can be copied any more.
+    SourceGone,
+    /// The copy fails for this reason.
+    Fails(MoveFailure),
+}
+
+pub fn part_refusal(err: AwsError, file: &ListedFile) -> PartRefusal {
+    if err.code_is("NoSuchUpload") {
+        PartRefusal::UploadGone
+    } else if err.code_is("NoSuchKey") {
+        PartRefusal::SourceGone
+    } else if err.code_is("PreconditionFailed") {
+        PartRefusal::Fails(source_changed(file))
+    } else {
+        PartRefusal::Fails(err.into())
+    }
+}
+
+/// What a refused conditional delete of a verified source means; `None` when the source
+/// is gone already (an earlier, unanswered attempt deleted it), which is what was
+/// wanted. A `DeleteObject` answer may carry only a status: 412 stands for a refused
+/// condition and 404 for a missing key.
+pub fn delete_refusal(status: Option<u16>, code: &str, message: &str) -> Option<MoveFailure> {
+    let code = match status {
+        Some(412) => "PreconditionFailed",
+        Some(404) => "NoSuchKey",
+        _ => code,
+    };
+    match code {
+        "NoSuchKey" => None,
+        // Two conditional deletes of one key at once (duplicate deliveries): the other
+        // one is deleting it; the next round finds it gone.
+        "ConditionalRequestConflict" => Some(MoveFailure {
+            transient: true,
+            reason: "copied and verified; another delete of the source was under way".into(),
+        }),
+        "PreconditionFailed" => Some(MoveFailure::permanent(
+            "the source was rewritten after it was copied; the new version is kept",
+        )),
+        _ => Some(MoveFailure {
+            transient: is_transient_code(code),
+            reason: format!(
+                "copied and verified, but deleting the source failed: {code}: {message}"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_object_exactly() {
+        assert_eq!(part_ranges(10, 4), [(0, 3), (4, 7), (8, 9)]);
+        assert_eq!(part_ranges(8, 4), [(0, 3), (4, 7)]);
+        let mib = 1024 * 1024;
+        let ranges = part_ranges(11 * mib, 5 * mib);
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges.last(), Some(&(10 * mib, 11 * mib - 1)));
+    }
+
+    #[test]
+    fn part_size_grows_to_stay_within_10000_parts() {
+        let mib = 1024 * 1024;
+        assert_eq!(part_size(100 * mib, 64 * mib), 64 * mib);
+        let huge = 5 * 1024 * 1024 * mib; // 5 TiB, S3's largest object
+        let size = part_size(huge, 64 * mib);
+        assert!(huge.div_ceil(size) <= MAX_PARTS);
+        assert!(size <= MAX_PART_SIZE);
+    }
+
+    #[test]
+    fn only_unencrypted_and_sse_s3_objects_have_md5_etags() {
+        assert!(encryption_keeps_md5(None, false));
+        assert!(encryption_keeps_md5(Some("AES256"), false));
+        assert!(!encryption_keeps_md5(Some("aws:kms"), false));
+        assert!(!encryption_keeps_md5(Some("aws:kms:dsse"), false));
+        assert!(!encryption_keeps_md5(None, true), "SSE-C");
+    }
+
+    #[test]
+    fn only_plain_etags_are_content_md5() {
+        assert!(is_content_md5("\"9b2cf535f27731c974343645a3985328\""));
+        assert!(!is_content_md5("\"9b2cf535f27731c974343645a3985328-3\""));
+        assert!(!is_content_md5("\"\""));
+    }
+
+    #[test]
+    fn a_multipart_etag_is_the_md5_of_the_parts_md5s() {
+        // Two parts whose MD5s are those of "a" and "b": the ETag S3 (and moto) give.
+        let parts = [
+            "\"0cc175b9c0f1b6a831c399e269772661\"",
+            "\"92eb5ffee6ae2fec3ad71c777531578f\"",
+        ];
+        assert_eq!(
+            multipart_etag(&parts).as_deref(),
+            Some("\"96e024ba2074fe77e8e965ba43a704be-2\"")
+        );
+        assert_eq!(multipart_etag(&["\"not-an-md5\""]), None);
+    }
+
+    #[test]
+    fn large_objects_go_in_parts_unless_xml_cannot_carry_their_key() {
+        let gib = 1 << 30;
+        let threshold = 256 << 20;
+        assert_eq!(copy_method(1, "k", threshold), Ok(CopyMethod::Whole));
+        assert_eq!(
+            copy_method(threshold, "k", threshold),
+            Ok(CopyMethod::InParts)
+        );
+        assert_eq!(copy_method(6 * gib, "k", u64::MAX), Ok(CopyMethod::InParts));
+        assert_eq!(
+            copy_method(threshold, "k\u{1}", threshold),
+            Ok(CopyMethod::Whole)
+        );
+        assert!(
+            copy_method(6 * gib, "k\u{1}", threshold)
+                .unwrap_err()
+                .contains("5 GiB")
+        );
+    }
+
+    #[test]
+    fn a_destination_holds_the_listed_object_only_with_its_size_and_etag() {
+        let file = ListedFile {
+            key: "raw/a.csv".into(),
+            size: 10,
+            etag: "\"aaaa\"".into(),
+        };
+        assert_eq!(holds_listed_object(&file, None, 10, "\"aaaa\""), Ok(()));
+        let other = holds_listed_object(&file, None, 10, "\"bbbb\"").unwrap_err();
+        assert_eq!(other, "has ETag bbbb, not the listed object's aaaa");
+        assert_eq!(
+            holds_listed_object(&file, None, 11, "\"aaaa\"").unwrap_err(),
+            "holds 11 bytes, not the 10 listed"
+        );
+        // a copy whose ETag differs from the listed one (multipart, KMS) is proven by the
+        // ETag recorded before the source was deleted
+        assert_eq!(
+            holds_listed_object(&file, Some("\"cc-2\""), 10, "\"cc-2\""),
+            Ok(())
+        );
+        assert!(holds_listed_object(&file, Some("\"cc-2\""), 10, "\"aaaa\"").is_err());
+    }
+
+    #[test]
+    fn a_conditional_delete_that_finds_the_source_gone_has_done_its_work() {
+        assert_eq!(delete_refusal(None, "NoSuchKey", ""), None);
+        assert_eq!(delete_refusal(Some(404), "", ""), None);
+        assert!(
+            !delete_refusal(None, "PreconditionFailed", "")
+                .unwrap()
+                .transient
+        );
+        let rewritten = delete_refusal(Some(412), "", "").unwrap();
+        assert!(rewritten.reason.contains("rewritten"), "{rewritten}");
+        assert!(delete_refusal(None, "SlowDown", "slow").unwrap().transient);
+        assert!(
+            delete_refusal(None, "ConditionalRequestConflict", "")
+                .unwrap()
+                .transient
+        );
+        assert!(
+            !delete_refusal(None, "AccessDenied", "no")
+                .unwrap()
+                .transient
+        );
+    }
+
+    #[test]
+    fn a_copy_is_verified_by_its_etag_or_checked_at_the_destination() {
+        let md5 = "\"9b2cf535f27731c974343645a3985328\"";
+        let other = "\"0cc175b9c0f1b6a831c399e269772661\"";
+        assert_eq!(check_copy(md5, md5, true), CopyCheck::Verified);
+        assert_eq!(
+            check_copy(md5, other, true),
+            CopyCheck::DiffersUnlessSourceEncrypted
+        );
+        // a copy encrypted with KMS, or of a multipart source: nothing to compare
+        assert_eq!(check_copy(md5, other, false), CopyCheck::CheckDestination);
+        assert_eq!(
+            check_copy("\"abc-2\"", other, true),
+            CopyCheck::CheckDestination
+        );
+        assert!(holds_copy("k", 10, other, 10, other).is_ok());
+        assert!(holds_copy("k", 10, other, 9, other).is_err());
+        assert!(holds_copy("k", 10, other, 10, md5).is_err());
+    }
+
+    #[test]
+    fn a_refused_request_on_the_source_says_whether_it_is_gone_or_changed() {
+        let file = ListedFile {
+            key: "raw/a.csv".into(),
+            size: 1,
+            etag: "\"e\"".into(),
+        };
+        let refused = |code: &str| AwsError {
+            operation: "CopyObject",
+            code: Some(code.into()),
+            message: code.into(),
+            transient: false,
+        };
+        assert_eq!(
+            source_refusal(refused("NoSuchKey"), None, &file),
+            SourceRefusal::Gone
+        );
+        assert_eq!(
+            source_refusal(refused("PreconditionFailed"), None, &file),
+            SourceRefusal::Fails(source_changed(&file))
+        );
+        assert_eq!(
+            source_refusal(AwsError::permanent("HeadObject", "412"), Some(412), &file),
+            SourceRefusal::Fails(source_changed(&file))
+        );
+        assert!(matches!(
+            source_refusal(refused("AccessDenied"), None, &file),
+            SourceRefusal::Fails(f) if !f.transient && f.reason.contains("AccessDenied")
+        ));
+        assert_eq!(
+            part_refusal(refused("NoSuchUpload"), &file),
+            PartRefusal::UploadGone
+        );
+        assert_eq!(
+            part_refusal(refused("NoSuchKey"), &file),
+            PartRefusal::SourceGone
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! What master writes: the run with its spec, each listing page's batches together with
+//! the listing position they reach, and how far the batches have been handed out.
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+
+use super::codec::{describe, get_s};
+use super::dynamo::{ATTEMPTS, backoff, is_condition_failure, now_rfc3339, transaction_answer};
+use super::layout::{batch_pk, key, n, run_key, s};
+use super::{Store, StoreError};
+use crate::error::AwsError;
+use crate::rules::batch::{BatchId, ListedFile, encode_files};
+use crate::rules::records::{PendingBatches, RunRecord};
+use crate::rules::run::{RunId, RunSpec};
+use crate::rules::table::{Cancelled, transaction_groups};
+
+/// The records master keeps.
+#[derive(Clone, Debug)]
+pub struct MasterRecords {
+    store: Store,
+}
+
+impl MasterRecords {
+    pub fn new(store: Store) -> Self {
+        MasterRecords { store }
+    }
+
+    /// Creates the run with its spec, or checks that an existing run has the same spec:
+    /// an execution name reused for other buckets or prefixes is refused.
+    pub async fn start_run(&self, run: &RunId, spec: &RunSpec) -> Result<RunRecord, StoreError> {
+        for _ in 0..ATTEMPTS {
+            if let Some(existing) = self.store.run_record(run).await? {
+                match &existing.spec {
+                    Some(have) if have == spec => return Ok(existing),
+                    Some(have) => {
+                        return Err(StoreError::SpecMismatch {
+                            run: run.clone(),
+                            existing: describe(have),
+                        });
+                    }
+                    None => {}
+                }
+            }
+            let suffixes = spec
+                .suffixes
+                .as_slice()
+                .iter()
+                .map(|x| s(x.as_str()))
+                .collect();
+            let created = self
+                .store
+                .client
+                .update_item()
+                .table_name(&self.store.table)
+                .set_key(Some(run_key(run)))
+                .update_expression(
+                    "SET source_bucket = :sb, source_prefix = :sp, destination_bucket = :db, \
+                     destination_prefix = :dp, suffixes = :sx, listing_complete = :f, selected = :zero, \
+                     created_at = :now, expires_at = :exp",
+                )
+                .condition_expression("attribute_not_exists(source_bucket)")
+                .expression_attribute_values(":sb", s(&spec.source.bucket))
+                .expression_attribute_values(":sp", s(&spec.source.prefix))
+                .expression_attribute_values(":db", s(&spec.destination.bucket))
+                .expression_attribute_values(":dp", s(&spec.destination.prefix))
+                .expression_attribute_values(":sx", AttributeValue::L(suffixes))
+                .expression_attribute_values(":f", AttributeValue::Bool(false))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":now", s(now_rfc3339()))
+                .expression_attribute_values(":exp", self.store.expires_at())
+                .send()
+                .await;
+            match created {
+                Ok(_) => {}
+                // Another master created it first: read it again and compare.
+                Err(e) if is_condition_failure(&e) => continue,
+                Err(e) => return Err(AwsError::from_sdk("UpdateItem", e).into()),
+            }
+        }
+        self.store
+            .run_record(run)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                run: run.clone(),
+                problem: "the run item vanished while it was being created".into(),
+            })
+    }
+
+    /// Records a listing page's batches, each file `started`, and moves the recorded
+    /// position from `previous` to `through` (the page's last key), counting the files
+    /// as selected. Each transaction writes some of the page's batches together with the
+    /// position they reach, on condition that no other call has moved it and that no
+    /// batch item exists under their ids: a batch, once recorded, is the only one for its
+    /// files, and no failure or concurrent call can leave another behind.
+    pub async fn record_page(
+        &self,
+        run: &RunId,
+        previous: Option<&str>,
+        batches: &[&[ListedFile]],
+        through: &str,
+    ) -> Result<(), StoreError> {
+        let groups = transaction_groups(batches);
+        let mut position = previous.map(str::to_string);
+        for (i, group) in groups.iter().enumerate() {
+            let reaches = if i + 1 == groups.len() {
+                through
+            } else {
+                &group
+                    .last()
+                    .expect("groups are not empty")
+                    .last()
+                    .expect("batches are not empty")
+                    .key
+            };
+            self.record_batches(run, position.as_deref(), group, reaches)
+                .await?;
+            position = Some(reaches.to_string());
+        }
+        Ok(())
+    }
+
+    async fn record_batches(
+        &self,
+        run: &RunId,
+        previous: Option<&str>,
+        batches: &[&[ListedFile]],
+        through: &str,
+    ) -> Result<(), StoreError> {
+        let expires = self.store.expires_at();
+        let mut items: Vec<TransactWriteItem> = batches
+            .iter()
+            .map(|files| {
+                let mut item = key(batch_pk(run), BatchId::of(&files[0]).as_str());
+                item.insert("files".into(), s(encode_files(files)));
+                item.insert("expires_at".into(), expires.clone());
+                let put = Put::builder()
+                    .table_name(&self.store.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .expect("put is complete");
+                TransactWriteItem::builder().put(put).build()
+            })
+            .collect();
+        let files: usize = batches.iter().map(|b| b.len()).sum();
+        let position = Update::builder()
+            .table_name(&self.store.table)
+            .set_key(Some(run_key(run)))
+            .update_expression("SET recorded_through = :t ADD selected :n")
+            .expression_attribute_values(":t", s(through))
+            .expression_attribute_values(":n", n(files));
+        let position = match previous {
+            None => position.condition_expression("attribute_not_exists(recorded_through)"),
+            Some(p) => position
+                .condition_expression("recorded_through = :p")
+                .expression_attribute_values(":p", s(p)),
+        };
+        items.push(
+            TransactWriteItem::builder()
+                .update(position.build().expect("update is complete"))
+                .build(),
+        );
+        for attempt in 0..ATTEMPTS {
+            let sent = self
+                .store
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match transaction_answer(sent)? {
+                None => return Ok(()),
+                // The position moved, or a batch exists: another call recorded this page
+                // (or this call's earlier attempt did, its answer lost).
+                Some(Cancelled::Raced) => {
+                    return Err(StoreError::ProgressConflict { run: run.clone() });
+                }
+                Some(Cancelled::Contended(_)) => backoff(attempt).await,
+            }
+        }
+        Err(AwsError {
+            operation: "TransactWriteItems",
+            code: Some("TransactionConflict".into()),
+            message: format!("recording a page still conflicts after {ATTEMPTS} attempts"),
+            transient: true,
+        }
+        .into())
+    }
+
+    pub async fn advance_handed(&self, run: &RunId, through: &str) -> Result<(), StoreError> {
+        self.store
+            .set_run_fields(run, "SET handed_through = :v", s(through))
+            .await
+    }
+
+    pub async fn complete_listing(&self, run: &RunId) -> Result<(), StoreError> {
+        self.store
+            .set_run_fields(run, "SET listing_complete = :v", AttributeValue::Bool(true))
+            .await
+    }
+
+    /// The batches an earlier call recorded but did not hand out, in order.
+    pub async fn pending_batches(
+        &self,
+        run: &RunId,
+        pending: &PendingBatches,
+    ) -> Result<Vec<BatchId>, StoreError> {
+        let (after, through) = (pending.after.as_deref(), pending.through.as_str());
+        let condition = match after {
+            Some(_) => "pk = :pk AND sk BETWEEN :from AND :through",
+            None => "pk = :pk AND sk <= :through",
+        };
+        let items = self
+            .store
+            .query_all(&batch_pk(run), |q| {
+                let q = q
+                    .key_condition_expression(condition)
+                    .expression_attribute_values(":through", s(through))
+                    .projection_expression("sk");
+                match after {
+                    Some(after) => q.expression_attribute_values(":from", s(after)),
+                    None => q,
+                }
+            })
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| get_s(i, "sk"))
+            .filter(|sk| after.is_none_or(|a| *sk > a))
+            .map(BatchId::recorded)
+            .collect())
+    }
+}

@@ -1,0 +1,137 @@
+//! Deleting verified sources, each only while it still has the listed ETag.
+
+use std::collections::HashMap;
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use super::Mover;
+use crate::deadline::{Deadlines, bounded};
+use crate::error::AwsError;
+use crate::rules::batch::ListedFile;
+use crate::rules::copy::delete_refusal;
+use crate::rules::failure::MoveFailure;
+use crate::rules::keys::xml_can_carry;
+
+/// `DeleteObjects` takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+impl Mover<'_> {
+    /// Deletes verified sources, each only while it still has the listed ETag, so a
+    /// source rewritten after the copy is kept. Keys XML can carry go 1,000 to a
+    /// `DeleteObjects`; the others, whose key must travel in the URL, one `DeleteObject`
+    /// each. Returns each file's result, in the order given.
+    pub async fn delete_sources(
+        &self,
+        bucket: &str,
+        files: &[&ListedFile],
+    ) -> Vec<Result<(), MoveFailure>> {
+        let (carried, in_url): (Vec<usize>, Vec<usize>) =
+            (0..files.len()).partition(|&i| xml_can_carry(&files[i].key));
+        let mut results: Vec<Option<Result<(), MoveFailure>>> = vec![None; files.len()];
+        for chunk in carried.chunks(DELETE_BATCH) {
+            let batch: Vec<&ListedFile> = chunk.iter().map(|&i| files[i]).collect();
+            for (&i, result) in chunk.iter().zip(self.delete_objects(bucket, &batch).await) {
+                results[i] = Some(result);
+            }
+        }
+        let single = bounded(
+            in_url,
+            self.settings.move_concurrency,
+            Deadlines::none(),
+            |i| self.delete_object(bucket, files[i]),
+        )
+        .await;
+        for (i, result) in single {
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every file has a result"))
+            .collect()
+    }
+
+    async fn delete_objects(
+        &self,
+        bucket: &str,
+        files: &[&ListedFile],
+    ) -> Vec<Result<(), MoveFailure>> {
+        let objects: Vec<ObjectIdentifier> = files
+            .iter()
+            .map(|f| {
+                ObjectIdentifier::builder()
+                    .key(&f.key)
+                    .e_tag(&f.etag)
+                    .build()
+                    .expect("key is set")
+            })
+            .collect();
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .expect("objects are set");
+        match self
+            .s3
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let mut errors: HashMap<String, MoveFailure> = out
+                    .errors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|e| {
+                        let code = e.code.unwrap_or_default();
+                        let failure =
+                            delete_refusal(None, &code, e.message.as_deref().unwrap_or(""))?;
+                        Some((e.key?, failure))
+                    })
+                    .collect();
+                files
+                    .iter()
+                    .map(|f| errors.remove(&f.key).map_or(Ok(()), Err))
+                    .collect()
+            }
+            Err(err) => {
+                let failure = MoveFailure::from(AwsError::from_sdk("DeleteObjects", err));
+                let failure = MoveFailure {
+                    reason: format!(
+                        "copied and verified, but deleting the source failed: {}",
+                        failure.reason
+                    ),
+                    ..failure
+                };
+                files.iter().map(|_| Err(failure.clone())).collect()
+            }
+        }
+    }
+
+    async fn delete_object(&self, bucket: &str, file: &ListedFile) -> Result<(), MoveFailure> {
+        let sent = self
+            .s3
+            .delete_object()
+            .bucket(bucket)
+            .key(&file.key)
+            .if_match(&file.etag)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let status = err.raw_response().map(|r| r.status().as_u16());
+                let err = AwsError::from_sdk("DeleteObject", err);
+                let code = err.code.as_deref().unwrap_or_default();
+                match delete_refusal(status, code, &err.message) {
+                    None => Ok(()),
+                    Some(failure) => Err(MoveFailure {
+                        transient: failure.transient || err.transient,
+                        ..failure
+                    }),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Moving objects on S3: copy, verify, and only then delete the source. What each
+//! answer means is for [`crate::rules::copy`] to say; this module makes the requests.
+
+mod delete;
+mod multipart;
+
+use aws_sdk_s3::Client;
+
+use crate::config::SlaveSettings;
+use crate::deadline::{Deadlines, bounded};
+use crate::error::AwsError;
+use crate::rules::batch::ListedFile;
+use crate::rules::copy::{
+    CopyCheck, CopyMethod, SourceRefusal, check_copy, copy_differs, copy_method,
+    encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object, might_copy_in_parts,
+    source_refusal,
+};
+use crate::rules::failure::MoveFailure;
+use crate::rules::keys::{copy_source, too_long};
+use crate::rules::run::{PlannedMove, RunId, RunSpec};
+use crate::store::{SlaveRecords, StoreError};
+
+impl From<StoreError> for MoveFailure {
+    fn from(e: StoreError) -> Self {
+        let transient = match &e {
+            StoreError::Aws(aws) => aws.transient,
+            _ => false,
+        };
+        MoveFailure {
+            reason: format!("status table: {e}"),
+            transient,
+        }
+    }
+}
+
+/// What a copy achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copy {
+    /// The destination is verified to hold the listed object, whose copy has this ETag;
+    /// the source is still there, to be deleted.
+    Verified { etag: String },
+    /// The source is gone (an earlier attempt may have moved it): whether the file counts
+    /// as moved is for [`Mover::verify_moved`] to say, with the copy's ETag recorded for it.
+    SourceGone,
+    /// Time ran out first. A multipart copy's finished parts are kept for the next
+    /// invocation; `progressed` when this invocation copied some of them.
+    Unfinished { progressed: bool },
+}
+
+/// What the destination holds after a copy; its ETag is what the copy reported.
+enum Copied {
+    Done {
+        etag: String,
+        /// Whether S3 wrote the copy so that its ETag is the MD5 of its bytes (no SSE-KMS
+        /// or SSE-C encryption, and not a multipart copy).
+        etag_is_md5: bool,
+    },
+    SourceMissing,
+    Unfinished {
+        progressed: bool,
+    },
+}
+
+pub struct Mover<'a> {
+    s3: &'a Client,
+    settings: &'a SlaveSettings,
+    records: &'a SlaveRecords,
+    run: &'a RunId,
+    deadlines: Deadlines,
+}
+
+impl<'a> Mover<'a> {
+    /// A mover for `run`'s files, which keeps its multipart copies' progress in `records`.
+    pub fn new(
+        s3: &'a Client,
+        settings: &'a SlaveSettings,
+        records: &'a SlaveRecords,
+        run: &'a RunId,
+        deadlines: Deadlines,
+    ) -> Self {
+        Mover {
+            s3,
+            settings,
+            records,
+            run,
+            deadlines,
+        }
+    }
+
+    /// Copies one file to its destination and verifies it there. The source stays.
+    ///
+    /// The copy is conditional on the listed ETag, so S3 copies exactly the listed
+    /// version. Verification then costs no request when the copy reports the listed
+    /// ETag, and otherwise one `HeadObject` ([`check_copy`] says which). A source that
+    /// is gone is answered as such, for [`Mover::verify_moved`].
+    pub async fn copy_verified(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+    ) -> Result<Copy, MoveFailure> {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        if let Some(reason) = too_long(destination_key) {
+            return Err(MoveFailure::permanent(reason));
+        }
+        let method = copy_method(
+            file.size,
+            destination_key,
+            self.settings.multipart_threshold,
+        )
+        .map_err(MoveFailure::permanent)?;
+        let copied = match method {
+            CopyMethod::Whole => self.copy_whole(spec, planned).await?,
+            CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
+        };
+        let (etag, etag_is_md5) = match copied {
+            Copied::Unfinished { progressed } => return Ok(Copy::Unfinished { progressed }),
+            Copied::SourceMissing => return Ok(Copy::SourceGone),
+            Copied::Done { etag, etag_is_md5 } => (etag, etag_is_md5),
+        };
+        match check_copy(&file.etag, &etag, etag_is_md5) {
+            CopyCheck::Verified => {}
+            CopyCheck::DiffersUnlessSourceEncrypted
+                if self.source_etag_is_md5(spec, file).await? =>
+            {
+                return Err(copy_differs(destination_key, &etag, &file.etag));
+            }
+            CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
+                let (found_size, found_etag) = self.head_destination(spec, destination_key).await?;
+                holds_copy(destination_key, file.size, &etag, found_size, &found_etag)?;
+            }
+        }
+        Ok(Copy::Verified { etag })
+    }
+
+    /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
+    /// with SSE-KMS or SSE-C).
+    async fn source_etag_is_md5(
+        &self,
+        spec: &RunSpec,
+        file: &ListedFile,
+    ) -> Result<bool, MoveFailure> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&spec.source.bucket)
+            .key(&file.key)
+            .if_match(&file.etag)
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let err = AwsError::from_sdk("HeadObject", e);
+                return Err(match source_refusal(err.clone(), status, file) {
+                    SourceRefusal::Fails(failure) => failure,
+                    // Gone since the copy: the copy's MD5 still differs from the listed one.
+                    SourceRefusal::Gone => err.into(),
+                });
+            }
+        };
+        Ok(encryption_keeps_md5(
+            head.server_side_encryption.as_ref().map(|s| s.as_str()),
+            head.sse_customer_algorithm.is_some(),
+        ))
+    }
+
+    async fn copy_whole(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+    ) -> Result<Copied, MoveFailure> {
+        let file = &planned.file;
+        let sent = self
+            .s3
+            .copy_object()
+            .bucket(&spec.destination.bucket)
+            .key(&planned.destination_key)
+            .copy_source(copy_source(&spec.source.bucket, &file.key))
+            .copy_source_if_match(&file.etag)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let etag_is_md5 = encryption_keeps_md5(
+                    out.server_side_encryption.as_ref().map(|s| s.as_str()),
+                    out.sse_customer_algorithm.is_some(),
+                );
+                let etag = out
+                    .copy_object_result
+                    .and_then(|r| r.e_tag)
+                    .unwrap_or_default();
+                Ok(Copied::Done { etag, etag_is_md5 })
+            }
+            Err(err) => match source_refusal(AwsError::from_sdk("CopyObject", err), None, file) {
+                SourceRefusal::Gone => Ok(Copied::SourceMissing),
+                SourceRefusal::Fails(failure) => Err(failure),
+            },
+        }
+    }
+
+    /// Files about to be recorded failed: the multipart upload of each that might have one
+    /// is aborted and forgotten, before the outcome is recorded, since no later delivery
+    /// tries a file with an outcome. Best effort, within `deadlines`: what is left is
+    /// aborted by the bucket's lifecycle rule.
+    pub async fn abandon_uploads(
+        &self,
+        spec: &RunSpec,
+        planned: &[&PlannedMove],
+        deadlines: Deadlines,
+    ) {
+        let large = self.large(planned);
+        bounded(
+            large,
+            self.settings.move_concurrency,
+            deadlines,
+            |planned| self.abandon_upload(spec, planned),
+        )
+        .await;
+    }
+
+    /// Files recorded moved: the record of each one's completed multipart upload goes.
+    /// Best effort, within `deadlines`: what is left goes with the run's other items.
+    pub async fn forget_uploads(&self, planned: &[&PlannedMove], deadlines: Deadlines) {
+        let large = self.large(planned);
+        bounded(
+            large,
+            self.settings.move_concurrency,
+            deadlines,
+            |planned| async move {
+                let key = &planned.file.key;
+                if let Err(e) = self.records.forget_upload(self.run, key, None).await {
+                    tracing::warn!(key = %key, error = %e, "could not forget a finished upload");
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The files large enough to have had a multipart upload recorded.
+    fn large<'p>(&self, planned: &[&'p PlannedMove]) -> Vec<&'p PlannedMove> {
+        let threshold = self.settings.multipart_threshold;
+        planned
+            .iter()
+            .copied()
+            .filter(|p| might_copy_in_parts(p.file.size, threshold))
+            .collect()
+    }
+
+    /// The source is gone: the file counts as moved only if the destination holds the
+    /// listed object ([`holds_listed_object`]). `recorded_copy` is the ETag of the copy
+    /// that a delivery recorded before deleting the source, read after the source was
+    /// found gone.
+    pub async fn verify_moved(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+        recorded_copy: Option<&str>,
+    ) -> Result<(), MoveFailure> {
+        let destination_key = planned.destination_key.as_str();
+        let (size, etag) = match self.head_destination(spec, destination_key).await {
+            Ok(found) => found,
+            Err(failure) if failure.transient => return Err(failure),
+            Err(failure) => return Err(gone_without_copy(destination_key, &failure.reason)),
+        };
+        holds_listed_object(&planned.file, recorded_copy, size, &etag)
+            .map_err(|what| gone_without_copy(destination_key, &what))
+    }
+
+    /// The destination's size and ETag; a missing destination is a permanent failure
+    /// that says so.
+    async fn head_destination(
+        &self,
+        spec: &RunSpec,
+        destination_key: &str,
+    ) -> Result<(i64, String), MoveFailure> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&spec.destination.bucket)
+            .key(destination_key)
+            .send()
+            .await;
+        match head {
+            Ok(h) => Ok((h.content_length.unwrap_or(-1), h.e_tag.unwrap_or_default())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                Err(MoveFailure::permanent("does not exist"))
+            }
+            Err(err) => Err(AwsError::from_sdk("HeadObject", err).into()),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Copies in parts (`UploadPartCopy`) that survive the invocation: the upload is
+//! recorded before any part is copied, resumed with `ListParts`, completed with the
+//! ETag it will have recorded first, and aborted when it cannot succeed.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType};
+
+use super::{Copied, Mover};
+use crate::deadline::bounded;
+use crate::error::AwsError;
+use crate::rules::batch::ListedFile;
+use crate::rules::copy::{
+    PartRefusal, SourceRefusal, bare, multipart_etag, part_ranges, part_refusal, part_size,
+    source_refusal,
+};
+use crate::rules::failure::MoveFailure;
+use crate::rules::keys::{copy_source, decode_listed_key};
+use crate::rules::records::UploadRecord;
+use crate::rules::run::{PlannedMove, RunSpec};
+
+impl Mover<'_> {
+    /// A multipart copy that survives the invocation: its upload id is recorded in the
+    /// status table before any part is copied, so a later invocation (a continuation
+    /// after the deadline, a retry after a crash) finds the parts already copied with
+    /// `ListParts` and copies only the rest. Parts are copied in parallel, none started
+    /// after the soft deadline; then the upload is completed, and a failed one aborted,
+    /// so that no parts are left to pay for.
+    pub(super) async fn copy_in_parts(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+    ) -> Result<Copied, MoveFailure> {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        // An upload that vanishes under us (aborted by a lifecycle rule, say) is started
+        // once more.
+        for _ in 0..2 {
+            let upload = match self.recorded_upload(file).await? {
+                Some(upload) => upload,
+                None => match self.begin_upload(spec, planned).await? {
+                    Ok(upload) => upload,
+                    Err(copied) => return Ok(copied),
+                },
+            };
+            let parts = match self.copy_parts(spec, planned, &upload).await {
+                Ok(PartsCopied::All(parts)) => parts,
+                Ok(PartsCopied::Unfinished { progressed }) => {
+                    return Ok(Copied::Unfinished { progressed });
+                }
+                Ok(PartsCopied::UploadGone) => {
+                    match self.after_upload_gone(spec, planned, &upload).await? {
+                        Some(copied) => return Ok(copied),
+                        None => continue,
+                    }
+                }
+                Ok(PartsCopied::SourceMissing) => {
+                    // No part can be copied any more: the upload goes.
+                    let gone = MoveFailure::permanent("the source is gone");
+                    self.give_up(spec, planned, &upload, gone).await;
+                    return Ok(Copied::SourceMissing);
+                }
+                Err(failure) => {
+                    return Err(self.give_up(spec, planned, &upload, failure).await);
+                }
+            };
+            let etags: Vec<&str> = parts.iter().filter_map(|p| p.e_tag()).collect();
+            let expected = multipart_etag(&etags);
+            if let Some(expected) = &expected {
+                self.records
+                    .completing_upload(self.run, &file.key, &upload.upload_id, expected)
+                    .await?;
+            }
+            let completed = self
+                .s3
+                .complete_multipart_upload()
+                .bucket(&spec.destination.bucket)
+                .key(destination_key)
+                .upload_id(&upload.upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("CompleteMultipartUpload", e));
+            match completed {
+                Ok(out) => {
+                    self.abort_others(spec, destination_key, None).await;
+                    return Ok(Copied::Done {
+                        etag: out.e_tag.unwrap_or_default(),
+                        etag_is_md5: false,
+                    });
+                }
+                Err(e) if e.code_is("NoSuchUpload") => {
+                    let upload = UploadRecord {
+                        completing_etag: expected,
+                        ..upload
+                    };
+                    match self.after_upload_gone(spec, planned, &upload).await? {
+                        Some(copied) => return Ok(copied),
+                        None => continue,
+                    }
+                }
+                Err(e) if e.transient => return Err(e.into()),
+                Err(e) => {
+                    return Err(self.give_up(spec, planned, &upload, e.into()).await);
+                }
+            }
+        }
+        Err(MoveFailure {
+            reason: "the multipart upload vanished twice while it was being copied".into(),
+            transient: true,
+        })
+    }
+
+    /// The upload recorded for this file, if it copies the listed version.
+    async fn recorded_upload(
+        &self,
+        file: &ListedFile,
+    ) -> Result<Option<UploadRecord>, MoveFailure> {
+        let recorded = self.records.upload(self.run, &file.key).await?;
+        Ok(recorded.filter(|u| bare(&u.source_etag) == bare(&file.etag)))
+    }
+
+    /// Starts and records a multipart upload with the source's metadata, content headers
+    /// and tags (S3 does not carry them over to an upload). When another delivery has
+    /// recorded one first, this one is aborted and theirs is used.
+    async fn begin_upload(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+    ) -> Result<Result<UploadRecord, Copied>, MoveFailure> {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&spec.source.bucket)
+            .key(&file.key)
+            .if_match(&file.etag)
+            .send()
+            .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(err) => {
+                let status = err.raw_response().map(|r| r.status().as_u16());
+                return match source_refusal(AwsError::from_sdk("HeadObject", err), status, file) {
+                    SourceRefusal::Gone => Ok(Err(Copied::SourceMissing)),
+                    SourceRefusal::Fails(failure) => Err(failure),
+                };
+            }
+        };
+        let tags = self
+            .s3
+            .get_object_tagging()
+            .bucket(&spec.source.bucket)
+            .key(&file.key)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
+            .tag_set;
+        let tagging = tags
+            .iter()
+            .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
+            .collect::<Vec<_>>()
+            .join("&");
+        let created = self
+            .s3
+            .create_multipart_upload()
+            .bucket(&spec.destination.bucket)
+            .key(destination_key)
+            .set_metadata(head.metadata)
+            .set_content_type(head.content_type)
+            .set_content_encoding(head.content_encoding)
+            .set_content_disposition(head.content_disposition)
+            .set_content_language(head.content_language)
+            .set_cache_control(head.cache_control)
+            .set_expires(head.expires_string.as_deref().and_then(|raw| {
+                aws_smithy_types::DateTime::from_str(
+                    raw,
+                    aws_smithy_types::date_time::Format::HttpDate,
+                )
+                .ok()
+            }))
+            .set_tagging((!tagging.is_empty()).then_some(tagging))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateMultipartUpload", e))?;
+        let upload = UploadRecord {
+            upload_id: created.upload_id.unwrap_or_default(),
+            part_size: part_size(file.size, self.settings.part_size),
+            source_etag: file.etag.clone(),
+            completing_etag: None,
+        };
+        match self
+            .records
+            .begin_upload(self.run, &file.key, &upload)
+            .await
+        {
+            Ok(None) => Ok(Ok(upload)),
+            Ok(Some(theirs)) => {
+                self.abort(spec, destination_key, &upload.upload_id).await;
+                Ok(Ok(theirs))
+            }
+            Err(e) => {
+                self.abort(spec, destination_key, &upload.upload_id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Copies the parts the upload does not have yet.
+    async fn copy_parts(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+        upload: &UploadRecord,
+    ) -> Result<PartsCopied, MoveFailure> {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        let Some(mut done) = self.listed_parts(spec, destination_key, upload).await? else {
+            return Ok(PartsCopied::UploadGone);
+        };
+        let missing: Vec<(i32, (u64, u64))> = part_ranges(file.size, upload.part_size)
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| (i as i32 + 1, range))
+            .filter(|(number, _)| !done.contains_key(number))
+            .collect();
+        let wanted = missing.len();
+        let source = copy_source(&spec.source.bucket, &file.key);
+        let copied = bounded(
+            missing,
+            self.settings.part_concurrency,
+            self.deadlines,
+            |(number, (start, end))| {
+                self.s3
+                    .upload_part_copy()
+                    .bucket(&spec.destination.bucket)
+                    .key(destination_key)
+                    .upload_id(&upload.upload_id)
+                    .part_number(number)
+                    .copy_source(&source)
+                    .copy_source_if_match(&file.etag)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+            },
+        )
+        .await;
+        let finished = copied.len();
+        for ((number, _), sent) in copied {
+            match sent {
+                Ok(out) => {
+                    let etag = out
+                        .copy_part_result
+                        .and_then(|r| r.e_tag)
+                        .unwrap_or_default();
+                    done.insert(number, etag);
+                }
+                Err(err) => {
+                    return match part_refusal(AwsError::from_sdk("UploadPartCopy", err), file) {
+                        PartRefusal::UploadGone => Ok(PartsCopied::UploadGone),
+                        PartRefusal::SourceGone => Ok(PartsCopied::SourceMissing),
+                        PartRefusal::Fails(failure) => Err(failure),
+                    };
+                }
+            }
+        }
+        if finished < wanted {
+            return Ok(PartsCopied::Unfinished {
+                progressed: finished > 0,
+            });
+        }
+        Ok(PartsCopied::All(
+            done.into_iter()
+                .map(|(number, etag)| {
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(etag)
+                        .build()
+                })
+                .collect(),
+        ))
+    }
+
+    /// The parts the upload has, by number, with their ETags; `None` if the upload is
+    /// gone.
+    async fn listed_parts(
+        &self,
+        spec: &RunSpec,
+        destination_key: &str,
+        upload: &UploadRecord,
+    ) -> Result<Option<BTreeMap<i32, String>>, MoveFailure> {
+        let mut parts = BTreeMap::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .s3
+                .list_parts()
+                .bucket(&spec.destination.bucket)
+                .key(destination_key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ListParts", e));
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if e.code_is("NoSuchUpload") => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            for part in page.parts() {
+                if let (Some(number), Some(etag)) = (part.part_number, part.e_tag()) {
+                    parts.insert(number, etag.to_string());
+                }
+            }
+            marker = page
+                .next_part_number_marker
+                .filter(|_| page.is_truncated == Some(true));
+            if marker.is_none() {
+                return Ok(Some(parts));
+            }
+        }
+    }
+
+    /// The recorded upload is gone: completed by an earlier attempt whose answer was
+    /// lost (the destination then has the ETag recorded before completing), or aborted.
+    /// `Some` when the destination holds the completed copy; `None` to start over.
+    async fn after_upload_gone(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+        upload: &UploadRecord,
+    ) -> Result<Option<Copied>, MoveFailure> {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        if let Some(expected) = &upload.completing_etag {
+            let found = match self.head_destination(spec, destination_key).await {
+                Ok(found) => Some(found),
+                Err(failure) if failure.transient => return Err(failure),
+                Err(_) => None,
+            };
+            if let Some((size, etag)) = found
+                && size == file.size as i64
+                && bare(&etag) == bare(expected)
+            {
+                self.abort_others(spec, destination_key, None).await;
+                return Ok(Some(Copied::Done {
+                    etag: expected.clone(),
+                    etag_is_md5: false,
+                }));
+            }
+        }
+        self.records
+            .forget_upload(self.run, &file.key, Some(&upload.upload_id))
+            .await?;
+        Ok(None)
+    }
+
+    /// A multipart copy that cannot succeed: its upload (and any other left for the key)
+    /// is aborted and forgotten, and the failure answered.
+    async fn give_up(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+        upload: &UploadRecord,
+        failure: MoveFailure,
+    ) -> MoveFailure {
+        let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        if failure.transient {
+            return failure;
+        }
+        self.abort(spec, destination_key, &upload.upload_id).await;
+        self.abort_others(spec, destination_key, Some(&upload.upload_id))
+            .await;
+        let forgotten = self
+            .records
+            .forget_upload(self.run, &file.key, Some(&upload.upload_id))
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(key = %file.key, error = %e, "could not forget an aborted upload");
+        }
+        failure
+    }
+
+    async fn abort(&self, spec: &RunSpec, destination_key: &str, upload_id: &str) {
+        let aborted = self
+            .s3
+            .abort_multipart_upload()
+            .bucket(&spec.destination.bucket)
+            .key(destination_key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = aborted {
+            let e = AwsError::from_sdk("AbortMultipartUpload", e);
+            if !e.code_is("NoSuchUpload") {
+                tracing::warn!(key = %destination_key, error = %e, "could not abort an upload");
+            }
+        }
+    }
+
+    /// Aborts every upload left for the destination key but `except`: one whose
+    /// creator died before recording it would otherwise be billed until a lifecycle
+    /// rule removes it.
+    async fn abort_others(&self, spec: &RunSpec, destination_key: &str, except: Option<&str>) {
+        let listed = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(&spec.destination.bucket)
+            .prefix(destination_key)
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await;
+        let uploads = match listed {
+            Ok(out) => out.uploads.unwrap_or_default(),
+            Err(e) => {
+                let e = AwsError::from_sdk("ListMultipartUploads", e);
+                tracing::warn!(key = %destination_key, error = %e, "could not list leftover uploads");
+                return;
+            }
+        };
+        for upload in uploads {
+            let key = upload.key.as_deref().map(decode_listed_key);
+            if let (Some(Ok(key)), Some(id)) = (key, upload.upload_id.as_deref())
+                && key == destination_key
+                && Some(id) != except
+            {
+                self.abort(spec, destination_key, id).await;
+            }
+        }
+    }
+
+    /// The file failed or is given up on: its multipart upload, if it has one, is aborted
+    /// and forgotten.
+    pub(super) async fn abandon_upload(&self, spec: &RunSpec, planned: &PlannedMove) {
+        let Ok(Some(upload)) = self.records.upload(self.run, &planned.file.key).await else {
+            return;
+        };
+        let failure = MoveFailure::permanent(String::new());
+        self.give_up(spec, planned, &upload, failure).await;
+    }
+}
+
+/// The parts of a multipart copy after one invocation's work on them.
+enum PartsCopied {
+    All(Vec<CompletedPart>),
+    Unfinished { progressed: bool },
+    UploadGone,
+    SourceMissing,
+}
+
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
