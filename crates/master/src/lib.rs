@@ -254,13 +254,7 @@ impl Master {
             aws_sdk_s3::config::http::HttpResponse,
         >,
     ) -> Error {
-        let source = AwsError::from_sdk("ListObjectsV2", err);
-        let location = location.clone();
-        if REFUSED_LISTING.iter().any(|code| source.code_is(code)) {
-            Error::ListingRefused { location, source }
-        } else {
-            Error::Listing { location, source }
-        }
+        listing_error(location.clone(), AwsError::from_sdk("ListObjectsV2", err))
     }
 
     /// One page of the listing after `start_after` (or at `token`). Keys are asked for
@@ -380,6 +374,16 @@ impl Master {
     }
 }
 
+/// A listing that failed: refused for good when no retry will change the answer (the
+/// bucket is not there, or the functions may not list it), and otherwise worth retrying.
+fn listing_error(location: Location, source: AwsError) -> Error {
+    if REFUSED_LISTING.iter().any(|code| source.code_is(code)) {
+        Error::ListingRefused { location, source }
+    } else {
+        Error::Listing { location, source }
+    }
+}
+
 /// The Lambda handler: an input check or a run request. A configuration error read at
 /// cold start is every invocation's answer.
 pub async fn handle(
@@ -401,6 +405,25 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_is_refused_for_good_only_when_no_retry_can_change_it() {
+        let location = Location::new("bucket", "raw/").unwrap();
+        let answer = |code: &str, transient| AwsError {
+            operation: "ListObjectsV2",
+            code: Some(code.into()),
+            message: code.into(),
+            transient,
+        };
+        for code in ["NoSuchBucket", "AccessDenied", "PermanentRedirect"] {
+            let err = listing_error(location.clone(), answer(code, false));
+            assert_eq!(err.error_type(), "ListingRefused", "{code}");
+        }
+        for code in ["SlowDown", "InternalError"] {
+            let err = listing_error(location.clone(), answer(code, true));
+            assert_eq!(err.error_type(), "ListingFailed", "{code}");
+        }
+    }
 
     #[test]
     fn every_error_type_is_listed() {

@@ -500,6 +500,63 @@ pub async fn handle(
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_tried_again_in_later_rounds_and_the_rest_settle_at_once() {
+        let rounds = std::sync::Mutex::new(Vec::new());
+        let settled = in_rounds(vec![0, 1, 2], Deadlines::none(), |round| {
+            rounds.lock().unwrap().push(round.clone());
+            async move {
+                round
+                    .into_iter()
+                    .map(|i| {
+                        let result = match i {
+                            0 => Ok(()),
+                            1 => Err(MoveFailure {
+                                reason: "SlowDown".into(),
+                                transient: true,
+                            }),
+                            _ => Err(MoveFailure::permanent("AccessDenied")),
+                        };
+                        (i, result)
+                    })
+                    .collect()
+            }
+        })
+        .await;
+        assert_eq!(*rounds.lock().unwrap(), [vec![0, 1, 2], vec![1], vec![1]]);
+        let mut settled: Vec<(usize, bool)> = settled
+            .into_iter()
+            .map(|(i, result)| (i, result.is_ok()))
+            .collect();
+        settled.sort();
+        assert_eq!(settled, [(0, true), (1, false), (2, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_new_round_starts_after_the_soft_deadline() {
+        let deadlines = Deadlines {
+            soft: Some(tokio::time::Instant::now()),
+            hard: None,
+        };
+        let settled = in_rounds(vec![0], deadlines, |round| async move {
+            round
+                .into_iter()
+                .map(|i| {
+                    let failure = MoveFailure {
+                        reason: "SlowDown".into(),
+                        transient: true,
+                    };
+                    (i, Err::<(), _>(failure))
+                })
+                .collect()
+        })
+        .await;
+        assert!(
+            settled.is_empty(),
+            "the file is left for the next invocation"
+        );
+    }
+
     #[test]
     fn every_error_type_is_listed() {
         let aws = common::error::AwsError::permanent("Op", "m");

@@ -5,6 +5,7 @@ mod delete;
 mod multipart;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 
 use crate::config::SlaveSettings;
 use crate::deadline::{Deadlines, bounded};
@@ -45,6 +46,12 @@ pub enum Copy {
     /// Time ran out first. A multipart copy's finished parts are kept for the next
     /// invocation; `progressed` when this invocation copied some of them.
     Unfinished { progressed: bool },
+}
+
+/// A refused `HeadObject` of the listed source: what it means, and the error itself.
+struct RefusedSource {
+    refusal: SourceRefusal,
+    error: AwsError,
 }
 
 /// What the destination holds after a copy; its ETag is what the copy reported.
@@ -140,29 +147,43 @@ impl<'a> Mover<'a> {
         file: &ListedFile,
     ) -> Result<bool, MoveFailure> {
         let head = self
-            .s3
+            .head_listed_source(spec, file)
+            .await
+            .map_err(|refused| {
+                match refused.refusal {
+                    SourceRefusal::Fails(failure) => failure,
+                    // Gone since the copy: the copy's MD5 still differs from the listed one.
+                    SourceRefusal::Gone => refused.error.into(),
+                }
+            })?;
+        Ok(encryption_keeps_md5(
+            head.server_side_encryption.as_ref().map(|s| s.as_str()),
+            head.sse_customer_algorithm.is_some(),
+        ))
+    }
+
+    /// The listed version of the source, as `HeadObject` shows it: conditional on the
+    /// listed ETag, so that a rewritten source is refused.
+    async fn head_listed_source(
+        &self,
+        spec: &RunSpec,
+        file: &ListedFile,
+    ) -> Result<HeadObjectOutput, RefusedSource> {
+        self.s3
             .head_object()
             .bucket(&spec.source.bucket)
             .key(&file.key)
             .if_match(&file.etag)
             .send()
-            .await;
-        let head = match head {
-            Ok(head) => head,
-            Err(e) => {
+            .await
+            .map_err(|e| {
                 let status = e.raw_response().map(|r| r.status().as_u16());
-                let err = AwsError::from_sdk("HeadObject", e);
-                return Err(match source_refusal(err.clone(), status, file) {
-                    SourceRefusal::Fails(failure) => failure,
-                    // Gone since the copy: the copy's MD5 still differs from the listed one.
-                    SourceRefusal::Gone => err.into(),
-                });
-            }
-        };
-        Ok(encryption_keeps_md5(
-            head.server_side_encryption.as_ref().map(|s| s.as_str()),
-            head.sse_customer_algorithm.is_some(),
-        ))
+                let error = AwsError::from_sdk("HeadObject", e);
+                RefusedSource {
+                    refusal: source_refusal(error.clone(), status, file),
+                    error,
+                }
+            })
     }
 
     async fn copy_whole(

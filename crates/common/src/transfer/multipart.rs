@@ -12,7 +12,6 @@ use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
 use crate::rules::copy::{
     PartRefusal, SourceRefusal, bare, multipart_etag, part_ranges, part_refusal, part_size,
-    source_refusal,
 };
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, decode_listed_key};
@@ -132,19 +131,10 @@ impl Mover<'_> {
         planned: &PlannedMove,
     ) -> Result<Result<UploadRecord, Copied>, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
-        let head = self
-            .s3
-            .head_object()
-            .bucket(&spec.source.bucket)
-            .key(&file.key)
-            .if_match(&file.etag)
-            .send()
-            .await;
-        let head = match head {
-            Ok(h) => h,
-            Err(err) => {
-                let status = err.raw_response().map(|r| r.status().as_u16());
-                return match source_refusal(AwsError::from_sdk("HeadObject", err), status, file) {
+        let head = match self.head_listed_source(spec, file).await {
+            Ok(head) => head,
+            Err(refused) => {
+                return match refused.refusal {
                     SourceRefusal::Gone => Ok(Err(Copied::SourceMissing)),
                     SourceRefusal::Fails(failure) => Err(failure),
                 };
