@@ -5,7 +5,7 @@ Only requests whose user agent names one of this project's functions
 (`app/s3-transfer-flow-<function>`) are ever faulted or recorded: the state machine's
 engine, tests seeding buckets and users' own tools are left alone.
 
-The configuration is JSON, given with `stack.py run --faults FILE` or sent at any time
+The configuration is JSON, given with `python -m local.stack run --faults FILE` or sent at any time
 with `PUT /_local/faults`:
 
   {

@@ -28,7 +28,7 @@ use common::rules::outcomes::{FileState, Outcome};
 use common::rules::records::BatchView;
 use common::rules::run::PlannedMove;
 use common::store::SlaveRecords;
-use common::transfer::{Copy, Mover};
+use common::transfer::{CopyOutcome, Mover};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
@@ -278,18 +278,18 @@ impl Slave {
         let mut parts_copied = false;
         for (i, result) in copied {
             match result {
-                Ok(Copy::Verified { etag }) => {
+                Ok(CopyOutcome::Verified { etag }) => {
                     if etag.trim_matches('"') != files[i].etag.trim_matches('"') {
                         copies.push((i, etag));
                     }
                     to_delete.push(i);
                     continue;
                 }
-                Ok(Copy::SourceGone) => {
+                Ok(CopyOutcome::SourceGone) => {
                     gone.push(i);
                     continue;
                 }
-                Ok(Copy::Unfinished { progressed }) => {
+                Ok(CopyOutcome::Unfinished { progressed }) => {
                     parts_copied |= progressed;
                     continue;
                 }

@@ -212,10 +212,13 @@ pub enum SourceRefusal {
 /// since it was listed. A `HeadObject` answer has no body, so its status 412 stands in
 /// for the code of a refused condition.
 pub fn source_refusal(err: AwsError, status: Option<u16>, file: &ListedFile) -> SourceRefusal {
+    if status == Some(412) {
+        return SourceRefusal::Fails(source_changed(file));
+    }
     if err.code_is("NoSuchKey") || err.code_is("NotFound") {
         return SourceRefusal::Gone;
     }
-    if err.code_is("PreconditionFailed") || status == Some(412) {
+    if err.code_is("PreconditionFailed") {
         return SourceRefusal::Fails(source_changed(file));
     }
     SourceRefusal::Fails(err.into())
@@ -309,9 +312,11 @@ mod tests {
     #[test]
     fn only_unencrypted_and_sse_s3_objects_have_md5_etags() {
         assert!(encryption_keeps_md5(None, false));
-        assert!(encryption_keeps_md5(Some("AES256"), false));
-        assert!(!encryption_keeps_md5(Some("aws:kms"), false));
-        assert!(!encryption_keeps_md5(Some("aws:kms:dsse"), false));
+        // as the SDK names them in a copy's or a HEAD's answer
+        use aws_sdk_s3::types::ServerSideEncryption as Sse;
+        assert!(encryption_keeps_md5(Some(Sse::Aes256.as_str()), false));
+        assert!(!encryption_keeps_md5(Some(Sse::AwsKms.as_str()), false));
+        assert!(!encryption_keeps_md5(Some(Sse::AwsKmsDsse.as_str()), false));
         assert!(!encryption_keeps_md5(None, true), "SSE-C");
     }
 

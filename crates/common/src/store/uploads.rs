@@ -6,25 +6,25 @@ use std::collections::HashMap;
 use super::StoreError;
 use super::codec::{get_n, get_s};
 use super::dynamo::is_condition_failure;
-use super::layout::{n, s, upload_pk};
+use super::layout::{key, n, s, upload_pk};
 use super::slave::SlaveRecords;
 use crate::error::AwsError;
 use crate::rules::records::UploadRecord;
 use crate::rules::run::RunId;
 
 impl SlaveRecords {
-    /// The multipart copy recorded for the file `key`, if any.
-    pub async fn upload(&self, run: &RunId, key: &str) -> Result<Option<UploadRecord>, StoreError> {
-        let Some(item) = self
-            .store
-            .get(super::layout::key(upload_pk(run), key))
-            .await?
-        else {
+    /// The multipart copy recorded for the file `file_key`, if any.
+    pub async fn upload(
+        &self,
+        run: &RunId,
+        file_key: &str,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let Some(item) = self.store.get(key(upload_pk(run), file_key)).await? else {
             return Ok(None);
         };
         let corrupt = |what: &str| StoreError::Corrupt {
             run: run.clone(),
-            problem: format!("the upload item of {key:?} has no {what}"),
+            problem: format!("the upload item of {file_key:?} has no {what}"),
         };
         Ok(Some(UploadRecord {
             upload_id: get_s(&item, "upload_id")
@@ -40,12 +40,12 @@ impl SlaveRecords {
         }))
     }
 
-    /// Records a multipart copy of the file `key`, unless one is recorded already:
+    /// Records a multipart copy of the file `file_key`, unless one is recorded already:
     /// then answers that one, which the caller adopts.
     pub async fn begin_upload(
         &self,
         run: &RunId,
-        key: &str,
+        file_key: &str,
         upload: &UploadRecord,
     ) -> Result<Option<UploadRecord>, StoreError> {
         let written = self
@@ -53,7 +53,7 @@ impl SlaveRecords {
             .client
             .update_item()
             .table_name(&self.store.table)
-            .set_key(Some(super::layout::key(upload_pk(run), key)))
+            .set_key(Some(key(upload_pk(run), file_key)))
             .update_expression(
                 "SET upload_id = :u, part_size = :p, source_etag = :e, expires_at = :exp",
             )
@@ -66,16 +66,16 @@ impl SlaveRecords {
             .await;
         match written {
             Ok(_) => Ok(None),
-            Err(e) if is_condition_failure(&e) => self.upload(run, key).await,
+            Err(e) if is_condition_failure(&e) => self.upload(run, file_key).await,
             Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
         }
     }
 
-    /// Records the ETag the upload of `key` will have once completed.
+    /// Records the ETag the upload of `file_key` will have once completed.
     pub async fn completing_upload(
         &self,
         run: &RunId,
-        key: &str,
+        file_key: &str,
         upload_id: &str,
         etag: &str,
     ) -> Result<(), StoreError> {
@@ -84,7 +84,7 @@ impl SlaveRecords {
             .client
             .update_item()
             .table_name(&self.store.table)
-            .set_key(Some(super::layout::key(upload_pk(run), key)))
+            .set_key(Some(key(upload_pk(run), file_key)))
             .update_expression("SET completing_etag = :e")
             .condition_expression("upload_id = :u")
             .expression_attribute_values(":e", s(etag))
@@ -99,13 +99,13 @@ impl SlaveRecords {
         }
     }
 
-    /// Forgets the multipart copy of `key`: it was completed and recorded, or aborted.
+    /// Forgets the multipart copy of `file_key`: it was completed and recorded, or aborted.
     /// With `upload_id`, only if the record is still of that upload: another delivery may
     /// have replaced it with one of its own meanwhile.
     pub async fn forget_upload(
         &self,
         run: &RunId,
-        key: &str,
+        file_key: &str,
         upload_id: Option<&str>,
     ) -> Result<(), StoreError> {
         let deleted = self
@@ -113,7 +113,7 @@ impl SlaveRecords {
             .client
             .delete_item()
             .table_name(&self.store.table)
-            .set_key(Some(super::layout::key(upload_pk(run), key)))
+            .set_key(Some(key(upload_pk(run), file_key)))
             .set_condition_expression(upload_id.map(|_| "upload_id = :u".to_string()))
             .set_expression_attribute_values(
                 upload_id.map(|id| HashMap::from([(":u".to_string(), s(id))])),

@@ -36,7 +36,7 @@ impl From<StoreError> for MoveFailure {
 
 /// What a copy achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Copy {
+pub enum CopyOutcome {
     /// The destination is verified to hold the listed object, whose copy has this ETag;
     /// the source is still there, to be deleted.
     Verified { etag: String },
@@ -104,7 +104,7 @@ impl<'a> Mover<'a> {
         &self,
         spec: &RunSpec,
         planned: &PlannedMove,
-    ) -> Result<Copy, MoveFailure> {
+    ) -> Result<CopyOutcome, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
         if let Some(reason) = too_long(destination_key) {
             return Err(MoveFailure::permanent(reason));
@@ -120,8 +120,8 @@ impl<'a> Mover<'a> {
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
         let (etag, etag_is_md5) = match copied {
-            Copied::Unfinished { progressed } => return Ok(Copy::Unfinished { progressed }),
-            Copied::SourceMissing => return Ok(Copy::SourceGone),
+            Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
+            Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::Done { etag, etag_is_md5 } => (etag, etag_is_md5),
         };
         match check_copy(&file.etag, &etag, etag_is_md5) {
@@ -136,7 +136,7 @@ impl<'a> Mover<'a> {
                 holds_copy(destination_key, file.size, &etag, found_size, &found_etag)?;
             }
         }
-        Ok(Copy::Verified { etag })
+        Ok(CopyOutcome::Verified { etag })
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
