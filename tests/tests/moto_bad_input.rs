@@ -28,6 +28,12 @@ const MASTER_FIELDS: &[&str] = &[
     "destination_bucket",
     "destination_prefix",
     "suffixes",
+    "include",
+    "exclude",
+    "min_size",
+    "max_size",
+    "modified_after",
+    "modified_before",
     "wait_before_master_seconds",
     "wait_before_status_seconds",
     "run_timeout_seconds",
@@ -87,6 +93,17 @@ fn malformed_master_event() -> impl Strategy<Value = Value> {
         "[a-z]{1,5}/"
             .prop_map(|p| json!({"run_id": "r-bad", "destination_prefix": format!("raw/{p}")})),
         Just(json!({"run_id": "r-bad", "suffixes": []})),
+        // selections that are malformed or leave nothing to select
+        Just(json!({"run_id": "r-bad", "include": []})),
+        Just(json!({"run_id": "r-bad", "include": ["data-[0-9].csv"]})),
+        Just(json!({"run_id": "r-bad", "exclude": [""]})),
+        Just(json!({"run_id": "r-bad", "min_size": 10, "max_size": 9})),
+        Just(json!({"run_id": "r-bad", "min_size": -1})),
+        Just(json!({"run_id": "r-bad", "modified_after": "yesterday"})),
+        Just(
+            json!({"run_id": "r-bad", "modified_after": "2026-11-28T10:00:00Z",
+                    "modified_before": "2026-11-28T09:00:00Z"})
+        ),
     ]
 }
 

@@ -430,6 +430,11 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
             "run_timeout_seconds",
         ),
         (
+            "bad-pattern",
+            json!({"include": ["**/*.csv"], "exclude": ["[tmp]"]}),
+            "exclude[0]",
+        ),
+        (
             "no-bucket",
             json!({"source_bucket": "no-such-bucket-here"}),
             "source s3://no-such-bucket-here/raw/",
@@ -482,4 +487,85 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
             .collect::<Vec<_>>(),
         files
     );
+}
+
+#[tokio::test]
+async fn a_selection_moves_exactly_the_keys_its_patterns_sizes_and_times_take() {
+    // GIVEN a mixed tree: one object written before a moment, then objects after it
+    // that each fail one condition of the selection but two
+    let stack = local_stack();
+    let bucket = bucket_with(stack, &[]).await;
+    let s3 = stack.s3().await;
+    let write = |key: &'static str, size: usize| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(vec![b'x'; size].into())
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    write("raw/2026/11/old.parquet", 100).await;
+    // S3 keeps modification times to the second
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let boundary = aws_smithy_types::DateTime::from(std::time::SystemTime::now())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let taken = ["raw/2026/11/a.parquet", "raw/2026/11/deep/b.parquet"];
+    let left = [
+        ("raw/2026/11/tmp/c.parquet", 100), // excluded
+        ("raw/2026/11/tiny.parquet", 5),    // smaller than min_size
+        ("raw/2026/11/huge.parquet", 2000), // larger than max_size
+        ("raw/2026/11/d.csv", 100),         // not included
+        ("raw/2025/e.parquet", 100),        // not included
+    ];
+    for key in taken {
+        write(key, 100).await;
+    }
+    for (key, size) in left {
+        write(key, size).await;
+    }
+    let before = contents(stack, &bucket).await;
+
+    // WHEN a run selects parquet files under 2026/, outside tmp/, of 10 to 1,000 bytes,
+    // written after the moment (no suffixes given: the patterns say which keys)
+    let selection = json!({
+        "include": ["2026/**/*.parquet"], "exclude": ["**/tmp/**"],
+        "min_size": 10, "max_size": 1000, "modified_after": boundary,
+    });
+    let execution = stack
+        .start("selected", &input(&bucket, selection.clone()))
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN exactly the two objects that meet every condition moved, and nothing else
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert_eq!(output(&described)["files"], json!(2));
+    assert_eq!(output(&described)["completed"], json!(2));
+    assert_eq!(output(&described)["bytes"], json!(200));
+    let mut expected = before.clone();
+    for key in taken {
+        let etag = expected.remove(key).unwrap();
+        expected.insert(key.replacen("raw/", "refined/", 1), etag);
+    }
+    assert_eq!(contents(stack, &bucket).await, expected);
+    let run = RunId::parse("selected").unwrap();
+    let files: Vec<String> = records(stack)
+        .await
+        .files(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.file.key)
+        .collect();
+    assert_eq!(files, taken);
 }

@@ -27,6 +27,7 @@ use common::rules::events::{
 };
 use common::rules::keys::decode_listed_key;
 use common::rules::run::Location;
+use common::rules::select::Timestamp;
 use common::store::MasterRecords;
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
@@ -286,10 +287,15 @@ impl Master {
                 location: spec.source.clone(),
                 source: AwsError::permanent("ListObjectsV2", problem),
             })?;
-            if spec.selects(&key) {
+            let size = object.size.unwrap_or(0).max(0) as u64;
+            let last_modified = object
+                .last_modified
+                .and_then(|t| t.to_millis().ok())
+                .map(Timestamp);
+            if spec.selects(&key, size, last_modified) {
                 selected.push(ListedFile {
                     key: key.clone(),
-                    size: object.size.unwrap_or(0).max(0) as u64,
+                    size,
                     etag: object.e_tag.unwrap_or_default(),
                 });
             }

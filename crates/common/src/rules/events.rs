@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::rules::batch::BatchId;
 use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
+use crate::rules::select::{Glob, Selection, Timestamp};
 
 /// The longest a run may last, in seconds (three days). An execution's history holds
 /// at most 25,000 events, and an unfinished run adds about 3 with each status call,
@@ -41,6 +42,17 @@ pub struct MasterEvent {
     pub destination_bucket: Option<String>,
     pub destination_prefix: Option<String>,
     pub suffixes: Option<Vec<String>>,
+    /// Glob patterns on the key relative to the source prefix: only keys matching one
+    /// of `include`, and none of `exclude`, are taken.
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    /// Sizes in bytes, both inclusive.
+    pub min_size: Option<u64>,
+    pub max_size: Option<u64>,
+    /// RFC 3339 times: objects modified at or after `modified_after`, and before
+    /// `modified_before`.
+    pub modified_after: Option<String>,
+    pub modified_before: Option<String>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -117,12 +129,62 @@ impl MasterEvent {
             .unwrap_or_else(|| defaults.destination_prefix.clone());
         let destination = Location::new(&destination_bucket, &destination_prefix)
             .map_err(|e| EventError(format!("destination: {e}")))?;
+        let selection = selection(
+            self.include,
+            self.exclude,
+            (self.min_size, self.max_size),
+            (self.modified_after, self.modified_before),
+        )?;
         let suffixes = match self.suffixes {
             Some(list) => Suffixes::new(list).map_err(|e| EventError(format!("suffixes: {e}")))?,
+            // Patterns say which keys a run takes: the stack's default suffixes would
+            // silently narrow them further.
+            None if !selection.include.is_empty() => Suffixes::every_key(),
             None => defaults.suffixes.clone(),
         };
-        Ok((run_id, RunSpec::new(source, destination, suffixes)?))
+        Ok((
+            run_id,
+            RunSpec::new(source, destination, suffixes)?.with_selection(selection),
+        ))
     }
+}
+
+/// The selection an event asks for, each value checked and named when it is wrong.
+fn selection(
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    (min_size, max_size): (Option<u64>, Option<u64>),
+    (modified_after, modified_before): (Option<String>, Option<String>),
+) -> Result<Selection, EventError> {
+    let globs = |field: &str, list: Option<Vec<String>>| -> Result<Vec<Glob>, EventError> {
+        if field == "include" && list.as_ref().is_some_and(Vec::is_empty) {
+            return Err(EventError(
+                "include: an empty list selects nothing; leave the field out to take every key"
+                    .into(),
+            ));
+        }
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| Glob::new(raw).map_err(|e| EventError(format!("{field}[{i}]: {e}"))))
+            .collect()
+    };
+    let time = |field: &str, raw: Option<String>| -> Result<Option<Timestamp>, EventError> {
+        raw.map(|raw| {
+            Timestamp::parse_rfc3339(&raw).map_err(|e| EventError(format!("{field}: {e}")))
+        })
+        .transpose()
+    };
+    let selection = Selection {
+        include: globs("include", include)?,
+        exclude: globs("exclude", exclude)?,
+        min_size,
+        max_size,
+        modified_after: time("modified_after", modified_after)?,
+        modified_before: time("modified_before", modified_before)?,
+    };
+    selection.check().map_err(EventError)?;
+    Ok(selection)
 }
 
 /// What the state machine asks of `master` before anything else: whether an
@@ -247,6 +309,7 @@ pub struct RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::select::Timestamp;
     use serde_json::json;
 
     fn defaults() -> RunDefaults {
@@ -454,6 +517,75 @@ mod tests {
         };
         let err = event.resolve(&no_bucket).unwrap_err();
         assert!(err.0.contains("source_bucket is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_selection_is_read_from_the_event_and_checked_by_field() {
+        let event: MasterEvent = parse_event(json!({
+            "run_id": "r", "include": ["**/*.parquet"], "exclude": ["tmp/**"],
+            "min_size": 1, "max_size": 1024,
+            "modified_after": "2026-11-01T00:00:00Z", "modified_before": "2026-11-28T00:00:00+01:00"
+        }))
+        .unwrap();
+        let (_, spec) = event.resolve(&defaults()).unwrap();
+        assert_eq!(spec.selection.include[0].as_str(), "**/*.parquet");
+        assert_eq!(spec.selection.exclude[0].as_str(), "tmp/**");
+        assert_eq!(
+            (spec.selection.min_size, spec.selection.max_size),
+            (Some(1), Some(1024))
+        );
+        assert_eq!(
+            spec.selection.modified_before,
+            Some(Timestamp::parse_rfc3339("2026-11-27T23:00:00Z").unwrap())
+        );
+        // patterns say which keys: the stack's default suffixes (.csv) do not narrow them
+        assert_eq!(spec.suffixes.as_slice(), [""]);
+        assert!(spec.selects(
+            "raw/d/a.parquet",
+            10,
+            Some(Timestamp::parse_rfc3339("2026-11-02T00:00:00Z").unwrap())
+        ));
+        // suffixes given with patterns: both apply
+        let event: MasterEvent =
+            parse_event(json!({"run_id": "r", "include": ["**"], "suffixes": [".gz"]})).unwrap();
+        assert_eq!(
+            event.resolve(&defaults()).unwrap().1.suffixes.as_slice(),
+            [".gz"]
+        );
+        // without patterns, the defaults apply as before
+        let event: MasterEvent = parse_event(json!({"run_id": "r", "min_size": 1})).unwrap();
+        assert_eq!(
+            event.resolve(&defaults()).unwrap().1.suffixes.as_slice(),
+            [".csv"]
+        );
+
+        for (bad, named) in [
+            (json!({"include": []}), "include: an empty list"),
+            (
+                json!({"include": ["a", "b[1]"]}),
+                "include[1]: pattern \"b[1]\"",
+            ),
+            (json!({"exclude": [""]}), "exclude[0]: an empty pattern"),
+            (
+                json!({"min_size": 5, "max_size": 4}),
+                "min_size: 5 is more than max_size 4",
+            ),
+            (
+                json!({"modified_after": "2026-11-28"}),
+                "modified_after: \"2026-11-28\" is not an RFC 3339 time",
+            ),
+            (
+                json!({"modified_after": "2026-11-28T00:00:00Z", "modified_before": "2026-11-01T00:00:00Z"}),
+                "modified_after: it is not before modified_before",
+            ),
+        ] {
+            let mut event = bad.clone();
+            event["run_id"] = json!("r");
+            let err = parse_event::<MasterEvent>(event)
+                .and_then(|e| e.resolve(&defaults()))
+                .unwrap_err();
+            assert!(err.0.starts_with(named), "{bad}: {err}");
+        }
     }
 
     #[test]

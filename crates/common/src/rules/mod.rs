@@ -5,7 +5,7 @@
 //!
 //! | question | rule |
 //! |---|---|
-//! | which keys does a run take? | [`run::RunSpec::selects`] |
+//! | which keys does a run take? | [`run::RunSpec::selects`], [`select::Selection::admits`] |
 //! | where does each key go? | [`run::RunSpec::destination_key`], carried by [`run::PlannedMove`] |
 //! | how are files batched? | [`batch::split`], named by [`batch::BatchId`] |
 //! | what does an outcome do to a file and the counters? | [`outcomes::transition`], [`outcomes::Outcomes::apply`] |
@@ -32,6 +32,7 @@ pub mod outcomes;
 pub mod progress;
 pub mod records;
 pub mod run;
+pub mod select;
 pub mod table;
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::batch::ListedFile;
+use crate::rules::select::{Listed, Selection, Timestamp};
 
 /// A problem with an event, named precisely enough for the user to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +134,11 @@ impl Suffixes {
         Suffixes(raw.split(',').map(|s| s.trim().to_string()).collect())
     }
 
+    /// The empty suffix: every key.
+    pub fn every_key() -> Self {
+        Suffixes(vec![String::new()])
+    }
+
     pub fn as_slice(&self) -> &[String] {
         &self.0
     }
@@ -157,6 +163,9 @@ pub struct RunSpec {
     pub source: Location,
     pub destination: Location,
     pub suffixes: Suffixes,
+    /// Patterns, sizes and times that narrow what the prefix and suffixes take.
+    #[serde(default, skip_serializing_if = "Selection::is_everything")]
+    pub selection: Selection,
 }
 
 impl RunSpec {
@@ -174,7 +183,13 @@ impl RunSpec {
             source,
             destination,
             suffixes,
+            selection: Selection::default(),
         })
+    }
+
+    /// The same run, narrowed by `selection`.
+    pub fn with_selection(self, selection: Selection) -> Self {
+        RunSpec { selection, ..self }
     }
 }
 
@@ -203,16 +218,24 @@ pub struct OutsidePrefix {
 }
 
 impl RunSpec {
-    /// Whether the run moves this key: under the source prefix, not a folder marker,
-    /// and ending with one of the suffixes (compared on the end of the key, exactly).
-    pub fn selects(&self, key: &str) -> bool {
-        key.starts_with(&self.source.prefix)
-            && !key.ends_with('/')
+    /// Whether the run moves this listed object: under the source prefix, not a folder
+    /// marker, ending with one of the suffixes (compared on the end of the key, exactly),
+    /// and admitted by the run's selection ([`Selection::admits`]).
+    pub fn selects(&self, key: &str, size: u64, last_modified: Option<Timestamp>) -> bool {
+        let Some(relative_key) = key.strip_prefix(&self.source.prefix) else {
+            return false;
+        };
+        !key.ends_with('/')
             && self
                 .suffixes
                 .as_slice()
                 .iter()
                 .any(|s| key.ends_with(s.as_str()))
+            && self.selection.admits(Listed {
+                relative_key,
+                size,
+                last_modified,
+            })
     }
 
     /// Where `key` goes: the destination prefix followed by the part of the key after
@@ -257,6 +280,33 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Whether the run takes a small, recent object under this key.
+    fn takes(spec: &RunSpec, key: &str) -> bool {
+        spec.selects(key, 1, Some(Timestamp(0)))
+    }
+
+    #[test]
+    fn the_selection_narrows_what_prefix_and_suffixes_take() {
+        use crate::rules::select::Glob;
+        let s = spec("raw/", "refined/", &[".csv"]).with_selection(Selection {
+            include: vec![Glob::new("2026/**").unwrap()],
+            exclude: vec![Glob::new("**/tmp-*").unwrap()],
+            max_size: Some(5),
+            ..Selection::default()
+        });
+        assert!(s.selects("raw/2026/a.csv", 5, None));
+        assert!(
+            !s.selects("raw/2025/a.csv", 5, None),
+            "patterns are relative to the prefix"
+        );
+        assert!(!s.selects("raw/2026/tmp-a.csv", 5, None));
+        assert!(!s.selects("raw/2026/a.csv", 6, None));
+        assert!(
+            !s.selects("raw/2026/a.txt", 5, None),
+            "suffixes still apply"
+        );
+    }
+
     fn spec(src: &str, dst: &str, suffixes: &[&str]) -> RunSpec {
         RunSpec::new(
             Location::new("bucket", src).unwrap(),
@@ -269,26 +319,26 @@ mod tests {
     #[test]
     fn selection_matches_the_end_of_the_key_not_a_substring() {
         let s = spec("raw/", "refined/", &[".csv"]);
-        assert!(s.selects("raw/a.csv"));
-        assert!(s.selects("raw/deep/er/b.csv"));
+        assert!(takes(&s, "raw/a.csv"));
+        assert!(takes(&s, "raw/deep/er/b.csv"));
         assert!(
-            !s.selects("raw/a.csv.bak"),
+            !takes(&s, "raw/a.csv.bak"),
             "the original matched '.csv' anywhere"
         );
-        assert!(!s.selects("raw/a.CSV"), "suffixes are compared exactly");
+        assert!(!takes(&s, "raw/a.CSV"), "suffixes are compared exactly");
         assert!(
-            !s.selects("raw/folder.csv/"),
+            !takes(&s, "raw/folder.csv/"),
             "folder markers are not files"
         );
-        assert!(!s.selects("other/a.csv"));
+        assert!(!takes(&s, "other/a.csv"));
     }
 
     #[test]
     fn several_suffixes_and_the_empty_suffix() {
         let s = spec("raw/", "refined/", &[".csv", ".txt"]);
-        assert!(s.selects("raw/a.txt") && s.selects("raw/a.csv") && !s.selects("raw/a.json"));
+        assert!(takes(&s, "raw/a.txt") && takes(&s, "raw/a.csv") && !takes(&s, "raw/a.json"));
         let all = spec("raw/", "refined/", &[""]);
-        assert!(all.selects("raw/anything") && !all.selects("raw/dir/"));
+        assert!(takes(&all, "raw/anything") && !takes(&all, "raw/dir/"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::rules::batch::{BatchId, ListedFile, decode_files};
 use crate::rules::outcomes::Outcomes;
 use crate::rules::records::{Delivered, FileStatus, RunRecord};
 use crate::rules::run::{Location, RunId, RunSpec, Suffixes};
+use crate::rules::select::Selection;
 
 pub(super) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
@@ -70,12 +71,24 @@ pub(super) fn join(
 }
 
 pub(super) fn describe(spec: &RunSpec) -> String {
-    format!(
+    let mut described = format!(
         "{} -> {}, suffixes {:?}",
         spec.source,
         spec.destination,
         spec.suffixes.as_slice()
-    )
+    );
+    if !spec.selection.is_everything() {
+        described.push_str(&format!(
+            ", selection {}",
+            encode_selection(&spec.selection)
+        ));
+    }
+    described
+}
+
+/// A run's selection as its run item keeps it: JSON, `{}` for every key.
+pub(super) fn encode_selection(selection: &Selection) -> String {
+    serde_json::to_string(selection).expect("a selection always serializes")
 }
 
 pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreError> {
@@ -98,7 +111,17 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                 Location::new(field("destination_bucket")?, field("destination_prefix")?)
                     .map_err(corrupt)?;
             let suffixes = Suffixes::new(suffixes).map_err(corrupt)?;
-            Some(RunSpec::new(source, destination, suffixes).map_err(|e| corrupt(e.0))?)
+            // Runs recorded before selections existed took every key their suffixes did.
+            let selection = match get_s(item, "selection") {
+                None => Selection::default(),
+                Some(raw) => serde_json::from_str(raw)
+                    .map_err(|e| corrupt(format!("run item's selection: {e}")))?,
+            };
+            Some(
+                RunSpec::new(source, destination, suffixes)
+                    .map_err(|e| corrupt(e.0))?
+                    .with_selection(selection),
+            )
         }
     };
     let delivered = match get_s(item, "delivered") {

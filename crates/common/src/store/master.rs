@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
-use super::codec::{describe, get_s};
+use super::codec::{describe, encode_selection, get_s};
 use super::dynamo::{ATTEMPTS, backoff, is_condition_failure, now_rfc3339, transaction_answer};
 use super::layout::{batch_pk, key, n, run_key, s};
 use super::{Store, StoreError};
@@ -54,8 +54,8 @@ impl MasterRecords {
                 .set_key(Some(run_key(run)))
                 .update_expression(
                     "SET source_bucket = :sb, source_prefix = :sp, destination_bucket = :db, \
-                     destination_prefix = :dp, suffixes = :sx, listing_complete = :f, selected = :zero, \
-                     created_at = :now, expires_at = :exp",
+                     destination_prefix = :dp, suffixes = :sx, selection = :sel, \
+                     listing_complete = :f, selected = :zero, created_at = :now, expires_at = :exp",
                 )
                 .condition_expression("attribute_not_exists(source_bucket)")
                 .expression_attribute_values(":sb", s(&spec.source.bucket))
@@ -63,6 +63,7 @@ impl MasterRecords {
                 .expression_attribute_values(":db", s(&spec.destination.bucket))
                 .expression_attribute_values(":dp", s(&spec.destination.prefix))
                 .expression_attribute_values(":sx", AttributeValue::L(suffixes))
+                .expression_attribute_values(":sel", s(encode_selection(&spec.selection)))
                 .expression_attribute_values(":f", AttributeValue::Bool(false))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":now", s(now_rfc3339()))
