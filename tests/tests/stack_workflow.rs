@@ -569,3 +569,100 @@ async fn a_selection_moves_exactly_the_keys_its_patterns_sizes_and_times_take() 
         .collect();
     assert_eq!(files, taken);
 }
+
+#[tokio::test]
+async fn copies_keep_their_source_storage_class_unless_the_run_names_one() {
+    // GIVEN objects in four storage classes, one of them large enough to be copied in
+    // parts, and others for a run that names a class
+    let stack = local_stack();
+    let standard = keys("raw/standard-", 2);
+    let bucket = bucket_with(stack, &standard).await;
+    let classed = [
+        (keys("raw/ia-", 2), StorageClass::StandardIa),
+        (keys("raw/tiering-", 2), StorageClass::IntelligentTiering),
+        (keys("raw/instant-", 2), StorageClass::GlacierIr),
+    ];
+    for (keys, class) in &classed {
+        put(stack, &bucket, keys, Some(class.clone())).await;
+    }
+    let s3 = stack.s3().await;
+    s3.put_object()
+        .bucket(&bucket)
+        .key("raw/large-ia.csv")
+        .body(vec![b'l'; 7 << 20].into())
+        .storage_class(StorageClass::StandardIa)
+        .send()
+        .await
+        .unwrap();
+    let forced = keys("again/", 3);
+    put(stack, &bucket, &forced[..1], Some(StorageClass::StandardIa)).await;
+    put(stack, &bucket, &forced[1..], None).await;
+    let classes = |prefix: &'static str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let listed = s3
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            listed
+                .contents()
+                .iter()
+                .map(|o| {
+                    let class = o.storage_class().map_or("STANDARD", |c| c.as_str());
+                    (o.key().unwrap().to_string(), class.to_string())
+                })
+                .collect::<BTreeMap<String, String>>()
+        }
+    };
+
+    // WHEN a run moves raw/ without naming a class, and another moves again/ to forced/
+    // naming ONEZONE_IA
+    let kept = stack
+        .start("keep-classes", &input(&bucket, json!({})))
+        .await;
+    let named = stack
+        .start(
+            "name-a-class",
+            &input(
+                &bucket,
+                json!({"source_prefix": "again/", "destination_prefix": "forced/",
+                       "storage_class": "ONEZONE_IA"}),
+            ),
+        )
+        .await;
+    for execution in [&kept, &named] {
+        let described = stack.finished(execution).await;
+        assert_eq!(
+            described.status,
+            ExecutionStatus::Succeeded,
+            "{described:?}"
+        );
+    }
+
+    // THEN each copy of the first run is in its source's class, multipart copy included
+    let mut expected: BTreeMap<String, String> = standard
+        .iter()
+        .map(|k| (k.replacen("raw/", "refined/", 1), "STANDARD".to_string()))
+        .collect();
+    for (keys, class) in &classed {
+        expected.extend(keys.iter().map(|k| {
+            (
+                k.replacen("raw/", "refined/", 1),
+                class.as_str().to_string(),
+            )
+        }));
+    }
+    expected.insert("refined/large-ia.csv".into(), "STANDARD_IA".into());
+    assert_eq!(classes("refined/").await, expected);
+    assert!(classes("raw/").await.is_empty(), "every source was moved");
+    // AND every copy of the second run is in the class it named
+    let expected: BTreeMap<String, String> = forced
+        .iter()
+        .map(|k| (k.replacen("again/", "forced/", 1), "ONEZONE_IA".to_string()))
+        .collect();
+    assert_eq!(classes("forced/").await, expected);
+}

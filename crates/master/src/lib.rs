@@ -297,6 +297,10 @@ impl Master {
                     key: key.clone(),
                     size,
                     etag: object.e_tag.unwrap_or_default(),
+                    storage_class: object
+                        .storage_class
+                        .map(|class| class.as_str().to_string())
+                        .filter(|class| class != "STANDARD"),
                 });
             }
             last_key = Some(key);

@@ -271,6 +271,7 @@ mod tests {
                 key: "raw/a b.csv".into(),
                 size: 3,
                 etag: "e".into(),
+                storage_class: None,
             },
             state,
             reason: reason.map(String::from),

@@ -9,23 +9,67 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A file as the listing saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "(String, u64, String)", into = "(String, u64, String)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedFile {
     pub key: String,
     pub size: u64,
     pub etag: String,
+    /// The storage class the listing named, when it is not S3's default, `STANDARD`.
+    pub storage_class: Option<String>,
 }
 
-impl From<(String, u64, String)> for ListedFile {
-    fn from((key, size, etag): (String, u64, String)) -> Self {
-        ListedFile { key, size, etag }
+/// A file is recorded as `[key, size, etag]`, with its storage class as a fourth
+/// element when it is not `STANDARD`, so a batch of ordinary files costs no more.
+impl Serialize for ListedFile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let len = if self.storage_class.is_some() { 4 } else { 3 };
+        let mut tuple = serializer.serialize_tuple(len)?;
+        tuple.serialize_element(&self.key)?;
+        tuple.serialize_element(&self.size)?;
+        tuple.serialize_element(&self.etag)?;
+        if let Some(class) = &self.storage_class {
+            tuple.serialize_element(class)?;
+        }
+        tuple.end()
     }
 }
 
-impl From<ListedFile> for (String, u64, String) {
-    fn from(f: ListedFile) -> Self {
-        (f.key, f.size, f.etag)
+impl<'de> Deserialize<'de> for ListedFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListedFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("[key, size, etag] or [key, size, etag, storage class]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ListedFile, A::Error> {
+                use serde::de::Error;
+                let key = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let size = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let etag = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let storage_class = seq.next_element()?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(5, &self));
+                }
+                Ok(ListedFile {
+                    key,
+                    size,
+                    etag,
+                    storage_class,
+                })
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
     }
 }
 
@@ -113,7 +157,11 @@ pub fn encoded_size(files: &[ListedFile]) -> usize {
 
 /// The bytes one file adds to [`encode_files`]: `["key",size,"etag"],`.
 fn encoded_len(file: &ListedFile) -> usize {
-    json_string_len(&file.key) + json_string_len(&file.etag) + digits(file.size) + 5
+    let class = file
+        .storage_class
+        .as_deref()
+        .map_or(0, |class| json_string_len(class) + 1);
+    json_string_len(&file.key) + json_string_len(&file.etag) + digits(file.size) + 5 + class
 }
 
 /// The length of `s` as a JSON string, quotes included.
@@ -142,18 +190,30 @@ mod tests {
             key: key.into(),
             size,
             etag: "\"9b2cf535f27731c974343645a3985328\"".into(),
+            storage_class: None,
         }
     }
 
     #[test]
     fn files_round_trip_through_their_encoding() {
+        let mut archived = file("raw/cold.csv", 7);
+        archived.storage_class = Some("GLACIER_IR".into());
         let files = vec![
             file("raw/a \"quoted\"\n.csv", 0),
             file("raw/日本語.csv", 123),
+            archived,
         ];
         let encoded = encode_files(&files);
         assert_eq!(decode_files(&encoded).unwrap(), files);
+        // a file in the default class is recorded as before, three elements
+        assert!(
+            encoded.starts_with("[[\"raw/a \\\"quoted\\\"\\n.csv\",0,\"\\\"9b2"),
+            "{encoded}"
+        );
+        assert!(encoded.ends_with(",\"GLACIER_IR\"]]"), "{encoded}");
         assert!(decode_files("{").is_err());
+        assert!(decode_files("[[\"k\",1]]").is_err());
+        assert!(decode_files("[[\"k\",1,\"e\",\"C\",\"extra\"]]").is_err());
     }
 
     fn limits(files: usize, names_bytes: usize, object_bytes: u64) -> BatchLimits {
@@ -208,8 +268,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encoded_length_is_exact(key in "\\PC{0,30}", size: u64) {
-            let f = ListedFile { key, size, etag: "\"e\\\"t\"".into() };
+        fn encoded_length_is_exact(
+            key in "\\PC{0,30}", size: u64, class in proptest::option::of("[A-Z_]{1,20}"),
+        ) {
+            let f = ListedFile { key, size, etag: "\"e\\\"t\"".into(), storage_class: class };
             // `[` and `]` around the list replace the one entry's trailing comma.
             prop_assert_eq!(encode_files(std::slice::from_ref(&f)).len(), encoded_len(&f) + 1);
             let two = [f.clone(), f];

@@ -15,6 +15,25 @@ const MAX_PARTS: u64 = 10_000;
 /// `CopyObject` copies objects of at most 5 GiB; larger ones must be copied in parts.
 pub const MAX_SINGLE_COPY: u64 = MAX_PART_SIZE;
 
+/// The storage classes a run may ask its copies to be written in.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+];
+
+/// The storage class a copy is written in: the run's when it names one, else the
+/// source's as listed, so that moving data never changes what it costs to keep. `None`
+/// stands for S3's default, `STANDARD`, which needs no header.
+pub fn destination_class<'a>(run: Option<&'a str>, listed: Option<&'a str>) -> Option<&'a str> {
+    run.or(listed).filter(|class| *class != "STANDARD")
+}
+
 /// The quotes S3 puts around ETags are not part of the value.
 pub fn bare(etag: &str) -> &str {
     etag.trim_matches('"')
@@ -215,6 +234,14 @@ pub fn source_refusal(err: AwsError, status: Option<u16>, file: &ListedFile) -> 
     if status == Some(412) {
         return SourceRefusal::Fails(source_changed(file));
     }
+    if err.code_is("InvalidObjectState") {
+        let class = file.storage_class.as_deref().unwrap_or("an archive tier");
+        return SourceRefusal::Fails(MoveFailure::permanent(format!(
+            "the object is archived ({class}) and S3 copies only restored objects: restore it \
+             (RestoreObject, or the console's Initiate restore) and run again; the source was \
+             left in place"
+        )));
+    }
     if err.code_is("NoSuchKey") || err.code_is("NotFound") {
         return SourceRefusal::Gone;
     }
@@ -368,6 +395,7 @@ mod tests {
             key: "raw/a.csv".into(),
             size: 10,
             etag: "\"aaaa\"".into(),
+            storage_class: None,
         };
         assert_eq!(holds_listed_object(&file, None, 10, "\"aaaa\""), Ok(()));
         let other = holds_listed_object(&file, None, 10, "\"bbbb\"").unwrap_err();
@@ -430,11 +458,66 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_keeps_the_source_class_unless_the_run_names_one() {
+        assert_eq!(destination_class(None, None), None);
+        assert_eq!(
+            destination_class(None, Some("STANDARD_IA")),
+            Some("STANDARD_IA")
+        );
+        assert_eq!(
+            destination_class(Some("GLACIER_IR"), Some("STANDARD_IA")),
+            Some("GLACIER_IR")
+        );
+        assert_eq!(
+            destination_class(Some("STANDARD"), Some("STANDARD_IA")),
+            None
+        );
+        assert!(STORAGE_CLASSES.contains(&"INTELLIGENT_TIERING"));
+    }
+
+    #[test]
+    fn an_archived_source_fails_with_what_to_do() {
+        let mut file = ListedFile {
+            key: "raw/cold.csv".into(),
+            size: 1,
+            etag: "\"e\"".into(),
+            storage_class: Some("GLACIER".into()),
+        };
+        let refused = AwsError {
+            operation: "CopyObject",
+            code: Some("InvalidObjectState".into()),
+            message:
+                "InvalidObjectState: The operation is not valid for the object's storage class"
+                    .into(),
+            transient: false,
+        };
+        let SourceRefusal::Fails(failure) = source_refusal(refused.clone(), None, &file) else {
+            panic!("an archived source is not gone");
+        };
+        assert!(!failure.transient);
+        assert!(
+            failure
+                .reason
+                .starts_with("the object is archived (GLACIER)"),
+            "{failure}"
+        );
+        assert!(
+            failure.reason.contains("RestoreObject") && failure.reason.ends_with("left in place")
+        );
+        file.storage_class = None;
+        let SourceRefusal::Fails(failure) = source_refusal(refused, None, &file) else {
+            panic!("an archived source is not gone");
+        };
+        assert!(failure.reason.contains("(an archive tier)"), "{failure}");
+    }
+
+    #[test]
     fn a_refused_request_on_the_source_says_whether_it_is_gone_or_changed() {
         let file = ListedFile {
             key: "raw/a.csv".into(),
             size: 1,
             etag: "\"e\"".into(),
+            storage_class: None,
         };
         let refused = |code: &str| AwsError {
             operation: "CopyObject",

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::rules::batch::BatchId;
+use crate::rules::copy::STORAGE_CLASSES;
 use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
 use crate::rules::select::{Glob, Selection, Timestamp};
 
@@ -53,6 +54,8 @@ pub struct MasterEvent {
     /// `modified_before`.
     pub modified_after: Option<String>,
     pub modified_before: Option<String>,
+    /// The storage class every copy is written in; by default each keeps its source's.
+    pub storage_class: Option<String>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -142,9 +145,19 @@ impl MasterEvent {
             None if !selection.include.is_empty() => Suffixes::every_key(),
             None => defaults.suffixes.clone(),
         };
+        if let Some(class) = &self.storage_class
+            && !STORAGE_CLASSES.contains(&class.as_str())
+        {
+            return Err(EventError(format!(
+                "storage_class: {class:?} is not one of {}",
+                STORAGE_CLASSES.join(", ")
+            )));
+        }
         Ok((
             run_id,
-            RunSpec::new(source, destination, suffixes)?.with_selection(selection),
+            RunSpec::new(source, destination, suffixes)?
+                .with_selection(selection)
+                .with_storage_class(self.storage_class),
         ))
     }
 }
@@ -561,6 +574,10 @@ mod tests {
 
         for (bad, named) in [
             (json!({"include": []}), "include: an empty list"),
+            (
+                json!({"storage_class": "COLD"}),
+                "storage_class: \"COLD\" is not one of STANDARD, ",
+            ),
             (
                 json!({"include": ["a", "b[1]"]}),
                 "include[1]: pattern \"b[1]\"",

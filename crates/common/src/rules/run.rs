@@ -166,6 +166,9 @@ pub struct RunSpec {
     /// Patterns, sizes and times that narrow what the prefix and suffixes take.
     #[serde(default, skip_serializing_if = "Selection::is_everything")]
     pub selection: Selection,
+    /// The storage class every copy is written in; by default each keeps its source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 impl RunSpec {
@@ -184,12 +187,22 @@ impl RunSpec {
             destination,
             suffixes,
             selection: Selection::default(),
+            storage_class: None,
         })
     }
 
     /// The same run, narrowed by `selection`.
     pub fn with_selection(self, selection: Selection) -> Self {
         RunSpec { selection, ..self }
+    }
+
+    /// The same run, writing every copy in `storage_class` (`None`: each keeps its
+    /// source's).
+    pub fn with_storage_class(self, storage_class: Option<String>) -> Self {
+        RunSpec {
+            storage_class,
+            ..self
+        }
     }
 }
 
@@ -369,6 +382,7 @@ mod tests {
             key: "raw/d/a.csv".into(),
             size: 3,
             etag: "\"e\"".into(),
+            storage_class: None,
         };
         let planned = s.plan(&file).unwrap();
         assert_eq!(planned.destination_key, "refined/d/a.csv");

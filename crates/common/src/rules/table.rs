@@ -117,6 +117,7 @@ mod tests {
                 key: format!("raw/{i:04}"),
                 size: 1,
                 etag: "e".into(),
+                storage_class: None,
             })
             .collect();
         let batches: Vec<&[ListedFile]> = small.chunks(1).collect();
@@ -130,6 +131,7 @@ mod tests {
                 key: format!("raw/{i:04}{}", "k".repeat(90 * 1024)),
                 size: 1,
                 etag: "e".into(),
+                storage_class: None,
             })
             .collect();
         let batches: Vec<&[ListedFile]> = long.chunks(1).collect();

@@ -120,7 +120,8 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
             Some(
                 RunSpec::new(source, destination, suffixes)
                     .map_err(|e| corrupt(e.0))?
-                    .with_selection(selection),
+                    .with_selection(selection)
+                    .with_storage_class(get_s(item, "storage_class").map(String::from)),
             )
         }
     };

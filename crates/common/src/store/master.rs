@@ -52,11 +52,17 @@ impl MasterRecords {
                 .update_item()
                 .table_name(&self.store.table)
                 .set_key(Some(run_key(run)))
-                .update_expression(
+                .update_expression(format!(
                     "SET source_bucket = :sb, source_prefix = :sp, destination_bucket = :db, \
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
-                     listing_complete = :f, selected = :zero, created_at = :now, expires_at = :exp",
-                )
+                     listing_complete = :f, selected = :zero, created_at = :now, \
+                     expires_at = :exp{}",
+                    if spec.storage_class.is_some() {
+                        ", storage_class = :stc"
+                    } else {
+                        ""
+                    }
+                ))
                 .condition_expression("attribute_not_exists(source_bucket)")
                 .expression_attribute_values(":sb", s(&spec.source.bucket))
                 .expression_attribute_values(":sp", s(&spec.source.prefix))
@@ -67,9 +73,13 @@ impl MasterRecords {
                 .expression_attribute_values(":f", AttributeValue::Bool(false))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":now", s(now_rfc3339()))
-                .expression_attribute_values(":exp", self.store.expires_at())
-                .send()
-                .await;
+                .expression_attribute_values(":exp", self.store.expires_at());
+            let created = match &spec.storage_class {
+                Some(class) => created.expression_attribute_values(":stc", s(class)),
+                None => created,
+            }
+            .send()
+            .await;
             match created {
                 Ok(_) => {}
                 // Another master created it first: read it again and compare.

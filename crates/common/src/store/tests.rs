@@ -53,6 +53,7 @@ fn file(key: &str) -> ListedFile {
         key: key.into(),
         size: 10,
         etag: "e".into(),
+        storage_class: None,
     }
 }
 

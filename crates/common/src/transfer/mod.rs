@@ -6,13 +6,14 @@ mod multipart;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::types::StorageClass;
 
 use crate::config::SlaveSettings;
 use crate::deadline::{Deadlines, bounded};
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
 use crate::rules::copy::{
-    CopyCheck, CopyMethod, SourceRefusal, check_copy, copy_differs, copy_method,
+    CopyCheck, CopyMethod, SourceRefusal, check_copy, copy_differs, copy_method, destination_class,
     encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object, might_copy_in_parts,
     source_refusal,
 };
@@ -46,6 +47,12 @@ pub enum CopyOutcome {
     /// Time ran out first. A multipart copy's finished parts are kept for the next
     /// invocation; `progressed` when this invocation copied some of them.
     Unfinished { progressed: bool },
+}
+
+/// The storage class a copy of `file` is written in ([`destination_class`]).
+fn storage_class(spec: &RunSpec, file: &ListedFile) -> Option<StorageClass> {
+    destination_class(spec.storage_class.as_deref(), file.storage_class.as_deref())
+        .map(StorageClass::from)
 }
 
 /// A refused `HeadObject` of the listed source: what it means, and the error itself.
@@ -199,6 +206,7 @@ impl<'a> Mover<'a> {
             .key(&planned.destination_key)
             .copy_source(copy_source(&spec.source.bucket, &file.key))
             .copy_source_if_match(&file.etag)
+            .set_storage_class(storage_class(spec, file))
             .send()
             .await;
         match sent {

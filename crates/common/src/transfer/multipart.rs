@@ -173,6 +173,7 @@ impl Mover<'_> {
                 .ok()
             }))
             .set_tagging((!tagging.is_empty()).then_some(tagging))
+            .set_storage_class(super::storage_class(spec, file))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateMultipartUpload", e))?;
