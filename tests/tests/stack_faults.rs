@@ -907,3 +907,36 @@ async fn each_function_makes_only_calls_its_policy_allows() {
         unused.join("\n")
     );
 }
+
+#[tokio::test]
+async fn a_retried_copy_refused_by_its_own_earlier_copy_is_recognised_and_moves_the_file() {
+    // GIVEN a run that does not overwrite, and a slave that dies after copying and before
+    // deleting, so the retry finds its own copies at the destinations
+    let stack = local_stack();
+    let files = keys("raw/mine-", 4);
+    let bucket = bucket_with(stack, &files).await;
+    let _turn = stack.turn(json!({})).await;
+    stack.arm_crash("slave-between-copy-and-delete");
+
+    // WHEN the execution moves them (the slave's event is retried after the crash)
+    let execution = stack
+        .start(
+            "own-copies",
+            &input(&bucket, json!({"if_destination_exists": "skip"})),
+        )
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN the retry's conditional copies were refused, each destination was recognised
+    // as holding the listed object, and every file moved: none skipped
+    assert!(stack.crashed("slave-between-copy-and-delete"));
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let summary = output(&described);
+    assert_eq!(summary["completed"], json!(4), "{summary}");
+    assert!(summary.get("skipped").is_none(), "{summary}");
+    assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
+}

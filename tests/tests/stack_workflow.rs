@@ -666,3 +666,134 @@ async fn copies_keep_their_source_storage_class_unless_the_run_names_one() {
         .collect();
     assert_eq!(classes("forced/").await, expected);
 }
+
+#[tokio::test]
+async fn an_existing_destination_is_skipped_or_fails_the_file_as_the_run_asks() {
+    // GIVEN sources whose destinations partly exist already with other bytes, one of
+    // them large enough to be copied in parts
+    let stack = local_stack();
+    let sources = vec![
+        "raw/a.csv".to_string(),
+        "raw/b.csv".to_string(),
+        "raw/c.csv".to_string(),
+        "in2/x.csv".to_string(),
+        "in2/y.csv".to_string(),
+    ];
+    let bucket = bucket_with(stack, &sources).await;
+    let s3 = stack.s3().await;
+    let theirs = |key: &'static str, size: usize| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(vec![b't'; size].into())
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    s3.put_object()
+        .bucket(&bucket)
+        .key("raw/big.csv")
+        .body(vec![b'b'; 7 << 20].into())
+        .send()
+        .await
+        .unwrap();
+    theirs("refined/b.csv", 10).await;
+    theirs("refined/big.csv", 20).await;
+    theirs("out2/x.csv", 30).await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN one run skips existing destinations and another fails them
+    let skip = stack
+        .start(
+            "skip-existing",
+            &input(&bucket, json!({"if_destination_exists": "skip"})),
+        )
+        .await;
+    let fail = stack
+        .start(
+            "fail-existing",
+            &input(
+                &bucket,
+                json!({"source_prefix": "in2/", "destination_prefix": "out2/",
+                       "if_destination_exists": "fail"}),
+            ),
+        )
+        .await;
+    let skipped = stack.finished(&skip).await;
+    let failed = stack.finished(&fail).await;
+
+    // THEN the first succeeds, moving what had no destination and keeping both sides of
+    // the others as they were, each recorded skipped with the reason
+    assert_eq!(skipped.status, ExecutionStatus::Succeeded, "{skipped:?}");
+    let summary = output(&skipped);
+    assert_eq!(
+        (
+            &summary["files"],
+            &summary["completed"],
+            &summary["skipped"],
+            &summary["failed"]
+        ),
+        (&json!(4), &json!(2), &json!(2), &json!(0)),
+        "{summary}"
+    );
+    let now = contents(stack, &bucket).await;
+    for kept in [
+        "raw/b.csv",
+        "raw/big.csv",
+        "refined/b.csv",
+        "refined/big.csv",
+    ] {
+        assert_eq!(now.get(kept), before.get(kept), "{kept} changed");
+    }
+    for moved in ["a.csv", "c.csv"] {
+        assert_eq!(
+            now.get(&format!("refined/{moved}")),
+            before.get(&format!("raw/{moved}"))
+        );
+        assert!(!now.contains_key(&format!("raw/{moved}")));
+    }
+    let run = RunId::parse("skip-existing").unwrap();
+    let states: BTreeMap<String, (FileState, Option<String>)> = records(stack)
+        .await
+        .files(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.file.key, (f.state, f.reason)))
+        .collect();
+    for key in ["raw/b.csv", "raw/big.csv"] {
+        let (state, reason) = &states[key];
+        assert_eq!(*state, FileState::Skipped, "{key}");
+        assert!(
+            reason.as_deref().unwrap().contains("exists"),
+            "{key}: {reason:?}"
+        );
+    }
+    // the large file's upload was aborted, not left to pay for
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+
+    // AND the second fails naming exactly the file whose destination exists, which
+    // stays at its source while the other moves
+    assert_eq!(failed.status, ExecutionStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("TransferFailed"));
+    let cause = failed.cause.unwrap_or_default();
+    assert!(cause.starts_with("1 of 2 files failed to move"), "{cause}");
+    assert!(
+        cause.contains("in2/x.csv: the destination \"out2/x.csv\" exists"),
+        "{cause}"
+    );
+    assert_eq!(now.get("in2/x.csv"), before.get("in2/x.csv"));
+    assert_eq!(now.get("out2/x.csv"), before.get("out2/x.csv"));
+    assert_eq!(now.get("out2/y.csv"), before.get("in2/y.csv"));
+    assert!(!now.contains_key("in2/y.csv"));
+}

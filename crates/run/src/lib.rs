@@ -134,7 +134,7 @@ pub fn progress_line(progress: Option<&RunProgress>, state: &str, elapsed: Durat
             elapsed.as_secs()
         );
     };
-    let done = p.completed + p.failed;
+    let done = p.completed + p.failed + p.skipped;
     // Nothing selected yet: empty while listing, full once listing found nothing.
     let filled = match (WIDTH * done).checked_div(p.selected) {
         Some(filled) => filled.min(WIDTH),
@@ -146,10 +146,11 @@ pub fn progress_line(progress: Option<&RunProgress>, state: &str, elapsed: Durat
     } else {
         format!("{}+", p.selected)
     };
-    let failed = if p.failed > 0 {
-        format!(" ({} failed)", p.failed)
-    } else {
-        String::new()
+    let failed = match (p.failed, p.skipped) {
+        (0, 0) => String::new(),
+        (failed, 0) => format!(" ({failed} failed)"),
+        (0, skipped) => format!(" ({skipped} skipped)"),
+        (failed, skipped) => format!(" ({failed} failed, {skipped} skipped)"),
     };
     format!(
         "[{}{}] {done}/{total} files{failed}, {}, {} s, {state}",
@@ -184,10 +185,15 @@ pub fn report(finished: &Finished) -> String {
     );
     if let Some(p) = &finished.progress {
         text.push_str(&format!(
-            "files: {} selected, {} moved, {} failed; {} moved in {:.1} s\n",
+            "files: {} selected, {} moved, {} failed{}; {} moved in {:.1} s\n",
             p.selected,
             p.completed,
             p.failed,
+            if p.skipped > 0 {
+                format!(", {} skipped", p.skipped)
+            } else {
+                String::new()
+            },
             human_bytes(p.bytes),
             finished.elapsed.as_secs_f64()
         ));
@@ -230,6 +236,7 @@ mod tests {
             selected,
             completed,
             failed,
+            skipped: 0,
             bytes: 3 * 1024 * 1024 + 200 * 1024,
         }
     }

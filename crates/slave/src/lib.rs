@@ -21,6 +21,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use common::deadline::Deadlines;
 use common::rules::batch::ListedFile;
+use common::rules::copy::existing_destination;
 use common::rules::events::{SlaveEvent, SlaveOutput, parse_event};
 use common::rules::failure::MoveFailure;
 use common::rules::handoff::{handoff_stalls, stalled_for_good, stalled_reason};
@@ -203,15 +204,19 @@ impl Slave {
                 Outcome::Failed { reason } => {
                     warn!(run_id = %run, key = %key, reason = %reason, "failed")
                 }
+                Outcome::Skipped { reason } => {
+                    info!(run_id = %run, key = %key, reason = %reason, "skipped")
+                }
             }
         }
-        // No later delivery tries a file with an outcome: a failed file's multipart upload
-        // is aborted now, before its outcome is recorded, while time is left to record.
+        // No later delivery tries a file with an outcome: the multipart upload of a failed
+        // or skipped file is aborted now, before its outcome is recorded, while time is
+        // left to record.
         let (failed, completed): (Vec<_>, Vec<_>) = moved
             .outcomes
             .iter()
             .map(|(i, outcome)| (&planned[*i], outcome))
-            .partition(|(_, outcome)| matches!(outcome, Outcome::Failed { .. }));
+            .partition(|(_, outcome)| !matches!(outcome, Outcome::Completed { .. }));
         let failed: Vec<&PlannedMove> = failed.into_iter().map(|(planned, _)| planned).collect();
         let to_record = Deadlines::before(deadline, Duration::ZERO, RECORD_MARGIN);
         mover.abandon_uploads(&spec, &failed, to_record).await;
@@ -234,12 +239,13 @@ impl Slave {
         let output = SlaveOutput {
             completed: delta.completed.max(0) as u64,
             failed: delta.failed.max(0) as u64,
+            skipped: delta.skipped.max(0) as u64,
             already_done,
             bytes: delta.bytes.max(0) as u64,
             handed_on: moved.unfinished.len() as u64,
         };
         info!(run_id = %run, batch = %batch.id, files = batch.files.len(), completed = output.completed,
-              failed = output.failed, already_done = output.already_done, bytes = output.bytes,
+              failed = output.failed, skipped = output.skipped, already_done = output.already_done, bytes = output.bytes,
               handed_on = output.handed_on, "batch done");
         Ok(output)
     }
@@ -293,6 +299,10 @@ impl Slave {
                     parts_copied |= progressed;
                     continue;
                 }
+                Ok(CopyOutcome::DestinationExists) => outcomes.push((
+                    i,
+                    existing_destination(spec.if_destination_exists, &planned[i].destination_key),
+                )),
                 Err(failure) => outcomes.push((i, failed(failure))),
             }
             unfinished.remove(&i);

@@ -171,6 +171,7 @@ impl Status {
             files: progress.selected,
             completed: progress.completed,
             failed: progress.failed,
+            skipped: progress.skipped,
             bytes: progress.bytes,
         };
         let cause = if progress.verdict() == Verdict::Failed {

@@ -2,9 +2,12 @@
 //! file is copied, when a copy is verified, when a source counts as moved, and what
 //! each refusal says.
 
+use serde::{Deserialize, Serialize};
+
 use crate::rules::batch::ListedFile;
 use crate::rules::failure::{AwsError, MoveFailure, is_transient_code};
 use crate::rules::keys::xml_can_carry;
+use crate::rules::outcomes::Outcome;
 
 /// S3's smallest part size for all parts but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -14,6 +17,88 @@ pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 /// `CopyObject` copies objects of at most 5 GiB; larger ones must be copied in parts.
 pub const MAX_SINGLE_COPY: u64 = MAX_PART_SIZE;
+
+/// What a run does with a destination key that already holds an object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExists {
+    /// Replace it, as `mv` does.
+    #[default]
+    Overwrite,
+    /// Leave the file where it is, recorded `skipped` with the reason.
+    Skip,
+    /// Fail the file, its source kept.
+    Fail,
+}
+
+impl IfExists {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "overwrite" => Ok(IfExists::Overwrite),
+            "skip" => Ok(IfExists::Skip),
+            "fail" => Ok(IfExists::Fail),
+            other => Err(format!("{other:?} is not one of overwrite, skip, fail")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IfExists::Overwrite => "overwrite",
+            IfExists::Skip => "skip",
+            IfExists::Fail => "fail",
+        }
+    }
+
+    /// Whether copies are written only where no object exists (`If-None-Match: *`), so
+    /// that the decision holds even against a writer racing the copy.
+    pub fn keeps_existing(self) -> bool {
+        self != IfExists::Overwrite
+    }
+}
+
+/// Whose object a destination holds after a copy conditional on it not existing was
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// It holds the listed object (size and ETag): this run's own earlier copy, whose
+    /// answer was lost, or the same bytes written by someone else. The file is moved
+    /// once its source goes.
+    HoldsTheListedObject,
+    /// Another object: the run's `if_destination_exists` decides.
+    Occupied,
+    /// No object: the refusal was the source's condition (it changed after listing).
+    SourceChanged,
+}
+
+/// Reads a refused conditional copy from what `HeadObject` found at the destination
+/// (`None`: nothing there).
+pub fn refused_copy(file: &ListedFile, found: Option<(i64, &str)>) -> Refused {
+    match found {
+        None => Refused::SourceChanged,
+        Some((size, etag)) if holds_listed_object(file, None, size, etag).is_ok() => {
+            Refused::HoldsTheListedObject
+        }
+        Some(_) => Refused::Occupied,
+    }
+}
+
+/// The outcome of a file whose destination holds another object, as the run asked.
+pub fn existing_destination(mode: IfExists, destination_key: &str) -> Outcome {
+    match mode {
+        IfExists::Skip => Outcome::Skipped {
+            reason: format!(
+                "the destination {destination_key:?} exists and the run does not overwrite \
+                 (if_destination_exists: skip); the source was left in place"
+            ),
+        },
+        IfExists::Fail | IfExists::Overwrite => Outcome::Failed {
+            reason: format!(
+                "the destination {destination_key:?} exists and the run may not overwrite it \
+                 (if_destination_exists: fail); the source was left in place"
+            ),
+        },
+    }
+}
 
 /// The storage classes a run may ask its copies to be written in.
 pub const STORAGE_CLASSES: &[&str] = &[
@@ -455,6 +540,45 @@ mod tests {
         assert!(holds_copy("k", 10, other, 10, other).is_ok());
         assert!(holds_copy("k", 10, other, 9, other).is_err());
         assert!(holds_copy("k", 10, other, 10, md5).is_err());
+    }
+
+    #[test]
+    fn an_existing_destination_is_kept_as_the_run_asks_unless_it_holds_the_listed_object() {
+        let file = ListedFile {
+            key: "raw/a.csv".into(),
+            size: 10,
+            etag: "\"aaaa\"".into(),
+            storage_class: None,
+        };
+        assert_eq!(
+            refused_copy(&file, Some((10, "\"aaaa\""))),
+            Refused::HoldsTheListedObject
+        );
+        assert_eq!(
+            refused_copy(&file, Some((10, "\"bbbb\""))),
+            Refused::Occupied
+        );
+        assert_eq!(
+            refused_copy(&file, Some((11, "\"aaaa\""))),
+            Refused::Occupied
+        );
+        assert_eq!(refused_copy(&file, None), Refused::SourceChanged);
+        let Outcome::Skipped { reason } = existing_destination(IfExists::Skip, "refined/a.csv")
+        else {
+            panic!("skip skips")
+        };
+        assert!(reason.contains("\"refined/a.csv\" exists") && reason.ends_with("left in place"));
+        assert!(matches!(
+            existing_destination(IfExists::Fail, "refined/a.csv"),
+            Outcome::Failed { reason } if reason.contains("if_destination_exists: fail")
+        ));
+        assert_eq!(IfExists::parse("skip"), Ok(IfExists::Skip));
+        assert!(
+            IfExists::parse("Skip")
+                .unwrap_err()
+                .contains("overwrite, skip, fail")
+        );
+        assert!(!IfExists::Overwrite.keeps_existing() && IfExists::Fail.keeps_existing());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::rules::batch::BatchId;
-use crate::rules::copy::STORAGE_CLASSES;
+use crate::rules::copy::{IfExists, STORAGE_CLASSES};
 use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
 use crate::rules::select::{Glob, Selection, Timestamp};
 
@@ -56,6 +56,9 @@ pub struct MasterEvent {
     pub modified_before: Option<String>,
     /// The storage class every copy is written in; by default each keeps its source's.
     pub storage_class: Option<String>,
+    /// `overwrite` (the default), `skip` or `fail`: what happens to a destination key
+    /// that already holds an object.
+    pub if_destination_exists: Option<String>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -153,11 +156,17 @@ impl MasterEvent {
                 STORAGE_CLASSES.join(", ")
             )));
         }
+        let if_exists = match &self.if_destination_exists {
+            None => IfExists::Overwrite,
+            Some(raw) => IfExists::parse(raw)
+                .map_err(|e| EventError(format!("if_destination_exists: {e}")))?,
+        };
         Ok((
             run_id,
             RunSpec::new(source, destination, suffixes)?
                 .with_selection(selection)
-                .with_storage_class(self.storage_class),
+                .with_storage_class(self.storage_class)
+                .with_if_destination_exists(if_exists),
         ))
     }
 }
@@ -285,6 +294,9 @@ pub struct SlaveEvent {
 pub struct SlaveOutput {
     pub completed: u64,
     pub failed: u64,
+    /// Files left in place because their destination exists (`if_destination_exists: skip`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
     /// Files that an earlier delivery of the same batch had already completed.
     pub already_done: u64,
     pub bytes: u64,
@@ -316,7 +328,15 @@ pub struct RunSummary {
     pub files: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Files left in place because their destination exists (`if_destination_exists:
+    /// skip`); shown only when there are some.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
     pub bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -577,6 +597,10 @@ mod tests {
             (
                 json!({"storage_class": "COLD"}),
                 "storage_class: \"COLD\" is not one of STANDARD, ",
+            ),
+            (
+                json!({"if_destination_exists": "keep"}),
+                "if_destination_exists: \"keep\" is not one of",
             ),
             (
                 json!({"include": ["a", "b[1]"]}),

@@ -11,6 +11,9 @@ pub enum FileState {
     Started,
     Completed,
     Failed,
+    /// Left where it is on purpose: its destination exists and the run asked not to
+    /// overwrite (`if_destination_exists: skip`).
+    Skipped,
 }
 
 impl FileState {
@@ -19,6 +22,7 @@ impl FileState {
             FileState::Started => "started",
             FileState::Completed => "completed",
             FileState::Failed => "failed",
+            FileState::Skipped => "skipped",
         }
     }
 
@@ -28,6 +32,7 @@ impl FileState {
             FileState::Started => 's',
             FileState::Completed => 'c',
             FileState::Failed => 'f',
+            FileState::Skipped => 'k',
         }
     }
 
@@ -36,6 +41,7 @@ impl FileState {
             's' => Some(FileState::Started),
             'c' => Some(FileState::Completed),
             'f' => Some(FileState::Failed),
+            'k' => Some(FileState::Skipped),
             _ => None,
         }
     }
@@ -44,8 +50,16 @@ impl FileState {
 /// What became of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Completed { size: u64 },
-    Failed { reason: String },
+    Completed {
+        size: u64,
+    },
+    Failed {
+        reason: String,
+    },
+    /// Left in place on purpose, for this reason.
+    Skipped {
+        reason: String,
+    },
 }
 
 /// Counter changes.
@@ -53,6 +67,7 @@ pub enum Outcome {
 pub struct Delta {
     pub completed: i64,
     pub failed: i64,
+    pub skipped: i64,
     pub bytes: i64,
 }
 
@@ -60,6 +75,7 @@ impl std::ops::AddAssign for Delta {
     fn add_assign(&mut self, o: Delta) {
         self.completed += o.completed;
         self.failed += o.failed;
+        self.skipped += o.skipped;
         self.bytes += o.bytes;
     }
 }
@@ -72,18 +88,25 @@ impl Delta {
 
 /// The counter change when a file in state `from` gets `outcome`, or `None` when the
 /// file must not change: a completed file stays completed (a duplicate delivery), and a
-/// failed file that fails again is already counted.
+/// failed file that fails again is already counted; a skipped file stays skipped, and
+/// only a file without an outcome can be skipped.
 pub fn transition(from: FileState, outcome: &Outcome) -> Option<Delta> {
     match (from, outcome) {
-        (FileState::Completed, _) | (FileState::Failed, Outcome::Failed { .. }) => None,
+        (FileState::Completed | FileState::Skipped, _)
+        | (FileState::Failed, Outcome::Failed { .. } | Outcome::Skipped { .. }) => None,
         (FileState::Started, Outcome::Failed { .. }) => Some(Delta {
             failed: 1,
+            ..Delta::default()
+        }),
+        (FileState::Started, Outcome::Skipped { .. }) => Some(Delta {
+            skipped: 1,
             ..Delta::default()
         }),
         (from, Outcome::Completed { size }) => Some(Delta {
             completed: 1,
             failed: if from == FileState::Failed { -1 } else { 0 },
             bytes: *size as i64,
+            ..Delta::default()
         }),
     }
 }
@@ -97,7 +120,7 @@ pub const MAX_REASON_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcomes {
     pub states: Vec<FileState>,
-    /// The reason of each failed file, by its position in the batch.
+    /// The reason of each failed or skipped file, by its position in the batch.
     pub reasons: BTreeMap<usize, String>,
     /// The ETag of the verified copy of each file whose source is about to be deleted,
     /// by position, where that ETag differs from the listed one (a multipart copy, an
@@ -197,6 +220,11 @@ impl Outcomes {
                     self.states[*i] = FileState::Failed;
                     self.reasons.insert(*i, short_reason(reason));
                 }
+                Outcome::Skipped { reason } => {
+                    self.states[*i] = FileState::Skipped;
+                    self.reasons.insert(*i, short_reason(reason));
+                    self.copied.remove(i);
+                }
             }
         }
         delta
@@ -252,7 +280,8 @@ mod tests {
             Some(Delta {
                 completed: 1,
                 failed: 0,
-                bytes: 7
+                bytes: 7,
+                ..Delta::default()
             })
         );
         assert_eq!(
@@ -270,7 +299,8 @@ mod tests {
             Some(Delta {
                 completed: 0,
                 failed: 1,
-                bytes: 0
+                bytes: 0,
+                ..Delta::default()
             })
         );
         assert_eq!(transition(Failed, &failed()), None);
@@ -279,7 +309,8 @@ mod tests {
             Some(Delta {
                 completed: 1,
                 failed: -1,
-                bytes: 3
+                bytes: 3,
+                ..Delta::default()
             }),
             "a retried failure that succeeds moves from one counter to the other"
         );
@@ -294,7 +325,8 @@ mod tests {
             Delta {
                 completed: 2,
                 failed: 1,
-                bytes: 12
+                bytes: 12,
+                ..Delta::default()
             }
         );
         assert_eq!(outcomes.encode_states(), "cfc");
@@ -308,11 +340,41 @@ mod tests {
             Delta {
                 completed: 1,
                 failed: -1,
-                bytes: 9
+                bytes: 9,
+                ..Delta::default()
             }
         );
         assert_eq!(outcomes.encode_states(), "ccc");
         assert!(outcomes.reasons.is_empty());
+    }
+
+    #[test]
+    fn a_skipped_file_is_counted_once_and_stays_skipped() {
+        use FileState::*;
+        let skipped = || Outcome::Skipped {
+            reason: "exists".into(),
+        };
+        assert_eq!(
+            transition(Started, &skipped()),
+            Some(Delta {
+                skipped: 1,
+                ..Delta::default()
+            })
+        );
+        for from in [Completed, Failed, Skipped] {
+            assert_eq!(transition(from, &skipped()), None, "{from:?}");
+        }
+        assert_eq!(transition(Skipped, &completed(3)), None);
+        assert_eq!(transition(Skipped, &failed()), None);
+        let mut outcomes = Outcomes::started(2);
+        let delta = outcomes.apply(&[(1, skipped())]);
+        assert_eq!((delta.skipped, delta.completed, delta.failed), (1, 0, 0));
+        assert_eq!(outcomes.encode_states(), "sk");
+        assert_eq!(outcomes.reasons[&1], "exists");
+        assert_eq!(outcomes.open(), [0]);
+        assert_eq!(outcomes.failed(), 0, "a skipped file is not a failure");
+        let read = Outcomes::decode("sk", outcomes.reasons.clone(), BTreeMap::new(), 1, 2);
+        assert_eq!(read.unwrap().states, [Started, Skipped]);
     }
 
     #[test]

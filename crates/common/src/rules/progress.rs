@@ -13,6 +13,9 @@ pub struct RunProgress {
     pub selected: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Files left in place on purpose (`if_destination_exists: skip`): done, not failed.
+    #[serde(default)]
+    pub skipped: u64,
     pub bytes: u64,
 }
 
@@ -30,7 +33,7 @@ pub enum Verdict {
 
 impl RunProgress {
     pub fn verdict(&self) -> Verdict {
-        let done = self.completed + self.failed;
+        let done = self.completed + self.failed + self.skipped;
         if !self.listing_complete {
             Verdict::Listing
         } else if done < self.selected {
@@ -95,8 +98,23 @@ mod tests {
             selected,
             completed,
             failed,
+            skipped: 0,
             bytes: 0,
         }
+    }
+
+    #[test]
+    fn skipped_files_are_done_and_not_failures() {
+        let run = RunProgress {
+            skipped: 3,
+            ..progress(true, 10, 7, 0)
+        };
+        assert_eq!(run.verdict(), Verdict::Succeeded);
+        let run = RunProgress {
+            skipped: 2,
+            ..progress(true, 10, 7, 0)
+        };
+        assert_eq!(run.verdict(), Verdict::Moving { remaining: 1 });
     }
 
     #[test]

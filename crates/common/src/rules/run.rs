@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::batch::ListedFile;
+use crate::rules::copy::IfExists;
 use crate::rules::select::{Listed, Selection, Timestamp};
 
 /// A problem with an event, named precisely enough for the user to fix it.
@@ -169,6 +170,13 @@ pub struct RunSpec {
     /// The storage class every copy is written in; by default each keeps its source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// What happens to a destination key that already holds an object.
+    #[serde(default, skip_serializing_if = "is_overwrite")]
+    pub if_destination_exists: IfExists,
+}
+
+fn is_overwrite(mode: &IfExists) -> bool {
+    *mode == IfExists::Overwrite
 }
 
 impl RunSpec {
@@ -188,6 +196,7 @@ impl RunSpec {
             suffixes,
             selection: Selection::default(),
             storage_class: None,
+            if_destination_exists: IfExists::Overwrite,
         })
     }
 
@@ -201,6 +210,14 @@ impl RunSpec {
     pub fn with_storage_class(self, storage_class: Option<String>) -> Self {
         RunSpec {
             storage_class,
+            ..self
+        }
+    }
+
+    /// The same run, treating existing destinations as `mode` says.
+    pub fn with_if_destination_exists(self, mode: IfExists) -> Self {
+        RunSpec {
+            if_destination_exists: mode,
             ..self
         }
     }

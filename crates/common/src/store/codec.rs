@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::StoreError;
 use super::layout::{Item, key, n, outcome_pk, s};
 use crate::rules::batch::{BatchId, ListedFile, decode_files};
+use crate::rules::copy::IfExists;
 use crate::rules::outcomes::Outcomes;
 use crate::rules::records::{Delivered, FileStatus, RunRecord};
 use crate::rules::run::{Location, RunId, RunSpec, Suffixes};
@@ -83,6 +84,15 @@ pub(super) fn describe(spec: &RunSpec) -> String {
             encode_selection(&spec.selection)
         ));
     }
+    if let Some(class) = &spec.storage_class {
+        described.push_str(&format!(", storage class {class}"));
+    }
+    if spec.if_destination_exists != IfExists::Overwrite {
+        described.push_str(&format!(
+            ", if_destination_exists {}",
+            spec.if_destination_exists.as_str()
+        ));
+    }
     described
 }
 
@@ -121,7 +131,12 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                 RunSpec::new(source, destination, suffixes)
                     .map_err(|e| corrupt(e.0))?
                     .with_selection(selection)
-                    .with_storage_class(get_s(item, "storage_class").map(String::from)),
+                    .with_storage_class(get_s(item, "storage_class").map(String::from))
+                    .with_if_destination_exists(match get_s(item, "if_destination_exists") {
+                        // Runs recorded before the choice existed overwrote.
+                        None => IfExists::Overwrite,
+                        Some(raw) => IfExists::parse(raw).map_err(corrupt)?,
+                    }),
             )
         }
     };

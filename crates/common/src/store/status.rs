@@ -49,6 +49,7 @@ impl StatusRecords {
             let read = |name| get_n(counter, name).unwrap_or(0).max(0) as u64;
             progress.completed += read("completed");
             progress.failed += read("failed");
+            progress.skipped += read("skipped");
             progress.bytes += read("bytes");
         }
         Ok(Some(RunView { record, progress }))

@@ -13,9 +13,9 @@ use crate::deadline::{Deadlines, bounded};
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
 use crate::rules::copy::{
-    CopyCheck, CopyMethod, SourceRefusal, check_copy, copy_differs, copy_method, destination_class,
-    encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object, might_copy_in_parts,
-    source_refusal,
+    CopyCheck, CopyMethod, Refused, SourceRefusal, check_copy, copy_differs, copy_method,
+    destination_class, encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object,
+    might_copy_in_parts, refused_copy, source_changed, source_refusal,
 };
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, too_long};
@@ -47,6 +47,16 @@ pub enum CopyOutcome {
     /// Time ran out first. A multipart copy's finished parts are kept for the next
     /// invocation; `progressed` when this invocation copied some of them.
     Unfinished { progressed: bool },
+    /// The destination holds another object, and the run does not overwrite
+    /// (`if_destination_exists`): the source stays.
+    DestinationExists,
+}
+
+/// `If-None-Match: *` when the run keeps existing destinations.
+fn if_none_match(spec: &RunSpec) -> Option<String> {
+    spec.if_destination_exists
+        .keeps_existing()
+        .then(|| "*".to_string())
 }
 
 /// The storage class a copy of `file` is written in ([`destination_class`]).
@@ -73,6 +83,8 @@ enum Copied {
     Unfinished {
         progressed: bool,
     },
+    /// A copy conditional on the destination not existing was refused.
+    DestinationTaken,
 }
 
 pub struct Mover<'a> {
@@ -129,6 +141,7 @@ impl<'a> Mover<'a> {
         let (etag, etag_is_md5) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
+            Copied::DestinationTaken => return self.after_refused_copy(spec, planned).await,
             Copied::Done { etag, etag_is_md5 } => (etag, etag_is_md5),
         };
         match check_copy(&file.etag, &etag, etag_is_md5) {
@@ -144,6 +157,27 @@ impl<'a> Mover<'a> {
             }
         }
         Ok(CopyOutcome::Verified { etag })
+    }
+
+    /// A copy conditional on the destination not existing was refused: what the
+    /// destination holds says whose it is ([`refused_copy`]).
+    async fn after_refused_copy(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+    ) -> Result<CopyOutcome, MoveFailure> {
+        let found = match self.head_destination(spec, &planned.destination_key).await {
+            Ok(found) => Some(found),
+            Err(failure) if failure.transient => return Err(failure),
+            Err(_) => None,
+        };
+        match refused_copy(&planned.file, found.as_ref().map(|(s, e)| (*s, e.as_str()))) {
+            Refused::HoldsTheListedObject => Ok(CopyOutcome::Verified {
+                etag: found.map(|(_, etag)| etag).unwrap_or_default(),
+            }),
+            Refused::Occupied => Ok(CopyOutcome::DestinationExists),
+            Refused::SourceChanged => Err(source_changed(&planned.file)),
+        }
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
@@ -207,6 +241,7 @@ impl<'a> Mover<'a> {
             .copy_source(copy_source(&spec.source.bucket, &file.key))
             .copy_source_if_match(&file.etag)
             .set_storage_class(storage_class(spec, file))
+            .set_if_none_match(if_none_match(spec))
             .send()
             .await;
         match sent {
@@ -221,10 +256,18 @@ impl<'a> Mover<'a> {
                     .unwrap_or_default();
                 Ok(Copied::Done { etag, etag_is_md5 })
             }
-            Err(err) => match source_refusal(AwsError::from_sdk("CopyObject", err), None, file) {
-                SourceRefusal::Gone => Ok(Copied::SourceMissing),
-                SourceRefusal::Fails(failure) => Err(failure),
-            },
+            Err(err) => {
+                let err = AwsError::from_sdk("CopyObject", err);
+                // Both conditions answer 412: which one held is for the destination to say.
+                if spec.if_destination_exists.keeps_existing() && err.code_is("PreconditionFailed")
+                {
+                    return Ok(Copied::DestinationTaken);
+                }
+                match source_refusal(err, None, file) {
+                    SourceRefusal::Gone => Ok(Copied::SourceMissing),
+                    SourceRefusal::Fails(failure) => Err(failure),
+                }
+            }
         }
     }
 

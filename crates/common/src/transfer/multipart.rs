@@ -80,6 +80,7 @@ impl Mover<'_> {
                         .set_parts(Some(parts))
                         .build(),
                 )
+                .set_if_none_match(super::if_none_match(spec))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("CompleteMultipartUpload", e));
@@ -90,6 +91,16 @@ impl Mover<'_> {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
                     });
+                }
+                // The destination was written meanwhile and the run does not overwrite: the
+                // upload goes, and whose object is there decides the file.
+                Err(e)
+                    if e.code_is("PreconditionFailed")
+                        && spec.if_destination_exists.keeps_existing() =>
+                {
+                    let taken = MoveFailure::permanent("the destination exists");
+                    self.give_up(spec, planned, &upload, taken).await;
+                    return Ok(Copied::DestinationTaken);
                 }
                 Err(e) if e.code_is("NoSuchUpload") => {
                     let upload = UploadRecord {
