@@ -62,7 +62,7 @@ class Call:
     """What a request is: who sent it, to which service, which operation, on what."""
 
     def __init__(self, caller, service, operation, bucket=None, key=None, source=None,
-                 prefix=None, keys=None, target=None, kinds=None, body=b""):
+                 prefix=None, keys=None, target=None, kinds=None, versioned=None, body=b""):
         self.caller = caller
         self.service = service
         self.operation = operation
@@ -73,6 +73,7 @@ class Call:
         self.keys = keys  # DeleteObjects: the keys, as a tuple
         self.target = target  # DynamoDB table, Step Functions ARN, Lambda function
         self.kinds = kinds  # TransactWriteItems: the kinds of writes, as a tuple
+        self.versioned = versioned  # deletes of version ids (IAM: s3:DeleteObjectVersion)
         self.body = body  # matched by body_contains, never recorded
 
     def as_dict(self):
@@ -130,16 +131,19 @@ def classify(method, raw_path, headers, body):
         bucket, _, key = path.lstrip("/").partition("/")
         source = headers.get("x-amz-copy-source")
         operation = s3_operation(method, path, query, headers)
-        keys = None
+        keys = versioned = None
         if operation == "DeleteObjects":
             keys = tuple(html.unescape(k) for k in re.findall(r"<Key>(.*?)</Key>", body.decode()))
+            versioned = (b"<VersionId>" in body) or None
+        if operation == "DeleteObject":
+            versioned = ("versionId" in query) or None
         return Call(
             caller.group(1), service, operation,
             bucket=bucket, key=key or None,
             source=urllib.parse.unquote(source.split("?")[0]) if source else None,
             prefix=query["prefix"][0] if operation.startswith("ListObjects") and "prefix" in query
             else None,
-            keys=keys, body=body,
+            keys=keys, versioned=versioned, body=body,
         )
     target = headers.get("X-Amz-Target", "")
     operation = target.rpartition(".")[2] or method

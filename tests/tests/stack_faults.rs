@@ -651,6 +651,12 @@ fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
     };
     let object = |bucket_and_key: String| format!("arn:aws:s3:::{bucket_and_key}");
     let (bucket, key, source) = (field("bucket"), field("key"), field("source"));
+    // Deleting a version id, not just the current object, is a permission of its own.
+    let delete_action = if call["versioned"] == json!(true) {
+        "s3:DeleteObjectVersion"
+    } else {
+        "s3:DeleteObject"
+    };
     let destination = object(format!("{bucket}/{key}"));
     let table = format!(
         "arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}",
@@ -687,14 +693,14 @@ fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
         )],
         ("s3", "HeadObject" | "GetObject") => vec![need("s3:GetObject", destination)],
         ("s3", "GetObjectTagging") => vec![need("s3:GetObjectTagging", destination)],
-        ("s3", "DeleteObject") => vec![need("s3:DeleteObject", destination)],
+        ("s3", "DeleteObject") => vec![need(delete_action, destination)],
         ("s3", "DeleteObjects") => call["keys"]
             .as_array()
             .unwrap()
             .iter()
             .map(|k| {
                 need(
-                    "s3:DeleteObject",
+                    delete_action,
                     object(format!("{bucket}/{}", k.as_str().unwrap())),
                 )
             })
@@ -773,6 +779,12 @@ const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
         "status",
         "states:GetExecutionHistory",
         "when a recorded token is refused, tells a result already delivered from a lapsed token",
+    ),
+    (
+        "slave",
+        "s3:DeleteObjectVersion",
+        "in a bucket that keeps versions, the version copied is deleted once its key has a \
+         delete marker, so moved data is not kept twice",
     ),
     (
         "slave",

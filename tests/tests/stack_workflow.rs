@@ -797,3 +797,126 @@ async fn an_existing_destination_is_skipped_or_fails_the_file_as_the_run_asks() 
     assert_eq!(now.get("out2/y.csv"), before.get("in2/y.csv"));
     assert!(!now.contains_key("in2/y.csv"));
 }
+
+#[tokio::test]
+async fn a_move_in_a_versioned_bucket_keeps_no_copy_of_moved_data_and_nothing_reappears() {
+    // GIVEN a bucket that keeps versions: a key written twice (its older version is not
+    // what the run moves), a key written once, one copied in parts, and a key for a run
+    // that keeps source versions
+    let stack = local_stack();
+    let bucket = bucket_with(stack, &[]).await;
+    let s3 = stack.s3().await;
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let write = |key: &'static str, body: Vec<u8>| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap()
+                .version_id
+                .unwrap()
+        }
+    };
+    let older = write("raw/a.csv", b"one".to_vec()).await;
+    write("raw/a.csv", b"two".to_vec()).await;
+    write("raw/b.csv", b"bee".to_vec()).await;
+    write("raw/big.csv", vec![b'v'; 7 << 20]).await;
+    let kept = write("in2/e.csv", b"eee".to_vec()).await;
+    let versions = |prefix: &'static str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let listed = s3
+                .list_object_versions()
+                .bucket(&bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            let versions: Vec<(String, String)> = listed
+                .versions()
+                .iter()
+                .map(|v| (v.key().unwrap().into(), v.version_id().unwrap().into()))
+                .collect();
+            let mut markers: Vec<String> = listed
+                .delete_markers()
+                .iter()
+                .filter(|m| m.is_latest() == Some(true))
+                .map(|m| m.key().unwrap().into())
+                .collect();
+            markers.sort();
+            (versions, markers)
+        }
+    };
+
+    // WHEN a run moves raw/, and another moves in2/ keeping source versions
+    let moved = stack.start("versioned", &input(&bucket, json!({}))).await;
+    let keeping = stack
+        .start(
+            "versioned-keep",
+            &input(
+                &bucket,
+                json!({"source_prefix": "in2/", "destination_prefix": "out2/",
+                       "suffixes": [".csv"], "keep_source_versions": true}),
+            ),
+        )
+        .await;
+    for execution in [&moved, &keeping] {
+        let described = stack.finished(execution).await;
+        assert_eq!(
+            described.status,
+            ExecutionStatus::Succeeded,
+            "{described:?}"
+        );
+    }
+
+    // THEN nothing is current under raw/, the versions copied are gone (the older
+    // version of a.csv, never moved, stays), and each moved key has a delete marker
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("raw/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.key_count(), Some(0), "a key reappeared");
+    let (left, markers) = versions("raw/").await;
+    assert_eq!(left, [("raw/a.csv".to_string(), older)]);
+    assert_eq!(markers, ["raw/a.csv", "raw/b.csv", "raw/big.csv"]);
+    let now = contents(stack, &bucket).await;
+    assert_eq!(now.get("refined/a.csv"), Some(&md5_hex(b"two")));
+    assert_eq!(now.get("refined/b.csv"), Some(&md5_hex(b"bee")));
+    // copied in parts, so its ETag is not an MD5: its bytes are compared instead
+    let big = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("refined/big.csv")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert!(big.len() == 7 << 20 && big.iter().all(|b| *b == b'v'));
+    // AND the run that keeps versions left its copied version as a noncurrent version
+    let (left, markers) = versions("in2/").await;
+    assert_eq!(left, [("in2/e.csv".to_string(), kept)]);
+    assert_eq!(markers, ["in2/e.csv"]);
+    assert_eq!(now.get("out2/e.csv"), Some(&md5_hex(b"eee")));
+}

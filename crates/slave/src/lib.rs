@@ -21,7 +21,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use common::deadline::Deadlines;
 use common::rules::batch::ListedFile;
-use common::rules::copy::existing_destination;
+use common::rules::copy::{copied_version_to_delete, existing_destination};
 use common::rules::events::{SlaveEvent, SlaveOutput, parse_event};
 use common::rules::failure::MoveFailure;
 use common::rules::handoff::{handoff_stalls, stalled_for_good, stalled_reason};
@@ -279,14 +279,24 @@ impl Slave {
 
         let mut outcomes = Vec::with_capacity(copied.len());
         let mut to_delete = Vec::new();
+        let mut copied_versions = BTreeMap::new();
         let mut copies = Vec::new();
         let mut gone = Vec::new();
         let mut parts_copied = false;
         for (i, result) in copied {
             match result {
-                Ok(CopyOutcome::Verified { etag }) => {
+                Ok(CopyOutcome::Verified {
+                    etag,
+                    source_version,
+                }) => {
                     if etag.trim_matches('"') != files[i].etag.trim_matches('"') {
                         copies.push((i, etag));
+                    }
+                    if let Some(version) = copied_version_to_delete(
+                        spec.keep_source_versions,
+                        source_version.as_deref(),
+                    ) {
+                        copied_versions.insert(i, version.to_string());
                     }
                     to_delete.push(i);
                     continue;
@@ -354,6 +364,18 @@ impl Slave {
         .await;
         if !deleted.is_empty() {
             common::crash::crash_point("slave-between-delete-and-record");
+        }
+        // Each deleted key now carries a delete marker in a bucket that keeps versions:
+        // the version copied can go without an older one becoming current again.
+        let versions: Vec<(&str, &str)> = deleted
+            .iter()
+            .filter(|(_, result)| result.is_ok())
+            .filter_map(|(i, _)| Some((files[*i].key.as_str(), copied_versions.get(i)?.as_str())))
+            .collect();
+        if !versions.is_empty() {
+            mover
+                .delete_copied_versions(&spec.source.bucket, &versions)
+                .await;
         }
         for (i, result) in deleted {
             unfinished.remove(&i);

@@ -100,6 +100,14 @@ pub fn existing_destination(mode: IfExists, destination_key: &str) -> Outcome {
     }
 }
 
+/// The source version a move deletes once the key carries a delete marker: the version
+/// it copied, in a bucket that keeps versions, unless the run keeps them
+/// (`keep_source_versions`). A version written after the listing is never the one
+/// copied (copies are conditional on the listed ETag), so it is never deleted.
+pub fn copied_version_to_delete(keep_source_versions: bool, copied: Option<&str>) -> Option<&str> {
+    copied.filter(|_| !keep_source_versions)
+}
+
 /// The storage classes a run may ask its copies to be written in.
 pub const STORAGE_CLASSES: &[&str] = &[
     "STANDARD",
@@ -579,6 +587,17 @@ mod tests {
                 .contains("overwrite, skip, fail")
         );
         assert!(!IfExists::Overwrite.keeps_existing() && IfExists::Fail.keeps_existing());
+    }
+
+    #[test]
+    fn the_copied_version_goes_unless_the_run_keeps_versions() {
+        assert_eq!(copied_version_to_delete(false, Some("v2")), Some("v2"));
+        assert_eq!(copied_version_to_delete(true, Some("v2")), None);
+        assert_eq!(
+            copied_version_to_delete(false, None),
+            None,
+            "an unversioned bucket"
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct MasterEvent {
     /// `overwrite` (the default), `skip` or `fail`: what happens to a destination key
     /// that already holds an object.
     pub if_destination_exists: Option<String>,
+    /// In a bucket that keeps versions: `true` leaves each copied version as a noncurrent
+    /// version; by default it is deleted, so moved data is not kept twice.
+    pub keep_source_versions: Option<bool>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -166,7 +169,8 @@ impl MasterEvent {
             RunSpec::new(source, destination, suffixes)?
                 .with_selection(selection)
                 .with_storage_class(self.storage_class)
-                .with_if_destination_exists(if_exists),
+                .with_if_destination_exists(if_exists)
+                .with_keep_source_versions(self.keep_source_versions.unwrap_or(false)),
         ))
     }
 }

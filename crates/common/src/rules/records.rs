@@ -54,6 +54,9 @@ pub struct UploadRecord {
     pub part_size: u64,
     /// The listed ETag of the source the parts are copied from.
     pub source_etag: String,
+    /// The source's version id, in a bucket that keeps versions: the version the move
+    /// deletes once the copy is verified.
+    pub source_version: Option<String>,
     /// The ETag the completed object will have, recorded just before the upload is
     /// completed: a later invocation that finds the upload gone compares the
     /// destination with it.

@@ -173,6 +173,10 @@ pub struct RunSpec {
     /// What happens to a destination key that already holds an object.
     #[serde(default, skip_serializing_if = "is_overwrite")]
     pub if_destination_exists: IfExists,
+    /// In a bucket that keeps versions, leave the copied version as a noncurrent
+    /// version (S3's own delete-marker behaviour) instead of deleting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_source_versions: bool,
 }
 
 fn is_overwrite(mode: &IfExists) -> bool {
@@ -197,6 +201,7 @@ impl RunSpec {
             selection: Selection::default(),
             storage_class: None,
             if_destination_exists: IfExists::Overwrite,
+            keep_source_versions: false,
         })
     }
 
@@ -210,6 +215,14 @@ impl RunSpec {
     pub fn with_storage_class(self, storage_class: Option<String>) -> Self {
         RunSpec {
             storage_class,
+            ..self
+        }
+    }
+
+    /// The same run, keeping (or not) the copied versions of sources.
+    pub fn with_keep_source_versions(self, keep_source_versions: bool) -> Self {
+        RunSpec {
+            keep_source_versions,
             ..self
         }
     }

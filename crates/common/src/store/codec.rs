@@ -87,6 +87,9 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if let Some(class) = &spec.storage_class {
         described.push_str(&format!(", storage class {class}"));
     }
+    if spec.keep_source_versions {
+        described.push_str(", keeping source versions");
+    }
     if spec.if_destination_exists != IfExists::Overwrite {
         described.push_str(&format!(
             ", if_destination_exists {}",
@@ -136,7 +139,13 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                         // Runs recorded before the choice existed overwrote.
                         None => IfExists::Overwrite,
                         Some(raw) => IfExists::parse(raw).map_err(corrupt)?,
-                    }),
+                    })
+                    .with_keep_source_versions(
+                        item.get("keep_source_versions")
+                            .and_then(|v| v.as_bool().ok())
+                            .copied()
+                            .unwrap_or(false),
+                    ),
             )
         }
     };

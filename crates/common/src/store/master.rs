@@ -55,7 +55,8 @@ impl MasterRecords {
                 .update_expression(format!(
                     "SET source_bucket = :sb, source_prefix = :sp, destination_bucket = :db, \
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
-                     if_destination_exists = :ide, listing_complete = :f, selected = :zero, \
+                     if_destination_exists = :ide, keep_source_versions = :ksv, \
+                     listing_complete = :f, selected = :zero, \
                      created_at = :now, expires_at = :exp{}",
                     if spec.storage_class.is_some() {
                         ", storage_class = :stc"
@@ -64,6 +65,10 @@ impl MasterRecords {
                     }
                 ))
                 .expression_attribute_values(":ide", s(spec.if_destination_exists.as_str()))
+                .expression_attribute_values(
+                    ":ksv",
+                    AttributeValue::Bool(spec.keep_source_versions),
+                )
                 .condition_expression("attribute_not_exists(source_bucket)")
                 .expression_attribute_values(":sb", s(&spec.source.bucket))
                 .expression_attribute_values(":sp", s(&spec.source.prefix))

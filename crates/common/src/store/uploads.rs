@@ -36,6 +36,9 @@ impl SlaveRecords {
             source_etag: get_s(&item, "source_etag")
                 .ok_or_else(|| corrupt("source_etag"))?
                 .into(),
+            source_version: get_s(&item, "source_version")
+                .filter(|v| !v.is_empty())
+                .map(String::from),
             completing_etag: get_s(&item, "completing_etag").map(String::from),
         }))
     }
@@ -55,12 +58,16 @@ impl SlaveRecords {
             .table_name(&self.store.table)
             .set_key(Some(key(upload_pk(run), file_key)))
             .update_expression(
-                "SET upload_id = :u, part_size = :p, source_etag = :e, expires_at = :exp",
+                "SET upload_id = :u, part_size = :p, source_etag = :e, source_version = :v, \
+                 expires_at = :exp",
             )
             .condition_expression("attribute_not_exists(upload_id)")
             .expression_attribute_values(":u", s(&upload.upload_id))
             .expression_attribute_values(":p", n(upload.part_size))
             .expression_attribute_values(":e", s(&upload.source_etag))
+            // An unversioned source is recorded as "" (DynamoDB has no empty set of values
+            // to leave out conditionally here), and read back as none.
+            .expression_attribute_values(":v", s(upload.source_version.as_deref().unwrap_or("")))
             .expression_attribute_values(":exp", self.store.expires_at())
             .send()
             .await;

@@ -12,6 +12,9 @@ use crate::rules::copy::delete_refusal;
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::xml_can_carry;
 
+/// A key and one of its version ids.
+type KeyVersion<'a> = (&'a str, &'a str);
+
 /// `DeleteObjects` takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
 
@@ -133,5 +136,80 @@ impl Mover<'_> {
                 }
             }
         }
+    }
+
+    /// Deletes the source versions that were copied, once their keys carry a delete
+    /// marker, so that no noncurrent copy of moved data stays behind to pay for, and no
+    /// older version becomes current under the source prefix. Best effort: a version left
+    /// is logged, as the file is moved either way. Answers how many were left.
+    pub async fn delete_copied_versions(&self, bucket: &str, versions: &[(&str, &str)]) -> usize {
+        let (carried, in_url): (Vec<KeyVersion>, Vec<KeyVersion>) =
+            versions.iter().partition(|(key, _)| xml_can_carry(key));
+        let mut left = 0;
+        for chunk in carried.chunks(DELETE_BATCH) {
+            let objects: Vec<ObjectIdentifier> = chunk
+                .iter()
+                .map(|(key, version)| {
+                    ObjectIdentifier::builder()
+                        .key(*key)
+                        .version_id(*version)
+                        .build()
+                        .expect("key is set")
+                })
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .expect("objects are set");
+            match self
+                .s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    for error in out.errors() {
+                        if !matches!(error.code(), Some("NoSuchVersion" | "NoSuchKey")) {
+                            left += 1;
+                            tracing::warn!(key = ?error.key(), code = ?error.code(),
+                                "could not delete a copied source version");
+                        }
+                    }
+                }
+                Err(e) => {
+                    left += chunk.len();
+                    let e = AwsError::from_sdk("DeleteObjects", e);
+                    tracing::warn!(error = %e, "could not delete copied source versions");
+                }
+            }
+        }
+        let single = bounded(
+            in_url,
+            self.settings.move_concurrency,
+            Deadlines::none(),
+            |(key, version)| async move {
+                self.s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .version_id(version)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("DeleteObject", e))
+            },
+        )
+        .await;
+        for ((key, _), result) in single {
+            if let Err(e) = result
+                && !e.code_is("NoSuchVersion")
+            {
+                left += 1;
+                tracing::warn!(key = %key, error = %e, "could not delete a copied source version");
+            }
+        }
+        left
     }
 }

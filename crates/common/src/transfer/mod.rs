@@ -39,8 +39,12 @@ impl From<StoreError> for MoveFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyOutcome {
     /// The destination is verified to hold the listed object, whose copy has this ETag;
-    /// the source is still there, to be deleted.
-    Verified { etag: String },
+    /// the source is still there, to be deleted. `source_version` is the version copied,
+    /// in a bucket that keeps versions.
+    Verified {
+        etag: String,
+        source_version: Option<String>,
+    },
     /// The source is gone (an earlier attempt may have moved it): whether the file counts
     /// as moved is for [`Mover::verify_moved`] to say, with the copy's ETag recorded for it.
     SourceGone,
@@ -78,6 +82,8 @@ enum Copied {
         /// Whether S3 wrote the copy so that its ETag is the MD5 of its bytes (no SSE-KMS
         /// or SSE-C encryption, and not a multipart copy).
         etag_is_md5: bool,
+        /// The source version copied, when the source bucket keeps versions.
+        source_version: Option<String>,
     },
     SourceMissing,
     Unfinished {
@@ -138,11 +144,15 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5) = match copied {
+        let (etag, etag_is_md5, source_version) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => return self.after_refused_copy(spec, planned).await,
-            Copied::Done { etag, etag_is_md5 } => (etag, etag_is_md5),
+            Copied::Done {
+                etag,
+                etag_is_md5,
+                source_version,
+            } => (etag, etag_is_md5, source_version),
         };
         match check_copy(&file.etag, &etag, etag_is_md5) {
             CopyCheck::Verified => {}
@@ -156,7 +166,10 @@ impl<'a> Mover<'a> {
                 holds_copy(destination_key, file.size, &etag, found_size, &found_etag)?;
             }
         }
-        Ok(CopyOutcome::Verified { etag })
+        Ok(CopyOutcome::Verified {
+            etag,
+            source_version,
+        })
     }
 
     /// A copy conditional on the destination not existing was refused: what the
@@ -172,8 +185,11 @@ impl<'a> Mover<'a> {
             Err(_) => None,
         };
         match refused_copy(&planned.file, found.as_ref().map(|(s, e)| (*s, e.as_str()))) {
+            // The earlier copy's answer, with the version it copied, was lost: the source's
+            // versions are left as they are.
             Refused::HoldsTheListedObject => Ok(CopyOutcome::Verified {
                 etag: found.map(|(_, etag)| etag).unwrap_or_default(),
+                source_version: None,
             }),
             Refused::Occupied => Ok(CopyOutcome::DestinationExists),
             Refused::SourceChanged => Err(source_changed(&planned.file)),
@@ -254,7 +270,11 @@ impl<'a> Mover<'a> {
                     .copy_object_result
                     .and_then(|r| r.e_tag)
                     .unwrap_or_default();
-                Ok(Copied::Done { etag, etag_is_md5 })
+                Ok(Copied::Done {
+                    etag,
+                    etag_is_md5,
+                    source_version: out.copy_source_version_id,
+                })
             }
             Err(err) => {
                 let err = AwsError::from_sdk("CopyObject", err);

@@ -90,6 +90,7 @@ impl Mover<'_> {
                     return Ok(Copied::Done {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
+                        source_version: upload.source_version,
                     });
                 }
                 // The destination was written meanwhile and the run does not overwrite: the
@@ -192,6 +193,7 @@ impl Mover<'_> {
             upload_id: created.upload_id.unwrap_or_default(),
             part_size: part_size(file.size, self.settings.part_size),
             source_etag: file.etag.clone(),
+            source_version: head.version_id.clone(),
             completing_etag: None,
         };
         match self
@@ -348,6 +350,7 @@ impl Mover<'_> {
                 return Ok(Some(Copied::Done {
                     etag: expected.clone(),
                     etag_is_md5: false,
+                    source_version: upload.source_version.clone(),
                 }));
             }
         }
