@@ -920,3 +920,59 @@ async fn a_move_in_a_versioned_bucket_keeps_no_copy_of_moved_data_and_nothing_re
     assert_eq!(markers, ["in2/e.csv"]);
     assert_eq!(now.get("out2/e.csv"), Some(&md5_hex(b"eee")));
 }
+
+#[tokio::test]
+async fn a_dry_run_reports_its_plan_exactly_and_changes_nothing() {
+    // GIVEN files in two storage classes, an archived one, and one the run does not take
+    let stack = local_stack();
+    let standard = vec!["raw/a.csv".to_string()];
+    let bucket = bucket_with(stack, &standard).await;
+    let infrequent = vec!["raw/b.csv".to_string(), "raw/deep/c.csv".to_string()];
+    put(stack, &bucket, &infrequent, Some(StorageClass::StandardIa)).await;
+    put(
+        stack,
+        &bucket,
+        &["raw/cold.csv".to_string()],
+        Some(StorageClass::Glacier),
+    )
+    .await;
+    put(stack, &bucket, &["raw/notes.txt".to_string()], None).await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN a dry run of the default selection runs
+    let execution = stack
+        .start("planned", &input(&bucket, json!({"dry_run": true})))
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN it succeeds with the plan: what would move by class, what would fail and why
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let size = |keys: &[String]| keys.iter().map(|k| body_of(k).len() as u64).sum::<u64>();
+    let (a, b) = (size(&standard), size(&infrequent));
+    let summary = output(&described);
+    assert_eq!(
+        (&summary["files"], &summary["completed"], &summary["failed"]),
+        (&json!(3), &json!(0), &json!(0)),
+        "{summary}"
+    );
+    let plan = &summary["plan"];
+    assert_eq!(plan["files"], json!(3), "{plan}");
+    assert_eq!(plan["bytes"], json!(a + b), "{plan}");
+    assert_eq!(
+        plan["by_storage_class"],
+        json!({"STANDARD": {"files": 1, "bytes": a}, "STANDARD_IA": {"files": 2, "bytes": b}})
+    );
+    assert_eq!(
+        plan["would_fail"],
+        json!({"archived: S3 copies only restored objects (restore them first)": 1})
+    );
+    assert_eq!(plan["estimated_cost_usd"], json!(0.0));
+    // AND nothing moved, and no file was recorded
+    assert_eq!(contents(stack, &bucket).await, before);
+    let run = RunId::parse("planned").unwrap();
+    assert!(records(stack).await.files(&run).await.unwrap().is_empty());
+}

@@ -26,6 +26,7 @@ use common::rules::events::{
     CheckOutput, InputCheck, MasterEvent, MasterOutput, SlaveEvent, parse_event,
 };
 use common::rules::keys::decode_listed_key;
+use common::rules::plan::Plan;
 use common::rules::run::Location;
 use common::rules::select::Timestamp;
 use common::store::MasterRecords;
@@ -186,6 +187,9 @@ impl Master {
             self.records.advance_handed(&run, &pending.through).await?;
         }
 
+        let mut plan = spec
+            .dry_run
+            .then(|| record.plan.clone().unwrap_or_default());
         let mut page = self.list(&spec, resume.list_after, None).await?;
         loop {
             // The next page is fetched while this one is recorded and handed out.
@@ -195,8 +199,12 @@ impl Master {
                     None => None,
                 }
             };
-            let (handed, next) =
-                tokio::join!(self.hand_page(&run, &spec, &page, &mut cursor), next);
+            let (handed, next) = match &mut plan {
+                Some(plan) => {
+                    tokio::join!(self.plan_page(&run, &spec, &page, &mut cursor, plan), next)
+                }
+                None => tokio::join!(self.hand_page(&run, &spec, &page, &mut cursor), next),
+            };
             handed?;
             let Some(next) = next else {
                 self.records.complete_listing(&run).await?;
@@ -312,6 +320,33 @@ impl Master {
                 .next_continuation_token
                 .filter(|_| out.is_truncated == Some(true)),
         })
+    }
+
+    /// A dry run's page: its selected files are counted in the plan, which is recorded
+    /// with the listing position it covers; nothing else is recorded or invoked.
+    async fn plan_page(
+        &self,
+        run: &RunId,
+        spec: &RunSpec,
+        page: &Page,
+        cursor: &mut Cursor,
+        plan: &mut Plan,
+    ) -> Result<(), Error> {
+        let Some(last_key) = &page.last_key else {
+            return Ok(());
+        };
+        let mut next = plan.clone();
+        for file in &page.selected {
+            next.add(spec, file);
+        }
+        self.records
+            .record_plan_page(run, cursor.recorded_through.as_deref(), last_key, &next)
+            .await?;
+        *plan = next;
+        cursor.recorded_through = Some(last_key.clone());
+        cursor.selected = plan.files;
+        info!(run_id = %run, through = %last_key, files = plan.files, "page planned");
+        Ok(())
     }
 
     /// Records the page's selected files in batches, then hands each batch to a slave.

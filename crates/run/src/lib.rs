@@ -238,6 +238,7 @@ mod tests {
             failed,
             skipped: 0,
             bytes: 3 * 1024 * 1024 + 200 * 1024,
+            dry_run: false,
         }
     }
 

@@ -9,15 +9,20 @@ use common::store::{StatusRecords, Store};
 use run::{Runner, report};
 use serde_json::Value;
 
-const USAGE: &str = "usage: run-transfer [--name NAME] [--input JSON | --input-file PATH]
+const USAGE: &str =
+    "usage: run-transfer [--name NAME] [--input JSON | --input-file PATH] [--dry-run]
        run-transfer --files RUN_ID
 
 Starts an execution of the transfer state machine (its name is the run id; by default
 run-<unix time>), shows the run's progress until it ends, then reports the outcome and
 lists failed files with their reasons. Exits 0 if the execution succeeded.
 
---files lists every file of a run, one per line: its state (started, completed or
-failed), its key and, for a failed file, the reason, separated by tabs.
+--dry-run adds \"dry_run\": true to the input: the execution lists and selects as the run
+would and ends with its plan (files and bytes by storage class, what would fail and
+why, the estimated cost), which the report prints; nothing moves.
+
+--files lists every file of a run, one per line: its state (started, completed, failed
+or skipped), its key and, for a failed or skipped file, the reason, separated by tabs.
 
 Reads STATE_MACHINE_ARN and TABLE_NAME from the environment (`.local/env` sets them for
 the local stack; on AWS take them from the stack's outputs), and the endpoint, region
@@ -38,11 +43,13 @@ fn main() -> ExitCode {
 async fn run_cli(args: Vec<String>) -> Result<bool, String> {
     let mut name = None;
     let mut input = Value::Object(Default::default());
+    let mut dry_run = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n\n{USAGE}"));
         match arg.as_str() {
             "--name" => name = Some(value()?),
+            "--dry-run" => dry_run = true,
             "--files" => return list_files(&value()?).await,
             "--input" => input = parse_input(&value()?)?,
             "--input-file" => {
@@ -56,6 +63,9 @@ async fn run_cli(args: Vec<String>) -> Result<bool, String> {
             }
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if dry_run {
+        input["dry_run"] = Value::Bool(true);
     }
     let name = name.unwrap_or_else(|| {
         let now = SystemTime::now()

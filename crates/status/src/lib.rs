@@ -173,6 +173,9 @@ impl Status {
             failed: progress.failed,
             skipped: progress.skipped,
             bytes: progress.bytes,
+            plan: spec
+                .dry_run
+                .then(|| record.plan.clone().unwrap_or_default().into()),
         };
         let cause = if progress.verdict() == Verdict::Failed {
             let listed = self.records.failed_files(run, FAILED_FILES_LISTED).await?;

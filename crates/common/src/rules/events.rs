@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::rules::batch::BatchId;
 use crate::rules::copy::{IfExists, STORAGE_CLASSES};
+use crate::rules::plan::Plan;
 use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
 use crate::rules::select::{Glob, Selection, Timestamp};
 
@@ -62,6 +63,9 @@ pub struct MasterEvent {
     /// In a bucket that keeps versions: `true` leaves each copied version as a noncurrent
     /// version; by default it is deleted, so moved data is not kept twice.
     pub keep_source_versions: Option<bool>,
+    /// `true`: list and select as the run would, and end with its plan (files and bytes
+    /// by storage class, what would fail and why, the estimated cost); nothing moves.
+    pub dry_run: Option<bool>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -170,7 +174,8 @@ impl MasterEvent {
                 .with_selection(selection)
                 .with_storage_class(self.storage_class)
                 .with_if_destination_exists(if_exists)
-                .with_keep_source_versions(self.keep_source_versions.unwrap_or(false)),
+                .with_keep_source_versions(self.keep_source_versions.unwrap_or(false))
+                .with_dry_run(self.dry_run.unwrap_or(false)),
         ))
     }
 }
@@ -324,7 +329,7 @@ pub struct StatusEvent {
 }
 
 /// A run's result, as `status` reports it and hands to the activity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: RunId,
     pub source: String,
@@ -337,6 +342,27 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u64,
     pub bytes: u64,
+    /// A dry run's plan; the counts above are then all 0 but `files`, the files that
+    /// would move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanSummary>,
+}
+
+/// A dry run's plan as the execution's output shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub estimated_cost_usd: f64,
+}
+
+impl From<Plan> for PlanSummary {
+    fn from(plan: Plan) -> Self {
+        PlanSummary {
+            estimated_cost_usd: plan.estimated_cost_usd(),
+            plan,
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -29,6 +29,7 @@ pub mod failure;
 pub mod handoff;
 pub mod keys;
 pub mod outcomes;
+pub mod plan;
 pub mod progress;
 pub mod records;
 pub mod run;

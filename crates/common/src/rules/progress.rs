@@ -17,6 +17,9 @@ pub struct RunProgress {
     #[serde(default)]
     pub skipped: u64,
     pub bytes: u64,
+    /// A dry run moves nothing: it is done when its listing is.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,8 @@ impl RunProgress {
         let done = self.completed + self.failed + self.skipped;
         if !self.listing_complete {
             Verdict::Listing
+        } else if self.dry_run {
+            Verdict::Succeeded
         } else if done < self.selected {
             Verdict::Moving {
                 remaining: self.selected - done,
@@ -100,7 +105,22 @@ mod tests {
             failed,
             skipped: 0,
             bytes: 0,
+            dry_run: false,
         }
+    }
+
+    #[test]
+    fn a_dry_run_is_done_when_its_listing_is() {
+        let planned = RunProgress {
+            dry_run: true,
+            ..progress(true, 10, 0, 0)
+        };
+        assert_eq!(planned.verdict(), Verdict::Succeeded);
+        let listing = RunProgress {
+            dry_run: true,
+            ..progress(false, 10, 0, 0)
+        };
+        assert_eq!(listing.verdict(), Verdict::Listing);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::rules::batch::{BatchId, ListedFile};
 use crate::rules::outcomes::{FileState, Outcomes};
+use crate::rules::plan::Plan;
 use crate::rules::progress::RunProgress;
 use crate::rules::run::RunSpec;
 
@@ -29,6 +30,8 @@ pub struct RunRecord {
     /// Usually one; a token whose heartbeat lapsed is replaced by a new one.
     pub task_tokens: Vec<String>,
     pub delivered: Option<Delivered>,
+    /// A dry run's plan so far, up to `recorded_through`.
+    pub plan: Option<Plan>,
 }
 
 /// The run item and its counters, read together.

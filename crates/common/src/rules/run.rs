@@ -177,6 +177,9 @@ pub struct RunSpec {
     /// version (S3's own delete-marker behaviour) instead of deleting it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_source_versions: bool,
+    /// List and plan only: nothing is copied, deleted or recorded per file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 fn is_overwrite(mode: &IfExists) -> bool {
@@ -202,6 +205,7 @@ impl RunSpec {
             storage_class: None,
             if_destination_exists: IfExists::Overwrite,
             keep_source_versions: false,
+            dry_run: false,
         })
     }
 
@@ -225,6 +229,11 @@ impl RunSpec {
             keep_source_versions,
             ..self
         }
+    }
+
+    /// The same run, planned only (`dry_run`) or not.
+    pub fn with_dry_run(self, dry_run: bool) -> Self {
+        RunSpec { dry_run, ..self }
     }
 
     /// The same run, treating existing destinations as `mode` says.

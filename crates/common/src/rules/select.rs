@@ -444,6 +444,11 @@ mod tests {
         }
 
         #[test]
+        fn no_text_makes_reading_a_time_panic(raw in "\\PC{0,30}|[0-9T:.Z+-]{18,32}") {
+            let _ = Timestamp::parse_rfc3339(&raw);
+        }
+
+        #[test]
         fn an_exclude_always_wins(key in "[a-z/]{0,12}", size in 0u64..1000) {
             let selection = Selection {
                 include: vec![glob("**")],

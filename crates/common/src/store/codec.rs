@@ -90,6 +90,9 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if spec.keep_source_versions {
         described.push_str(", keeping source versions");
     }
+    if spec.dry_run {
+        described.push_str(", dry run");
+    }
     if spec.if_destination_exists != IfExists::Overwrite {
         described.push_str(&format!(
             ", if_destination_exists {}",
@@ -108,6 +111,12 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
     let corrupt = |problem: String| StoreError::Corrupt {
         run: run.clone(),
         problem,
+    };
+    let flag = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false)
     };
     let spec = match get_s(item, "source_bucket") {
         None => None,
@@ -140,12 +149,8 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                         None => IfExists::Overwrite,
                         Some(raw) => IfExists::parse(raw).map_err(corrupt)?,
                     })
-                    .with_keep_source_versions(
-                        item.get("keep_source_versions")
-                            .and_then(|v| v.as_bool().ok())
-                            .copied()
-                            .unwrap_or(false),
-                    ),
+                    .with_keep_source_versions(flag("keep_source_versions"))
+                    .with_dry_run(flag("dry_run")),
             )
         }
     };
@@ -155,8 +160,12 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
         Some("failed") => Some(Delivered::Failed),
         Some(other) => return Err(corrupt(format!("unknown delivered value {other:?}"))),
     };
+    let plan = get_s(item, "plan")
+        .map(|raw| serde_json::from_str(raw).map_err(|e| corrupt(format!("run item's plan: {e}"))))
+        .transpose()?;
     Ok(RunRecord {
         spec,
+        plan,
         listing_complete: item
             .get("listing_complete")
             .and_then(|v| v.as_bool().ok())

@@ -9,6 +9,7 @@ use super::layout::{batch_pk, key, n, run_key, s};
 use super::{Store, StoreError};
 use crate::error::AwsError;
 use crate::rules::batch::{BatchId, ListedFile, encode_files};
+use crate::rules::plan::Plan;
 use crate::rules::records::{PendingBatches, RunRecord};
 use crate::rules::run::{RunId, RunSpec};
 use crate::rules::table::{Cancelled, transaction_groups};
@@ -55,7 +56,7 @@ impl MasterRecords {
                 .update_expression(format!(
                     "SET source_bucket = :sb, source_prefix = :sp, destination_bucket = :db, \
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
-                     if_destination_exists = :ide, keep_source_versions = :ksv, \
+                     if_destination_exists = :ide, keep_source_versions = :ksv, dry_run = :dry, \
                      listing_complete = :f, selected = :zero, \
                      created_at = :now, expires_at = :exp{}",
                     if spec.storage_class.is_some() {
@@ -69,6 +70,7 @@ impl MasterRecords {
                     ":ksv",
                     AttributeValue::Bool(spec.keep_source_versions),
                 )
+                .expression_attribute_values(":dry", AttributeValue::Bool(spec.dry_run))
                 .condition_expression("attribute_not_exists(source_bucket)")
                 .expression_attribute_values(":sb", s(&spec.source.bucket))
                 .expression_attribute_values(":sp", s(&spec.source.prefix))
@@ -201,6 +203,48 @@ impl MasterRecords {
             transient: true,
         }
         .into())
+    }
+
+    /// A dry run's page: the plan so far replaces the one recorded, together with the
+    /// listing position it covers (recorded and handed out at once, as there is nothing
+    /// to hand out), on condition that no other call moved the position, so a page is
+    /// never counted twice.
+    pub async fn record_plan_page(
+        &self,
+        run: &RunId,
+        previous: Option<&str>,
+        through: &str,
+        plan: &Plan,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .store
+            .client
+            .update_item()
+            .table_name(&self.store.table)
+            .set_key(Some(run_key(run)))
+            .update_expression(
+                "SET recorded_through = :t, handed_through = :t, #plan = :plan, selected = :n",
+            )
+            .expression_attribute_names("#plan", "plan")
+            .expression_attribute_values(":t", s(through))
+            .expression_attribute_values(
+                ":plan",
+                s(serde_json::to_string(plan).expect("a plan always serializes")),
+            )
+            .expression_attribute_values(":n", n(plan.files));
+        let update = match previous {
+            None => update.condition_expression("attribute_not_exists(recorded_through)"),
+            Some(p) => update
+                .condition_expression("recorded_through = :p")
+                .expression_attribute_values(":p", s(p)),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => {
+                Err(StoreError::ProgressConflict { run: run.clone() })
+            }
+            Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
+        }
     }
 
     pub async fn advance_handed(&self, run: &RunId, through: &str) -> Result<(), StoreError> {

@@ -40,6 +40,7 @@ impl StatusRecords {
         let mut progress = RunProgress {
             listing_complete: record.listing_complete,
             selected: record.selected,
+            dry_run: record.spec.as_ref().is_some_and(|spec| spec.dry_run),
             ..RunProgress::default()
         };
         for counter in items
