@@ -302,6 +302,27 @@ pub async fn put(stack: &LocalStack, bucket: &str, keys: &[String], class: Optio
         .unwrap();
 }
 
+/// Writes one object with these bytes; answers its version id, in a bucket that keeps
+/// versions.
+pub async fn put_bytes(
+    stack: &LocalStack,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> Option<String> {
+    stack
+        .s3()
+        .await
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap()
+        .version_id
+}
+
 /// Key → ETag (the MD5 of the bytes, for single-part objects) of everything in the bucket.
 pub async fn contents(stack: &LocalStack, bucket: &str) -> BTreeMap<String, String> {
     crate::listing(&stack.s3().await, bucket, "").await

@@ -10,7 +10,7 @@ use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use common::RunId;
 use common::rules::outcomes::FileState;
 use integration_tests::stack::{
-    bucket_with, contents, input, keys, local_stack, output, put, records,
+    bucket_with, contents, input, keys, local_stack, output, put, put_bytes, records,
 };
 use integration_tests::{body_of, md5_hex};
 use serde_json::json;
@@ -495,20 +495,7 @@ async fn a_selection_moves_exactly_the_keys_its_patterns_sizes_and_times_take() 
     // that each fail one condition of the selection but two
     let stack = local_stack();
     let bucket = bucket_with(stack, &[]).await;
-    let s3 = stack.s3().await;
-    let write = |key: &'static str, size: usize| {
-        let s3 = s3.clone();
-        let bucket = bucket.clone();
-        async move {
-            s3.put_object()
-                .bucket(&bucket)
-                .key(key)
-                .body(vec![b'x'; size].into())
-                .send()
-                .await
-                .unwrap();
-        }
-    };
+    let write = |key: &'static str, size: usize| put_bytes(stack, &bucket, key, vec![b'x'; size]);
     write("raw/2026/11/old.parquet", 100).await;
     // S3 keeps modification times to the second
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
@@ -681,26 +668,8 @@ async fn an_existing_destination_is_skipped_or_fails_the_file_as_the_run_asks() 
     ];
     let bucket = bucket_with(stack, &sources).await;
     let s3 = stack.s3().await;
-    let theirs = |key: &'static str, size: usize| {
-        let s3 = s3.clone();
-        let bucket = bucket.clone();
-        async move {
-            s3.put_object()
-                .bucket(&bucket)
-                .key(key)
-                .body(vec![b't'; size].into())
-                .send()
-                .await
-                .unwrap();
-        }
-    };
-    s3.put_object()
-        .bucket(&bucket)
-        .key("raw/big.csv")
-        .body(vec![b'b'; 7 << 20].into())
-        .send()
-        .await
-        .unwrap();
+    let theirs = |key: &'static str, size: usize| put_bytes(stack, &bucket, key, vec![b't'; size]);
+    put_bytes(stack, &bucket, "raw/big.csv", vec![b'b'; 7 << 20]).await;
     theirs("refined/b.csv", 10).await;
     theirs("refined/big.csv", 20).await;
     theirs("out2/x.csv", 30).await;
@@ -816,20 +785,9 @@ async fn a_move_in_a_versioned_bucket_keeps_no_copy_of_moved_data_and_nothing_re
         .send()
         .await
         .unwrap();
-    let write = |key: &'static str, body: Vec<u8>| {
-        let s3 = s3.clone();
-        let bucket = bucket.clone();
-        async move {
-            s3.put_object()
-                .bucket(&bucket)
-                .key(key)
-                .body(body.into())
-                .send()
-                .await
-                .unwrap()
-                .version_id
-                .unwrap()
-        }
+    let bucket_name = bucket.as_str();
+    let write = |key: &'static str, body: Vec<u8>| async move {
+        put_bytes(stack, bucket_name, key, body).await.unwrap()
     };
     let older = write("raw/a.csv", b"one".to_vec()).await;
     write("raw/a.csv", b"two".to_vec()).await;

@@ -68,19 +68,7 @@ impl Mover<'_> {
                     .expect("key is set")
             })
             .collect();
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .expect("objects are set");
-        match self
-            .s3
-            .delete_objects()
-            .bucket(bucket)
-            .delete(delete)
-            .send()
-            .await
-        {
+        match self.send_delete_objects(bucket, objects).await {
             Ok(out) => {
                 let mut errors: HashMap<String, MoveFailure> = out
                     .errors
@@ -110,6 +98,31 @@ impl Mover<'_> {
                 files.iter().map(|_| Err(failure.clone())).collect()
             }
         }
+    }
+
+    /// One quiet `DeleteObjects`: its answer lists only the keys it could not delete.
+    async fn send_delete_objects(
+        &self,
+        bucket: &str,
+        objects: Vec<ObjectIdentifier>,
+    ) -> Result<
+        aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput,
+        aws_sdk_s3::error::SdkError<
+            aws_sdk_s3::operation::delete_objects::DeleteObjectsError,
+            aws_sdk_s3::config::http::HttpResponse,
+        >,
+    > {
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .expect("objects are set");
+        self.s3
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
     }
 
     async fn delete_object(&self, bucket: &str, file: &ListedFile) -> Result<(), MoveFailure> {
@@ -157,19 +170,7 @@ impl Mover<'_> {
                         .expect("key is set")
                 })
                 .collect();
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .expect("objects are set");
-            match self
-                .s3
-                .delete_objects()
-                .bucket(bucket)
-                .delete(delete)
-                .send()
-                .await
-            {
+            match self.send_delete_objects(bucket, objects).await {
                 Ok(out) => {
                     for error in out.errors() {
                         if !matches!(error.code(), Some("NoSuchVersion" | "NoSuchKey")) {
