@@ -100,11 +100,11 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
         listed("raw/deleted.csv").await,
     );
     mover
-        .copy_verified(&spec, &spec.plan(&copied).unwrap())
+        .copy_verified(&spec, &spec.plan(&copied).unwrap(), None)
         .await
         .unwrap();
     mover
-        .copy_verified(&spec, &spec.plan(&deleted).unwrap())
+        .copy_verified(&spec, &spec.plan(&deleted).unwrap(), None)
         .await
         .unwrap();
     let results = mover.delete_sources(&f.bucket, &[&deleted]).await;

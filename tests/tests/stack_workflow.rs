@@ -105,6 +105,14 @@ async fn files_that_cannot_be_copied_fail_the_run_by_name_and_the_rest_move() {
         "{cause}"
     );
     assert!(cause.starts_with("3 of 40 files failed to move"), "{cause}");
+    // each with what to do about it
+    assert!(
+        cause
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("the object is archived (GLACIER)") && l.contains("restore it")),
+        "{cause}"
+    );
     // the others moved; the 3 are untouched at the source
     let now = contents(stack, &bucket).await;
     for key in &movable {

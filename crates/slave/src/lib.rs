@@ -267,11 +267,16 @@ impl Slave {
             deadlines,
         } = *work;
         let files = &batch.files;
+        let recorded_copies = &batch.outcomes.copied;
         let concurrency = self.settings.move_concurrency;
         let mut unfinished: BTreeSet<usize> = todo.iter().copied().collect();
         let copied = in_rounds(todo, deadlines, |round| async move {
             common::deadline::bounded(round, concurrency, deadlines, |i| {
-                mover.copy_verified(spec, &planned[i])
+                mover.copy_verified(
+                    spec,
+                    &planned[i],
+                    recorded_copies.get(&i).map(String::as_str),
+                )
             })
             .await
         })

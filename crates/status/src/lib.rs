@@ -221,7 +221,7 @@ impl Status {
                         format!(
                             "master is still listing; {} files selected so far, {} done",
                             progress.selected,
-                            progress.completed + progress.failed
+                            progress.completed + progress.failed + progress.skipped
                         ),
                     ),
                     Verdict::Moving { remaining } => (

@@ -71,11 +71,17 @@ pub enum Refused {
 }
 
 /// Reads a refused conditional copy from what `HeadObject` found at the destination
-/// (`None`: nothing there).
-pub fn refused_copy(file: &ListedFile, found: Option<(i64, &str)>) -> Refused {
+/// (`None`: nothing there). `recorded_copy` is the ETag an earlier delivery recorded for
+/// its verified copy, where that differs from the listed one (see
+/// [`holds_listed_object`]).
+pub fn refused_copy(
+    file: &ListedFile,
+    recorded_copy: Option<&str>,
+    found: Option<(i64, &str)>,
+) -> Refused {
     match found {
         None => Refused::SourceChanged,
-        Some((size, etag)) if holds_listed_object(file, None, size, etag).is_ok() => {
+        Some((size, etag)) if holds_listed_object(file, recorded_copy, size, etag).is_ok() => {
             Refused::HoldsTheListedObject
         }
         Some(_) => Refused::Occupied,
@@ -104,8 +110,12 @@ pub fn existing_destination(mode: IfExists, destination_key: &str) -> Outcome {
 /// it copied, in a bucket that keeps versions, unless the run keeps them
 /// (`keep_source_versions`). A version written after the listing is never the one
 /// copied (copies are conditional on the listed ETag), so it is never deleted.
+///
+/// The version `null` is never deleted: in a bucket whose versioning is suspended, the
+/// delete that added the marker already removed it, and the marker, or an object written
+/// since, now has that id.
 pub fn copied_version_to_delete(keep_source_versions: bool, copied: Option<&str>) -> Option<&str> {
-    copied.filter(|_| !keep_source_versions)
+    copied.filter(|version| !keep_source_versions && *version != "null")
 }
 
 /// The storage classes a run may ask its copies to be written in.
@@ -327,7 +337,7 @@ pub fn source_refusal(err: AwsError, status: Option<u16>, file: &ListedFile) -> 
     if status == Some(412) {
         return SourceRefusal::Fails(source_changed(file));
     }
-    if err.code_is("InvalidObjectState") {
+    if is_archived(&err) {
         let class = file.storage_class.as_deref().unwrap_or("an archive tier");
         return SourceRefusal::Fails(MoveFailure::permanent(format!(
             "the object is archived ({class}) and S3 copies only restored objects: restore it \
@@ -342,6 +352,12 @@ pub fn source_refusal(err: AwsError, status: Option<u16>, file: &ListedFile) -> 
         return SourceRefusal::Fails(source_changed(file));
     }
     SourceRefusal::Fails(err.into())
+}
+
+/// Whether S3 refused to read the source because it is archived: `InvalidObjectState`
+/// on AWS, `ObjectNotInActiveTierError` as the API models it.
+fn is_archived(err: &AwsError) -> bool {
+    err.code_is("InvalidObjectState") || err.code_is("ObjectNotInActiveTierError")
 }
 
 /// The failure of a source that changed after it was listed.
@@ -364,6 +380,12 @@ pub enum PartRefusal {
 }
 
 pub fn part_refusal(err: AwsError, file: &ListedFile) -> PartRefusal {
+    if is_archived(&err) {
+        return match source_refusal(err, None, file) {
+            SourceRefusal::Fails(failure) => PartRefusal::Fails(failure),
+            SourceRefusal::Gone => PartRefusal::SourceGone,
+        };
+    }
     if err.code_is("NoSuchUpload") {
         PartRefusal::UploadGone
     } else if err.code_is("NoSuchKey") {
@@ -559,18 +581,23 @@ mod tests {
             storage_class: None,
         };
         assert_eq!(
-            refused_copy(&file, Some((10, "\"aaaa\""))),
+            refused_copy(&file, None, Some((10, "\"aaaa\""))),
             Refused::HoldsTheListedObject
         );
         assert_eq!(
-            refused_copy(&file, Some((10, "\"bbbb\""))),
+            refused_copy(&file, None, Some((10, "\"bbbb\""))),
             Refused::Occupied
         );
         assert_eq!(
-            refused_copy(&file, Some((11, "\"aaaa\""))),
+            refused_copy(&file, None, Some((11, "\"aaaa\""))),
             Refused::Occupied
         );
-        assert_eq!(refused_copy(&file, None), Refused::SourceChanged);
+        assert_eq!(refused_copy(&file, None, None), Refused::SourceChanged);
+        // a copy whose ETag is not the listed one (KMS, in parts) is known by its record
+        assert_eq!(
+            refused_copy(&file, Some("\"cc-2\""), Some((10, "\"cc-2\""))),
+            Refused::HoldsTheListedObject
+        );
         let Outcome::Skipped { reason } = existing_destination(IfExists::Skip, "refined/a.csv")
         else {
             panic!("skip skips")
@@ -597,6 +624,11 @@ mod tests {
             copied_version_to_delete(false, None),
             None,
             "an unversioned bucket"
+        );
+        assert_eq!(
+            copied_version_to_delete(false, Some("null")),
+            None,
+            "versioning suspended: the marker or a newer object has that id"
         );
     }
 

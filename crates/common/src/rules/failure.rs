@@ -34,6 +34,8 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalFailure",
     "ProvisionedThroughputExceeded",
     "ActivityWorkerLimitExceeded",
+    // Concurrent conditional writes of one key (If-None-Match, If-Match): try again.
+    "ConditionalRequestConflict",
 ];
 
 /// HTTP statuses that mean "not now" whatever the code, or when there is none: S3

@@ -277,6 +277,13 @@ impl RunSpec {
         let Some(relative_key) = key.strip_prefix(&self.source.prefix) else {
             return false;
         };
+        // With a prefix that does not end in '/' (`raw`), patterns still start at the
+        // folder's first name (`2026/**`), not at the slash.
+        let relative_key = if self.source.prefix.ends_with('/') || self.source.prefix.is_empty() {
+            relative_key
+        } else {
+            relative_key.strip_prefix('/').unwrap_or(relative_key)
+        };
         !key.ends_with('/')
             && self
                 .suffixes
@@ -356,6 +363,11 @@ mod tests {
         assert!(
             !s.selects("raw/2026/a.txt", 5, None),
             "suffixes still apply"
+        );
+        let bare = spec("raw", "refined/", &[".csv"]).with_selection(s.selection.clone());
+        assert!(
+            bare.selects("raw/2026/a.csv", 5, None),
+            "patterns start after the slash"
         );
     }
 

@@ -28,16 +28,23 @@ impl Glob {
         if pattern.is_empty() {
             return Err("an empty pattern matches nothing; leave the list out instead".into());
         }
-        if let Some(c) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
-            return Err(format!(
-                "pattern {pattern:?}: {c:?} is not supported (only *, ** and ? are; \
-                 write \\{c} for the character itself)"
-            ));
-        }
-        if pattern.ends_with('\\') && !pattern.ends_with("\\\\") {
-            return Err(format!(
-                "pattern {pattern:?} ends with a lone \\, which escapes nothing"
-            ));
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.next().is_none() => {
+                    return Err(format!(
+                        "pattern {pattern:?} ends with a lone \\, which escapes nothing"
+                    ));
+                }
+                '\\' => {}
+                '[' | ']' | '{' | '}' => {
+                    return Err(format!(
+                        "pattern {pattern:?}: {c:?} is not supported (only *, ** and ? are; \
+                         write \\{c} for the character itself)"
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(Glob(pattern.to_string()))
     }
@@ -179,8 +186,17 @@ impl Timestamp {
                     b'-' => -1,
                     _ => return Err(bad()),
                 };
-                let hours: i64 = rest[1..3].parse().map_err(|_| bad())?;
-                let minutes: i64 = rest[4..6].parse().map_err(|_| bad())?;
+                let two_digits = |s: &str| {
+                    s.bytes()
+                        .all(|c| c.is_ascii_digit())
+                        .then(|| s.parse::<i64>().ok())
+                        .flatten()
+                        .ok_or_else(bad)
+                };
+                let (hours, minutes) = (two_digits(&rest[1..3])?, two_digits(&rest[4..6])?);
+                if hours > 23 || minutes > 59 {
+                    return Err(bad());
+                }
                 sign * (hours * 60 + minutes)
             }
             _ => return Err(bad()),
@@ -327,7 +343,15 @@ mod tests {
         );
         assert!(Glob::new("{a,b}.csv").is_err());
         assert!(Glob::new("a\\").is_err());
-        assert!(Glob::new("a\\[b").is_err(), "the bracket itself is refused");
+        assert!(
+            Glob::new("a\\\\\\").is_err(),
+            "three: the last escapes nothing"
+        );
+        assert!(Glob::new("a\\\\").unwrap().matches("a\\"));
+        assert!(
+            Glob::new("a\\[b\\]").unwrap().matches("a[b]"),
+            "an escaped bracket is literal"
+        );
     }
 
     #[test]
@@ -346,6 +370,8 @@ mod tests {
             "2026-11-28T10:00:00",
             "yesterday",
             "2026-11-28T25:00:00Z",
+            "2026-11-28T10:00:00+-1:30",
+            "2026-11-28T10:00:00+99:99",
         ] {
             assert!(t(bad).is_err(), "{bad}");
         }

@@ -125,10 +125,14 @@ impl<'a> Mover<'a> {
     /// version. Verification then costs no request when the copy reports the listed
     /// ETag, and otherwise one `HeadObject` ([`check_copy`] says which). A source that
     /// is gone is answered as such, for [`Mover::verify_moved`].
+    ///
+    /// `recorded_copy` is the ETag an earlier delivery recorded for its verified copy of
+    /// this file, if any: a copy refused because the destination exists may be that one.
     pub async fn copy_verified(
         &self,
         spec: &RunSpec,
         planned: &PlannedMove,
+        recorded_copy: Option<&str>,
     ) -> Result<CopyOutcome, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
         if let Some(reason) = too_long(destination_key) {
@@ -147,7 +151,9 @@ impl<'a> Mover<'a> {
         let (etag, etag_is_md5, source_version) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
-            Copied::DestinationTaken => return self.after_refused_copy(spec, planned).await,
+            Copied::DestinationTaken => {
+                return self.after_refused_copy(spec, planned, recorded_copy).await;
+            }
             Copied::Done {
                 etag,
                 etag_is_md5,
@@ -178,13 +184,13 @@ impl<'a> Mover<'a> {
         &self,
         spec: &RunSpec,
         planned: &PlannedMove,
+        recorded_copy: Option<&str>,
     ) -> Result<CopyOutcome, MoveFailure> {
-        let found = match self.head_destination(spec, &planned.destination_key).await {
-            Ok(found) => Some(found),
-            Err(failure) if failure.transient => return Err(failure),
-            Err(_) => None,
-        };
-        match refused_copy(&planned.file, found.as_ref().map(|(s, e)| (*s, e.as_str()))) {
+        let found = self
+            .find_destination(spec, &planned.destination_key)
+            .await?;
+        let found_ref = found.as_ref().map(|(s, e)| (*s, e.as_str()));
+        match refused_copy(&planned.file, recorded_copy, found_ref) {
             // The earlier copy's answer, with the version it copied, was lost: the source's
             // versions are left as they are.
             Refused::HoldsTheListedObject => Ok(CopyOutcome::Verified {
@@ -359,13 +365,13 @@ impl<'a> Mover<'a> {
             .map_err(|what| gone_without_copy(destination_key, &what))
     }
 
-    /// The destination's size and ETag; a missing destination is a permanent failure
-    /// that says so.
-    async fn head_destination(
+    /// The destination's size and ETag, `None` when it does not exist; any other
+    /// refusal is the failure.
+    pub(super) async fn find_destination(
         &self,
         spec: &RunSpec,
         destination_key: &str,
-    ) -> Result<(i64, String), MoveFailure> {
+    ) -> Result<Option<(i64, String)>, MoveFailure> {
         let head = self
             .s3
             .head_object()
@@ -374,11 +380,24 @@ impl<'a> Mover<'a> {
             .send()
             .await;
         match head {
-            Ok(h) => Ok((h.content_length.unwrap_or(-1), h.e_tag.unwrap_or_default())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
-                Err(MoveFailure::permanent("does not exist"))
-            }
+            Ok(h) => Ok(Some((
+                h.content_length.unwrap_or(-1),
+                h.e_tag.unwrap_or_default(),
+            ))),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
             Err(err) => Err(AwsError::from_sdk("HeadObject", err).into()),
         }
+    }
+
+    /// The destination's size and ETag; a missing destination is a permanent failure
+    /// that says so.
+    pub(super) async fn head_destination(
+        &self,
+        spec: &RunSpec,
+        destination_key: &str,
+    ) -> Result<(i64, String), MoveFailure> {
+        self.find_destination(spec, destination_key)
+            .await?
+            .ok_or_else(|| MoveFailure::permanent("does not exist"))
     }
 }

@@ -36,6 +36,16 @@ impl Mover<'_> {
         for _ in 0..2 {
             let upload = match self.recorded_upload(file).await? {
                 Some(upload) => upload,
+                // A run that keeps existing destinations copies no part toward one that
+                // exists; the conditional completion still guards against a racing writer.
+                None if spec.if_destination_exists.keeps_existing()
+                    && self
+                        .find_destination(spec, destination_key)
+                        .await?
+                        .is_some() =>
+                {
+                    return Ok(Copied::DestinationTaken);
+                }
                 None => match self.begin_upload(spec, planned).await? {
                     Ok(upload) => upload,
                     Err(copied) => return Ok(copied),
@@ -99,8 +109,24 @@ impl Mover<'_> {
                     if e.code_is("PreconditionFailed")
                         && spec.if_destination_exists.keeps_existing() =>
                 {
-                    let taken = MoveFailure::permanent("the destination exists");
-                    self.give_up(spec, planned, &upload, taken).await;
+                    // An earlier completion of this very upload whose answer was lost
+                    // holds the ETag recorded before completing; anything else is the
+                    // other writer's, whose own uploads to the key are left alone.
+                    let found = self.find_destination(spec, destination_key).await?;
+                    if let (Some((size, etag)), Some(expected)) = (&found, &expected)
+                        && *size == file.size as i64
+                        && bare(etag) == bare(expected)
+                    {
+                        return Ok(Copied::Done {
+                            etag: expected.clone(),
+                            etag_is_md5: false,
+                            source_version: upload.source_version,
+                        });
+                    }
+                    self.abort(spec, destination_key, &upload.upload_id).await;
+                    self.records
+                        .forget_upload(self.run, &file.key, Some(&upload.upload_id))
+                        .await?;
                     return Ok(Copied::DestinationTaken);
                 }
                 Err(e) if e.code_is("NoSuchUpload") => {
