@@ -20,7 +20,8 @@ async fn seeded(keys: &[&str]) -> Fixture {
     f
 }
 
-/// Fields a master event may have.
+/// Fields a master event may have, but its flags (`keep_source_versions`, `dry_run`): a
+/// value of the wrong type below may be a boolean, which a flag takes.
 const MASTER_FIELDS: &[&str] = &[
     "run_id",
     "source_bucket",
@@ -36,8 +37,6 @@ const MASTER_FIELDS: &[&str] = &[
     "modified_before",
     "storage_class",
     "if_destination_exists",
-    "keep_source_versions",
-    "dry_run",
     "wait_before_master_seconds",
     "wait_before_status_seconds",
     "run_timeout_seconds",
