@@ -29,7 +29,7 @@ use common::rules::outcomes::{FileState, Outcome};
 use common::rules::records::BatchView;
 use common::rules::run::PlannedMove;
 use common::store::SlaveRecords;
-use common::transfer::{CopyOutcome, Mover};
+use common::transfer::{CopyOutcome, Deleted, Mover};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
@@ -374,7 +374,7 @@ impl Slave {
         // the version copied can go without an older one becoming current again.
         let versions: Vec<(&str, &str)> = deleted
             .iter()
-            .filter(|(_, result)| result.is_ok())
+            .filter(|(_, result)| *result == Ok(Deleted::Marked))
             .filter_map(|(i, _)| Some((files[*i].key.as_str(), copied_versions.get(i)?.as_str())))
             .collect();
         if !versions.is_empty() {
@@ -385,7 +385,7 @@ impl Slave {
         for (i, result) in deleted {
             unfinished.remove(&i);
             outcomes.push(match result {
-                Ok(()) => (i, completed(&files[i])),
+                Ok(_) => (i, completed(&files[i])),
                 Err(failure) => (i, failed(failure)),
             });
         }

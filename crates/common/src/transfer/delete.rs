@@ -18,6 +18,16 @@ type KeyVersion<'a> = (&'a str, &'a str);
 /// `DeleteObjects` takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
 
+/// What deleting a verified source did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The key is gone, or was already.
+    Gone,
+    /// The bucket keeps versions: the key has a delete marker on top now, and the copied
+    /// bytes stay as a noncurrent version until that version is deleted.
+    Marked,
+}
+
 impl Mover<'_> {
     /// Deletes verified sources, each only while it still has the listed ETag, so a
     /// source rewritten after the copy is kept. Keys XML can carry go 1,000 to a
@@ -27,10 +37,10 @@ impl Mover<'_> {
         &self,
         bucket: &str,
         files: &[&ListedFile],
-    ) -> Vec<Result<(), MoveFailure>> {
+    ) -> Vec<Result<Deleted, MoveFailure>> {
         let (carried, in_url): (Vec<usize>, Vec<usize>) =
             (0..files.len()).partition(|&i| xml_can_carry(&files[i].key));
-        let mut results: Vec<Option<Result<(), MoveFailure>>> = vec![None; files.len()];
+        let mut results: Vec<Option<Result<Deleted, MoveFailure>>> = vec![None; files.len()];
         for chunk in carried.chunks(DELETE_BATCH) {
             let batch: Vec<&ListedFile> = chunk.iter().map(|&i| files[i]).collect();
             for (&i, result) in chunk.iter().zip(self.delete_objects(bucket, &batch).await) {
@@ -57,7 +67,7 @@ impl Mover<'_> {
         &self,
         bucket: &str,
         files: &[&ListedFile],
-    ) -> Vec<Result<(), MoveFailure>> {
+    ) -> Vec<Result<Deleted, MoveFailure>> {
         let objects: Vec<ObjectIdentifier> = files
             .iter()
             .map(|f| {
@@ -68,8 +78,15 @@ impl Mover<'_> {
                     .expect("key is set")
             })
             .collect();
-        match self.send_delete_objects(bucket, objects).await {
+        // Not quiet: each deleted key says whether it got a delete marker.
+        match self.send_delete_objects(bucket, objects, false).await {
             Ok(out) => {
+                let marked: std::collections::HashSet<String> = out
+                    .deleted()
+                    .iter()
+                    .filter(|d| d.delete_marker() == Some(true))
+                    .filter_map(|d| d.key().map(String::from))
+                    .collect();
                 let mut errors: HashMap<String, MoveFailure> = out
                     .errors
                     .unwrap_or_default()
@@ -83,7 +100,11 @@ impl Mover<'_> {
                     .collect();
                 files
                     .iter()
-                    .map(|f| errors.remove(&f.key).map_or(Ok(()), Err))
+                    .map(|f| match errors.remove(&f.key) {
+                        Some(failure) => Err(failure),
+                        None if marked.contains(&f.key) => Ok(Deleted::Marked),
+                        None => Ok(Deleted::Gone),
+                    })
                     .collect()
             }
             Err(err) => {
@@ -100,11 +121,12 @@ impl Mover<'_> {
         }
     }
 
-    /// One quiet `DeleteObjects`: its answer lists only the keys it could not delete.
+    /// One `DeleteObjects`; a quiet one answers only the keys it could not delete.
     async fn send_delete_objects(
         &self,
         bucket: &str,
         objects: Vec<ObjectIdentifier>,
+        quiet: bool,
     ) -> Result<
         aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput,
         aws_sdk_s3::error::SdkError<
@@ -114,7 +136,7 @@ impl Mover<'_> {
     > {
         let delete = Delete::builder()
             .set_objects(Some(objects))
-            .quiet(true)
+            .quiet(quiet)
             .build()
             .expect("objects are set");
         self.s3
@@ -125,7 +147,7 @@ impl Mover<'_> {
             .await
     }
 
-    async fn delete_object(&self, bucket: &str, file: &ListedFile) -> Result<(), MoveFailure> {
+    async fn delete_object(&self, bucket: &str, file: &ListedFile) -> Result<Deleted, MoveFailure> {
         let sent = self
             .s3
             .delete_object()
@@ -135,13 +157,14 @@ impl Mover<'_> {
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(()),
+            Ok(out) if out.delete_marker == Some(true) => Ok(Deleted::Marked),
+            Ok(_) => Ok(Deleted::Gone),
             Err(err) => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let err = AwsError::from_sdk("DeleteObject", err);
                 let code = err.code.as_deref().unwrap_or_default();
                 match delete_refusal(status, code, &err.message) {
-                    None => Ok(()),
+                    None => Ok(Deleted::Gone),
                     Some(failure) => Err(MoveFailure {
                         transient: failure.transient || err.transient,
                         ..failure
@@ -170,7 +193,7 @@ impl Mover<'_> {
                         .expect("key is set")
                 })
                 .collect();
-            match self.send_delete_objects(bucket, objects).await {
+            match self.send_delete_objects(bucket, objects, true).await {
                 Ok(out) => {
                     for error in out.errors() {
                         if !matches!(error.code(), Some("NoSuchVersion" | "NoSuchKey")) {

@@ -4,6 +4,8 @@
 mod delete;
 mod multipart;
 
+pub use delete::Deleted;
+
 use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::StorageClass;
