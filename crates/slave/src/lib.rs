@@ -299,11 +299,8 @@ impl Slave {
                     if etag.trim_matches('"') != files[i].etag.trim_matches('"') {
                         copies.push((i, etag));
                     }
-                    if let Some(version) = copied_version_to_delete(
-                        spec.keep_source_versions,
-                        source_version.as_deref(),
-                    ) {
-                        copied_versions.insert(i, version.to_string());
+                    if let Some(version) = source_version {
+                        copied_versions.insert(i, version);
                     }
                     to_delete.push(i);
                     continue;
@@ -372,12 +369,21 @@ impl Slave {
         if !deleted.is_empty() {
             common::crash::crash_point("slave-between-delete-and-record");
         }
-        // Each deleted key now carries a delete marker in a bucket that keeps versions:
-        // the version copied can go without an older one becoming current again.
+        // A deleted key carries a delete marker in a bucket that keeps versions (or has no
+        // current object after an earlier attempt): the version copied can go without an
+        // older one becoming current again.
         let versions: Vec<(&str, &str)> = deleted
             .iter()
-            .filter(|(_, result)| *result == Ok(Deleted::Marked))
-            .filter_map(|(i, _)| Some((files[*i].key.as_str(), copied_versions.get(i)?.as_str())))
+            .filter_map(|(i, result)| {
+                let marker = match result {
+                    Ok(Deleted::Marked { marker }) => marker.as_deref(),
+                    Ok(Deleted::Absent) => None,
+                    Ok(Deleted::Gone) | Err(_) => return None,
+                };
+                let copied = copied_versions.get(i).map(String::as_str);
+                let version = copied_version_to_delete(spec.keep_source_versions, copied, marker)?;
+                Some((files[*i].key.as_str(), version))
+            })
             .collect();
         if !versions.is_empty() {
             mover

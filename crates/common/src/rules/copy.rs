@@ -106,16 +106,23 @@ pub fn existing_destination(mode: IfExists, destination_key: &str) -> Outcome {
     }
 }
 
-/// The source version a move deletes once the key carries a delete marker: the version
-/// it copied, in a bucket that keeps versions, unless the run keeps them
+/// The source version a move deletes once the key has no current object: the version it
+/// copied, in a bucket that keeps versions, unless the run keeps them
 /// (`keep_source_versions`). A version written after the listing is never the one
 /// copied (copies are conditional on the listed ETag), so it is never deleted.
 ///
-/// The version `null` is never deleted: in a bucket whose versioning is suspended, the
-/// delete that added the marker already removed it, and the marker, or an object written
-/// since, now has that id.
-pub fn copied_version_to_delete(keep_source_versions: bool, copied: Option<&str>) -> Option<&str> {
-    copied.filter(|version| !keep_source_versions && *version != "null")
+/// The version `null` (an object written before versioning was enabled, or while it was
+/// suspended) is deleted only when the delete marker on top has an id of its own
+/// (`marker`): where versioning is suspended, the delete already removed the `null`
+/// version, and the marker, or an object written since, now has that id.
+pub fn copied_version_to_delete<'a>(
+    keep_source_versions: bool,
+    copied: Option<&'a str>,
+    marker: Option<&str>,
+) -> Option<&'a str> {
+    copied.filter(|version| {
+        !keep_source_versions && (*version != "null" || marker.is_some_and(|m| m != "null"))
+    })
 }
 
 /// The storage classes a run may ask its copies to be written in.
@@ -618,18 +625,31 @@ mod tests {
 
     #[test]
     fn the_copied_version_goes_unless_the_run_keeps_versions() {
-        assert_eq!(copied_version_to_delete(false, Some("v2")), Some("v2"));
-        assert_eq!(copied_version_to_delete(true, Some("v2")), None);
         assert_eq!(
-            copied_version_to_delete(false, None),
-            None,
-            "an unversioned bucket"
+            copied_version_to_delete(false, Some("v2"), Some("m")),
+            Some("v2")
         );
         assert_eq!(
-            copied_version_to_delete(false, Some("null")),
-            None,
-            "versioning suspended: the marker or a newer object has that id"
+            copied_version_to_delete(false, Some("v2"), None),
+            Some("v2")
         );
+        assert_eq!(copied_version_to_delete(true, Some("v2"), Some("m")), None);
+        assert_eq!(
+            copied_version_to_delete(false, None, Some("m")),
+            None,
+            "no versions"
+        );
+        // an object from before versioning was enabled: its marker has an id of its own
+        assert_eq!(
+            copied_version_to_delete(false, Some("null"), Some("m")),
+            Some("null")
+        );
+        // versioning suspended: the marker or a newer object has that id
+        assert_eq!(
+            copied_version_to_delete(false, Some("null"), Some("null")),
+            None
+        );
+        assert_eq!(copied_version_to_delete(false, Some("null"), None), None);
     }
 
     #[test]

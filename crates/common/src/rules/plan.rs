@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::batch::ListedFile;
-use crate::rules::keys::MAX_KEY_BYTES;
+use crate::rules::keys::too_long;
 use crate::rules::run::RunSpec;
 
 /// List prices (us-east-1, on demand) behind the estimate; README "Cost per million files".
@@ -44,7 +44,7 @@ pub struct Plan {
 /// Why a listed file would fail, if the listing alone can tell.
 pub fn would_fail(spec: &RunSpec, file: &ListedFile) -> Option<&'static str> {
     let destination = spec.destination_key(&file.key).ok()?;
-    if destination.len() > MAX_KEY_BYTES {
+    if too_long(&destination).is_some() {
         return Some("the destination key would be longer than the 1,024 bytes S3 allows");
     }
     match file.storage_class.as_deref() {
@@ -162,12 +162,12 @@ mod tests {
         };
         // 1,011,000 requests at $0.005 per 1,000, and $0.17 of bookkeeping
         assert_eq!(plan.estimated_cost_usd(), 5.23);
+        // copies in parts: every part request is priced as a copy
         let large = Plan {
-            files: 1,
-            part_requests: 17,
+            part_requests: 2_000_000,
             ..Plan::default()
         };
-        assert_eq!(large.estimated_cost_usd(), 0.0);
+        assert_eq!(large.estimated_cost_usd(), 10.0);
         assert_eq!(Plan::default().estimated_cost_usd(), 0.0);
     }
 }

@@ -19,13 +19,17 @@ type KeyVersion<'a> = (&'a str, &'a str);
 const DELETE_BATCH: usize = 1000;
 
 /// What deleting a verified source did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deleted {
-    /// The key is gone, or was already.
+    /// The key is gone.
     Gone,
-    /// The bucket keeps versions: the key has a delete marker on top now, and the copied
-    /// bytes stay as a noncurrent version until that version is deleted.
-    Marked,
+    /// The bucket keeps versions: the key has a delete marker on top now (whose version
+    /// id is `marker`), and the copied bytes stay as a noncurrent version until that
+    /// version is deleted.
+    Marked { marker: Option<String> },
+    /// The key had no current object already: an earlier attempt whose answer was lost
+    /// deleted it.
+    Absent,
 }
 
 impl Mover<'_> {
@@ -81,29 +85,40 @@ impl Mover<'_> {
         // Not quiet: each deleted key says whether it got a delete marker.
         match self.send_delete_objects(bucket, objects, false).await {
             Ok(out) => {
-                let marked: std::collections::HashSet<String> = out
+                // Every key is answered, deleted or refused; one that is not counts as
+                // not deleted.
+                let mut answers: HashMap<String, Result<Deleted, MoveFailure>> = out
                     .deleted()
                     .iter()
-                    .filter(|d| d.delete_marker() == Some(true))
-                    .filter_map(|d| d.key().map(String::from))
-                    .collect();
-                let mut errors: HashMap<String, MoveFailure> = out
-                    .errors
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|e| {
-                        let code = e.code.unwrap_or_default();
-                        let failure =
-                            delete_refusal(None, &code, e.message.as_deref().unwrap_or(""))?;
-                        Some((e.key?, failure))
+                    .filter_map(|d| {
+                        let deleted = if d.delete_marker() == Some(true) {
+                            Deleted::Marked {
+                                marker: d.delete_marker_version_id().map(String::from),
+                            }
+                        } else {
+                            Deleted::Gone
+                        };
+                        Some((d.key()?.to_string(), Ok(deleted)))
                     })
                     .collect();
+                for e in out.errors() {
+                    let Some(key) = e.key() else { continue };
+                    let code = e.code().unwrap_or_default();
+                    let answer = match delete_refusal(None, code, e.message().unwrap_or("")) {
+                        Some(failure) => Err(failure),
+                        None => Ok(Deleted::Absent),
+                    };
+                    answers.insert(key.to_string(), answer);
+                }
                 files
                     .iter()
-                    .map(|f| match errors.remove(&f.key) {
-                        Some(failure) => Err(failure),
-                        None if marked.contains(&f.key) => Ok(Deleted::Marked),
-                        None => Ok(Deleted::Gone),
+                    .map(|f| {
+                        answers.remove(&f.key).unwrap_or_else(|| {
+                            Err(MoveFailure {
+                                reason: "DeleteObjects gave no answer for the source".into(),
+                                transient: true,
+                            })
+                        })
                     })
                     .collect()
             }
@@ -157,14 +172,16 @@ impl Mover<'_> {
             .send()
             .await;
         match sent {
-            Ok(out) if out.delete_marker == Some(true) => Ok(Deleted::Marked),
+            Ok(out) if out.delete_marker == Some(true) => Ok(Deleted::Marked {
+                marker: out.version_id,
+            }),
             Ok(_) => Ok(Deleted::Gone),
             Err(err) => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let err = AwsError::from_sdk("DeleteObject", err);
                 let code = err.code.as_deref().unwrap_or_default();
                 match delete_refusal(status, code, &err.message) {
-                    None => Ok(Deleted::Gone),
+                    None => Ok(Deleted::Absent),
                     Some(failure) => Err(MoveFailure {
                         transient: failure.transient || err.transient,
                         ..failure

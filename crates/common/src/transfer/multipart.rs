@@ -11,7 +11,8 @@ use crate::deadline::bounded;
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
 use crate::rules::copy::{
-    PartRefusal, SourceRefusal, bare, multipart_etag, part_ranges, part_refusal, part_size,
+    PartRefusal, SourceRefusal, bare, holds_listed_object, multipart_etag, part_ranges,
+    part_refusal, part_size,
 };
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, decode_listed_key};
@@ -113,10 +114,10 @@ impl Mover<'_> {
                     // holds the ETag recorded before completing; anything else is the
                     // other writer's, whose own uploads to the key are left alone.
                     let found = self.find_destination(spec, destination_key).await?;
-                    if let (Some((size, etag)), Some(expected)) = (&found, &expected)
-                        && *size == file.size as i64
-                        && bare(etag) == bare(expected)
+                    if let (Some((size, etag)), Some(expected)) = (found, &expected)
+                        && holds_listed_object(file, Some(expected), size, &etag).is_ok()
                     {
+                        self.abort_others(spec, destination_key, None).await;
                         return Ok(Copied::Done {
                             etag: expected.clone(),
                             etag_is_md5: false,
@@ -369,8 +370,7 @@ impl Mover<'_> {
                 Err(_) => None,
             };
             if let Some((size, etag)) = found
-                && size == file.size as i64
-                && bare(&etag) == bare(expected)
+                && holds_listed_object(file, Some(expected), size, &etag).is_ok()
             {
                 self.abort_others(spec, destination_key, None).await;
                 return Ok(Some(Copied::Done {
