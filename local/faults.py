@@ -24,7 +24,9 @@ with `PUT /_local/faults`:
     ],                                  # unanswered, "drop-after" does so once the request
                                         # took effect; "tamper" (CopyObject) writes other
                                         # bytes of the same size at the destination,
-                                        # "tamper-size" one byte more
+                                        # "tamper-size" one byte more; "tamper"
+                                        # (UploadPartCopy) uploads other bytes of the
+                                        # same size as the part
     "duplicate_events": ["slave"],      # optional: deliver each Event invocation twice
     "record_calls": true                # optional: keep (caller, service, operation,
   }                                     # resource) for `GET /_local/calls`
@@ -265,6 +267,28 @@ def error_answer(answer, call):
     body = json.dumps({"__type": f"com.amazonaws#{code}", "message": message})
     return status, [("Content-Type", "application/x-amz-json-1.0"),
                     ("X-Amzn-ErrorType", code)], body.encode()
+
+
+def tamper_part_copy(forward, call, path, headers):
+    """Instead of copying a range into a part, uploads other bytes of the same size as
+    that part and answers as UploadPartCopy would, with the ETag of what was uploaded."""
+    auth = {"Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/"
+                             "aws4_request, SignedHeaders=host, Signature=0"}
+    bucket, _, key = call.source.lstrip("/").partition("/")
+    wanted = {k.lower(): v for k, v in headers.items()}.get("x-amz-copy-source-range", "")
+    status, _, data = forward("GET", "/" + urllib.parse.quote(f"{bucket}/{key}"),
+                              {**auth, "Range": wanted}, b"")
+    if status not in (200, 206) or not data:
+        return None
+    data = bytes([data[0] ^ 0xFF]) + data[1:]
+    status, answered, _ = forward("PUT", path, {**auth, "Content-Length": str(len(data))}, data)
+    if status != 200:
+        return None
+    etag = dict((k.lower(), v) for k, v in answered).get("etag", '""')
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><CopyPartResult>'
+            f"<LastModified>{stamp}</LastModified><ETag>{etag}</ETag></CopyPartResult>")
+    return 200, [("Content-Type", "application/xml")], body.encode()
 
 
 def tamper_copy(forward, call, grow):

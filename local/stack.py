@@ -166,6 +166,13 @@ class Front(BaseHTTPRequestHandler):
                 )
                 if tampered is not None:
                     return self.respond(*tampered)
+            if answer == "tamper" and call.operation == "UploadPartCopy":
+                tampered = faults.tamper_part_copy(
+                    lambda *request: self.forward(self.moto_port, *request),
+                    call, self.path, headers,
+                )
+                if tampered is not None:
+                    return self.respond(*tampered)
         match = INVOKE.match(self.path)
         if self.command == "POST" and match:
             return self.invoke(function_name(match.group("function")), body)

@@ -13,7 +13,10 @@ the tests) and refuses what AWS refuses, each rule with the AWS limit it enforce
     * CopyObject and UploadPartCopy with `x-amz-copy-source-if-match`: a source whose
       ETag differs answers 412 PreconditionFailed;
     * CopyObject and CompleteMultipartUpload with `If-None-Match: *` (a destination that
-      exists) or `If-Match` (one whose ETag differs) answer 412 PreconditionFailed.
+      exists) or `If-Match` (one whose ETag differs) answer 412 PreconditionFailed;
+    * CompleteMultipartUpload with `x-amz-checksum-type: FULL_OBJECT` and the object's
+      expected checksum: parts whose bytes have another checksum answer 400 BadDigest and
+      the upload stays open (full-object checksums, 2024-12).
   DynamoDB
     * BatchWriteItem of more than 25 items, BatchGetItem of more than 100 keys,
       TransactWriteItems of more than 100 actions or more than 4 MB;
@@ -41,6 +44,7 @@ import xml.etree.ElementTree as ElementTree
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
+from moto.s3.utils import compute_checksum
 
 from .faults import s3_operation
 
@@ -168,6 +172,8 @@ class Strict:
             self.check_copy_source(request)
         if operation in ("CopyObject", "CompleteMultipartUpload"):
             self.check_destination_conditions(request, bucket, key)
+        if operation == "CompleteMultipartUpload":
+            self.check_full_object_checksum(request, bucket)
         if operation == "DeleteObjects":
             return self.delete_objects(request, bucket)
         return None
@@ -213,6 +219,37 @@ class Strict:
             if bare_etag(etag) != bare_etag(match):
                 raise s3_refusal(412, "PreconditionFailed",
                                  "At least one of the pre-conditions you specified did not hold")
+
+    def check_full_object_checksum(self, request, bucket):
+        # S3 computes the checksum of the object the parts make and refuses to complete
+        # when it is not the one the request names; moto completes whatever it is given.
+        if request.headers.get("x-amz-checksum-type", "").upper() != "FULL_OBJECT":
+            return
+        expected = {name[len("x-amz-checksum-"):].upper(): value
+                    for name, value in request.headers.items()
+                    if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type"}
+        upload_id = request.query.get("uploadId", [""])[0]
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+        try:
+            upload = backend.get_bucket(bucket).multiparts.get(upload_id)
+        except Exception:  # moto's MissingBucket: S3 answers that itself
+            return
+        if upload is None or not expected:
+            return
+        try:
+            document = ElementTree.fromstring(request.body)
+        except ElementTree.ParseError:
+            return
+        numbers = [int(child.text or 0) for child in document.iter()
+                   if local_name(child.tag) == "PartNumber"]
+        if any(n not in upload.parts for n in numbers):
+            return  # moto answers InvalidPart itself
+        data = b"".join(upload.parts[n].value for n in numbers)
+        for algorithm, value in expected.items():
+            if compute_checksum(data, algorithm).decode() != value:
+                raise s3_refusal(400, "BadDigest",
+                                 f"The {algorithm} you specified did not match the "
+                                 "calculated checksum.")
 
     def delete_objects(self, request, bucket):
         """Up to 1,000 keys, each deleted only if its ETag (when given) still matches."""

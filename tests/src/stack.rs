@@ -285,6 +285,66 @@ pub async fn bucket_with(stack: &LocalStack, keys: &[String]) -> String {
     bucket
 }
 
+/// Uploads `data` to `key` in parts of `part` bytes, as a multipart upload; with
+/// `checksum`, S3 keeps a full-object checksum of that algorithm for it (as AWS gives
+/// every new object one, CRC64NVME by default, and moto gives none unless asked).
+pub async fn put_in_parts(
+    stack: &LocalStack,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+    part: usize,
+    checksum: Option<aws_sdk_s3::types::ChecksumAlgorithm>,
+) {
+    let s3 = stack.s3().await;
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .set_checksum_algorithm(checksum.clone())
+        .set_checksum_type(
+            checksum
+                .as_ref()
+                .map(|_| aws_sdk_s3::types::ChecksumType::FullObject),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, chunk) in data.chunks(part).enumerate() {
+        let number = number as i32 + 1;
+        let uploaded = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload.upload_id().unwrap())
+            .part_number(number)
+            .set_checksum_algorithm(checksum.clone())
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .e_tag(uploaded.e_tag().unwrap())
+                .build(),
+        );
+    }
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload.upload_id().unwrap())
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
 pub async fn put(stack: &LocalStack, bucket: &str, keys: &[String], class: Option<StorageClass>) {
     let s3 = stack.s3().await;
     stream::iter(keys)

@@ -389,3 +389,62 @@ async fn items_over_400_kb_are_refused_in_every_write() {
         .await;
     assert_eq!(code(&fits), "ok");
 }
+
+#[tokio::test]
+async fn an_upload_completed_with_another_full_object_checksum_is_refused_and_stays_open() {
+    // GIVEN an upload made with a full-object CRC32, and one part
+    let f = Fixture::new().await;
+    let s3 = &f.clients.s3;
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(&f.bucket)
+        .key("out/c.csv")
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+        .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject)
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    let part = s3
+        .upload_part()
+        .bucket(&f.bucket)
+        .key("out/c.csv")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from_static(b"the part's bytes"))
+        .send()
+        .await
+        .unwrap();
+    let complete = |crc32: &'static str| {
+        s3.complete_multipart_upload()
+            .bucket(&f.bucket)
+            .key("out/c.csv")
+            .upload_id(id)
+            .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject)
+            .checksum_crc32(crc32)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(
+                        CompletedPart::builder()
+                            .part_number(1)
+                            .e_tag(part.e_tag().unwrap())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+    };
+    // WHEN it is completed naming another checksum, THEN S3's answer is BadDigest,
+    // nothing is written and the upload is still open
+    assert_eq!(code(&complete("AAAAAA==").await), "BadDigest");
+    assert!(!exists(&f, "out/c.csv").await);
+    let parts = s3
+        .list_parts()
+        .bucket(&f.bucket)
+        .key("out/c.csv")
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(parts.parts().len(), 1);
+}

@@ -15,7 +15,7 @@ use deployment::policy::{Deployment, Need};
 use deployment::template::{Reference, Template};
 use integration_tests::stack::{
     LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, moved_and_kept,
-    output, put, records, table,
+    output, put, put_in_parts, records, table,
 };
 use integration_tests::{body_of, md5_hex, workspace_root};
 use serde_json::{Value, json};
@@ -555,44 +555,7 @@ async fn copies_whose_etag_is_not_the_listed_one_are_proven_by_the_record_kept_b
     let parted: Vec<u8> = (0..(5 * mib + mib / 2) as u32)
         .map(|i| (i % 241) as u8)
         .collect();
-    let upload = s3
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key("raw/parted.csv")
-        .send()
-        .await
-        .unwrap();
-    let mut parts = Vec::new();
-    for (number, chunk) in parted.chunks(5 * mib).enumerate() {
-        let part = s3
-            .upload_part()
-            .bucket(&bucket)
-            .key("raw/parted.csv")
-            .upload_id(upload.upload_id().unwrap())
-            .part_number(number as i32 + 1)
-            .body(ByteStream::from(chunk.to_vec()))
-            .send()
-            .await
-            .unwrap();
-        parts.push(
-            aws_sdk_s3::types::CompletedPart::builder()
-                .part_number(number as i32 + 1)
-                .e_tag(part.e_tag().unwrap())
-                .build(),
-        );
-    }
-    s3.complete_multipart_upload()
-        .bucket(&bucket)
-        .key("raw/parted.csv")
-        .upload_id(upload.upload_id().unwrap())
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    put_in_parts(stack, &bucket, "raw/parted.csv", &parted, 5 * mib, None).await;
     // AND a slave that dies after deleting the sources and before recording anything
     let _turn = stack.turn(json!({})).await;
     stack.arm_crash("slave-between-delete-and-record");
@@ -638,6 +601,136 @@ async fn copies_whose_etag_is_not_the_listed_one_are_proven_by_the_record_kept_b
     assert_eq!(
         (progress.selected, progress.completed, progress.failed),
         (7, 7, 0)
+    );
+}
+
+#[tokio::test]
+async fn copies_in_parts_are_verified_by_the_source_checksum_and_a_corrupted_one_keeps_its_source()
+{
+    // GIVEN small files; two 7 MiB files (copied in parts) whose S3 checksum is the CRC32
+    // the SDK sent with them; a 5.5 MiB file uploaded in two parts (S3 gives it a
+    // full-object CRC64NVME), copied whole; and one part copy of the second 7 MiB file
+    // writing other bytes of the same size
+    let stack = local_stack();
+    let small = keys("raw/small-", 3);
+    let bucket = bucket_with(stack, &small).await;
+    let s3 = stack.s3().await;
+    let mib = 1024 * 1024;
+    let seven = |seed: u32| -> Vec<u8> {
+        (0..7 * mib as u32)
+            .map(|i| (i.wrapping_mul(seed) % 251) as u8)
+            .collect()
+    };
+    let (good, corrupted) = (seven(3), seven(5));
+    for (key, bytes) in [("raw/good.csv", &good), ("raw/corrupted.csv", &corrupted)] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(ByteStream::from(bytes.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let parted: Vec<u8> = (0..(5 * mib + mib / 2) as u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    put_in_parts(
+        stack,
+        &bucket,
+        "raw/parted.csv",
+        &parted,
+        5 * mib,
+        Some(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme),
+    )
+    .await;
+    let checksum = |key: &'static str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let head = s3
+                .head_object()
+                .bucket(&bucket)
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .unwrap();
+            (
+                head.checksum_crc32().map(String::from),
+                head.checksum_crc64_nvme().map(String::from),
+            )
+        }
+    };
+    let good_crc = checksum("raw/good.csv").await;
+    let parted_crc = checksum("raw/parted.csv").await;
+    assert!(
+        good_crc.0.is_some() && parted_crc.1.is_some(),
+        "{good_crc:?} {parted_crc:?}"
+    );
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["UploadPartCopy"],
+                                "key_contains": "corrupted", "count": 1, "answer": "tamper"}]}),
+        )
+        .await;
+
+    let execution = stack.start("checksums", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the corrupted copy failed: S3 refused to complete an object whose checksum is
+    // not the source's, the source stays with its bytes, and no upload is left open
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    let cause = described.cause.unwrap();
+    assert!(cause.starts_with("1 of 6 files failed to move:"), "{cause}");
+    assert!(
+        cause.contains("raw/corrupted.csv: CompleteMultipartUpload: BadDigest"),
+        "{cause}"
+    );
+    let now = contents(stack, &bucket).await;
+    assert_eq!(now.get("raw/corrupted.csv"), Some(&md5_hex(&corrupted)));
+    assert!(!now.contains_key("refined/corrupted.csv"), "{now:?}");
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+    // AND the others moved with their bytes, each copy reporting its source's checksum
+    for (key, bytes) in [("good.csv", &good), ("parted.csv", &parted)] {
+        let copied = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("refined/{key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            &copied.body.collect().await.unwrap().to_vec(),
+            bytes,
+            "{key}"
+        );
+        assert!(!now.contains_key(&format!("raw/{key}")), "{key}");
+    }
+    assert_eq!(checksum("refined/good.csv").await.0, good_crc.0);
+    assert_eq!(checksum("refined/parted.csv").await.1, parted_crc.1);
+    // AND the run counts the two verified by checksum and the three by ETag
+    let progress = records(stack)
+        .await
+        .run_view(&RunId::parse("checksums").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .progress;
+    assert_eq!(
+        (
+            progress.selected,
+            progress.completed,
+            progress.failed,
+            progress.by_checksum
+        ),
+        (6, 5, 1, 2)
     );
 }
 

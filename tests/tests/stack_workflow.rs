@@ -44,7 +44,7 @@ async fn a_run_of_1200_files_moves_every_one_and_leaves_the_rest() {
         output(&described),
         json!({"run_id": "big-run", "source": format!("s3://{bucket}/raw/"),
                "destination": format!("s3://{bucket}/refined/"), "files": 1200,
-               "completed": 1200, "failed": 0, "bytes": bytes})
+               "completed": 1200, "failed": 0, "bytes": bytes, "verified_by_etag": 1200})
     );
     // every selected file is at the destination with its bytes, none at the source,
     // and the other files are untouched

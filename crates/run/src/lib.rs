@@ -197,6 +197,13 @@ pub fn report(finished: &Finished) -> String {
             human_bytes(p.bytes),
             finished.elapsed.as_secs_f64()
         ));
+        if p.completed > 0 {
+            text.push_str(&format!(
+                "verified: {} by the source's checksum, {} by size and ETag\n",
+                p.by_checksum.min(p.completed),
+                p.completed.saturating_sub(p.by_checksum)
+            ));
+        }
     }
     if let Some(output) = &finished.output {
         text.push_str(&format!("output: {output}\n"));
@@ -236,9 +243,8 @@ mod tests {
             selected,
             completed,
             failed,
-            skipped: 0,
             bytes: 3 * 1024 * 1024 + 200 * 1024,
-            dry_run: false,
+            ..RunProgress::default()
         }
     }
 

@@ -23,6 +23,7 @@ mod rounds;
 
 use common::deadline::Deadlines;
 use common::rules::batch::ListedFile;
+use common::rules::checksum::Verification;
 use common::rules::copy::{copied_version_to_delete, existing_destination};
 use common::rules::events::{SlaveEvent, SlaveOutput, parse_event};
 use common::rules::failure::MoveFailure;
@@ -202,7 +203,9 @@ impl Slave {
         for (i, outcome) in &moved.outcomes {
             let key = &batch.files[*i].key;
             match outcome {
-                Outcome::Completed { size } => info!(run_id = %run, key = %key, size, "completed"),
+                Outcome::Completed { size, verification } => {
+                    info!(run_id = %run, key = %key, size, verified_by = ?verification, "completed")
+                }
                 Outcome::Failed { reason } => {
                     warn!(run_id = %run, key = %key, reason = %reason, "failed")
                 }
@@ -287,6 +290,7 @@ impl Slave {
         let mut outcomes = Vec::with_capacity(copied.len());
         let mut to_delete = Vec::new();
         let mut copied_versions = BTreeMap::new();
+        let mut verifications = BTreeMap::new();
         let mut copies = Vec::new();
         let mut gone = Vec::new();
         let mut parts_copied = false;
@@ -295,7 +299,9 @@ impl Slave {
                 Ok(CopyOutcome::Verified {
                     etag,
                     source_version,
+                    verification,
                 }) => {
+                    verifications.insert(i, verification);
                     if etag.trim_matches('"') != files[i].etag.trim_matches('"') {
                         copies.push((i, etag));
                     }
@@ -393,7 +399,10 @@ impl Slave {
         for (i, result) in deleted {
             unfinished.remove(&i);
             outcomes.push(match result {
-                Ok(_) => (i, completed(&files[i])),
+                Ok(_) => (
+                    i,
+                    completed(&files[i], verifications.remove(&i).unwrap_or_default()),
+                ),
                 Err(failure) => (i, failed(failure)),
             });
         }
@@ -441,7 +450,10 @@ impl Slave {
         })
         .await;
         let answered = verified.into_iter().map(|(i, result)| match result {
-            Ok(()) => (i, GoneSource::Answered(completed(&files[i]))),
+            Ok(()) => (
+                i,
+                GoneSource::Answered(completed(&files[i], Verification::Etag)),
+            ),
             Err(failure) if failure.transient => (i, GoneSource::Unchecked(failure.reason)),
             Err(failure) => (i, GoneSource::Answered(failed(failure))),
         });
@@ -484,8 +496,11 @@ enum GoneSource {
     Unchecked(String),
 }
 
-fn completed(file: &ListedFile) -> Outcome {
-    Outcome::Completed { size: file.size }
+fn completed(file: &ListedFile, verification: Verification) -> Outcome {
+    Outcome::Completed {
+        size: file.size,
+        verification,
+    }
 }
 
 fn failed(failure: MoveFailure) -> Outcome {

@@ -173,6 +173,8 @@ impl Status {
             failed: progress.failed,
             skipped: progress.skipped,
             bytes: progress.bytes,
+            verified_by_checksum: progress.by_checksum.min(progress.completed),
+            verified_by_etag: progress.completed.saturating_sub(progress.by_checksum),
             plan: spec
                 .dry_run
                 .then(|| record.plan.clone().unwrap_or_default().into()),

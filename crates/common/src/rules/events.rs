@@ -342,6 +342,12 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u64,
     pub bytes: u64,
+    /// Completed files verified by the source's full-object checksum, and by size and
+    /// ETag; shown when there are some.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub verified_by_checksum: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub verified_by_etag: u64,
     /// A dry run's plan; the counts above are then all 0 but `files`, the files that
     /// would move.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::rules::checksum::Verification;
+
 /// Where a file of a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileState {
@@ -52,6 +54,8 @@ impl FileState {
 pub enum Outcome {
     Completed {
         size: u64,
+        /// How the copy was verified before its source was deleted.
+        verification: Verification,
     },
     Failed {
         reason: String,
@@ -69,6 +73,8 @@ pub struct Delta {
     pub failed: i64,
     pub skipped: i64,
     pub bytes: i64,
+    /// Completed files whose copy was verified by a full-object checksum.
+    pub by_checksum: i64,
 }
 
 impl std::ops::AddAssign for Delta {
@@ -77,6 +83,7 @@ impl std::ops::AddAssign for Delta {
         self.failed += o.failed;
         self.skipped += o.skipped;
         self.bytes += o.bytes;
+        self.by_checksum += o.by_checksum;
     }
 }
 
@@ -103,11 +110,12 @@ pub fn transition(from: FileState, outcome: &Outcome) -> Option<Delta> {
             skipped: 1,
             ..Delta::default()
         }),
-        (from, Outcome::Completed { size }) => Some(Delta {
+        (from, Outcome::Completed { size, verification }) => Some(Delta {
             completed: 1,
             failed: if from == FileState::Failed { -1 } else { 0 },
             skipped: if from == FileState::Skipped { -1 } else { 0 },
             bytes: *size as i64,
+            by_checksum: i64::from(*verification == Verification::Checksum),
         }),
     }
 }
@@ -264,7 +272,10 @@ mod tests {
     use super::*;
 
     fn completed(size: u64) -> Outcome {
-        Outcome::Completed { size }
+        Outcome::Completed {
+            size,
+            verification: Verification::Etag,
+        }
     }
 
     fn failed() -> Outcome {
@@ -315,6 +326,18 @@ mod tests {
             }),
             "a retried failure that succeeds moves from one counter to the other"
         );
+    }
+
+    #[test]
+    fn a_copy_verified_by_checksum_is_counted_as_such_once() {
+        let by_checksum = Outcome::Completed {
+            size: 4,
+            verification: Verification::Checksum,
+        };
+        let mut outcomes = Outcomes::started(2);
+        let delta = outcomes.apply(&[(0, by_checksum.clone()), (1, completed(5))]);
+        assert_eq!((delta.completed, delta.by_checksum, delta.bytes), (2, 1, 9));
+        assert!(outcomes.apply(&[(0, by_checksum)]).is_zero());
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct RunProgress {
     #[serde(default)]
     pub skipped: u64,
     pub bytes: u64,
+    /// Completed files verified by a full-object checksum; the others were verified by
+    /// size and ETag.
+    #[serde(default)]
+    pub by_checksum: u64,
     /// A dry run moves nothing: it is done when its listing is.
     #[serde(default)]
     pub dry_run: bool,
@@ -103,9 +107,7 @@ mod tests {
             selected,
             completed,
             failed,
-            skipped: 0,
-            bytes: 0,
-            dry_run: false,
+            ..RunProgress::default()
         }
     }
 

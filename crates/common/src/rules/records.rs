@@ -2,6 +2,7 @@
 //! master call that resumes a run takes up.
 
 use crate::rules::batch::{BatchId, ListedFile};
+use crate::rules::checksum::Checksum;
 use crate::rules::outcomes::{FileState, Outcomes};
 use crate::rules::plan::Plan;
 use crate::rules::progress::RunProgress;
@@ -60,6 +61,11 @@ pub struct UploadRecord {
     /// The source's version id, in a bucket that keeps versions: the version the move
     /// deletes once the copy is verified.
     pub source_version: Option<String>,
+    /// The source's full-object checksum, as its `HeadObject` reported it when the
+    /// upload began. When its algorithm combines across parts, the upload was created
+    /// with it and is completed with it, and S3 refuses a completed object whose bytes
+    /// do not match.
+    pub source_checksum: Option<Checksum>,
     /// The ETag the completed object will have, recorded just before the upload is
     /// completed: a later invocation that finds the upload gone compares the
     /// destination with it.

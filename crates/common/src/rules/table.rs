@@ -152,7 +152,13 @@ mod tests {
         let mut failed = started.clone();
         failed.apply(&[(0, Outcome::Failed { reason: "r".into() })]);
         let mut completed = started.clone();
-        completed.apply(&[(0, Outcome::Completed { size: 1 })]);
+        completed.apply(&[(
+            0,
+            Outcome::Completed {
+                size: 1,
+                verification: Default::default(),
+            },
+        )]);
         assert_eq!(
             marker_change(&started, &failed),
             Some(MarkerChange::Appears)
@@ -160,7 +166,13 @@ mod tests {
         assert_eq!(marker_change(&failed, &failed), None);
         assert_eq!(marker_change(&started, &completed), None);
         let mut recovered = failed.clone();
-        recovered.apply(&[(0, Outcome::Completed { size: 1 })]);
+        recovered.apply(&[(
+            0,
+            Outcome::Completed {
+                size: 1,
+                verification: Default::default(),
+            },
+        )]);
         assert_eq!(marker_change(&failed, &recovered), Some(MarkerChange::Goes));
     }
 

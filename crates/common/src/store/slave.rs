@@ -240,13 +240,14 @@ impl SlaveRecords {
             .table_name(&self.store.table)
             .set_key(Some(counter_key(run, id)))
             .update_expression(
-                "ADD completed :c, failed :f, skipped :k, #bytes :b SET expires_at = :exp",
+                "ADD completed :c, failed :f, skipped :k, #bytes :b, by_checksum :v SET expires_at = :exp",
             )
             .expression_attribute_names("#bytes", "bytes")
             .expression_attribute_values(":c", n(delta.completed))
             .expression_attribute_values(":f", n(delta.failed))
             .expression_attribute_values(":k", n(delta.skipped))
             .expression_attribute_values(":b", n(delta.bytes))
+            .expression_attribute_values(":v", n(delta.by_checksum))
             .expression_attribute_values(":exp", expires.clone())
             .build()
             .expect("update is complete");

@@ -52,6 +52,7 @@ impl StatusRecords {
             progress.failed += read("failed");
             progress.skipped += read("skipped");
             progress.bytes += read("bytes");
+            progress.by_checksum += read("by_checksum");
         }
         Ok(Some(RunView { record, progress }))
     }

@@ -144,7 +144,13 @@ async fn a_conflicting_transaction_is_tried_again() {
         .record_outcomes(
             &run(),
             &batch_of(&["raw/a"]),
-            &[(0, Outcome::Completed { size: 10 })],
+            &[(
+                0,
+                Outcome::Completed {
+                    size: 10,
+                    verification: Default::default(),
+                },
+            )],
         )
         .await
         .unwrap();
@@ -173,7 +179,13 @@ async fn a_batch_recorded_by_another_delivery_is_read_again_and_not_counted_twic
         .record_outcomes(
             &run(),
             &batch_of(&["raw/a"]),
-            &[(0, Outcome::Completed { size: 10 })],
+            &[(
+                0,
+                Outcome::Completed {
+                    size: 10,
+                    verification: Default::default(),
+                },
+            )],
         )
         .await
         .unwrap();

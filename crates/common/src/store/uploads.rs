@@ -9,6 +9,7 @@ use super::dynamo::is_condition_failure;
 use super::layout::{key, n, s, upload_pk};
 use super::slave::SlaveRecords;
 use crate::error::AwsError;
+use crate::rules::checksum::{Checksum, ChecksumAlgorithm};
 use crate::rules::records::UploadRecord;
 use crate::rules::run::RunId;
 
@@ -39,6 +40,7 @@ impl SlaveRecords {
             source_version: get_s(&item, "source_version")
                 .filter(|v| !v.is_empty())
                 .map(String::from),
+            source_checksum: get_s(&item, "source_checksum").and_then(read_checksum),
             completing_etag: get_s(&item, "completing_etag").map(String::from),
         }))
     }
@@ -59,7 +61,7 @@ impl SlaveRecords {
             .set_key(Some(key(upload_pk(run), file_key)))
             .update_expression(
                 "SET upload_id = :u, part_size = :p, source_etag = :e, source_version = :v, \
-                 expires_at = :exp",
+                 source_checksum = :c, expires_at = :exp",
             )
             .condition_expression("attribute_not_exists(upload_id)")
             .expression_attribute_values(":u", s(&upload.upload_id))
@@ -68,6 +70,14 @@ impl SlaveRecords {
             // An unversioned source is recorded as "" (DynamoDB has no empty set of values
             // to leave out conditionally here), and read back as none.
             .expression_attribute_values(":v", s(upload.source_version.as_deref().unwrap_or("")))
+            .expression_attribute_values(
+                ":c",
+                s(upload
+                    .source_checksum
+                    .as_ref()
+                    .map(write_checksum)
+                    .unwrap_or_default()),
+            )
             .expression_attribute_values(":exp", self.store.expires_at())
             .send()
             .await;
@@ -139,4 +149,18 @@ impl SlaveRecords {
             Err(e) => Err(AwsError::from_sdk("DeleteItem", e).into()),
         }
     }
+}
+
+/// A checksum as an upload item keeps it: `<algorithm>:<value>`; "" for none, as for
+/// the source version.
+fn write_checksum(checksum: &Checksum) -> String {
+    format!("{}:{}", checksum.algorithm, checksum.value)
+}
+
+fn read_checksum(written: &str) -> Option<Checksum> {
+    let (algorithm, value) = written.split_once(':')?;
+    Some(Checksum {
+        algorithm: ChecksumAlgorithm::parse(algorithm)?,
+        value: value.to_string(),
+    })
 }

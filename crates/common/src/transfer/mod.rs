@@ -1,6 +1,7 @@
 //! Moving objects on S3: copy, verify, and only then delete the source. What each
 //! answer means is for [`crate::rules::copy`] to say; this module makes the requests.
 
+mod checksums;
 mod delete;
 mod multipart;
 
@@ -8,12 +9,13 @@ pub use delete::Deleted;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::types::StorageClass;
+use aws_sdk_s3::types::{ChecksumMode, StorageClass};
 
 use crate::config::SlaveSettings;
 use crate::deadline::{Deadlines, bounded};
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
+use crate::rules::checksum::{Checksum, Reported, Verification, check_checksum};
 use crate::rules::copy::{
     CopyCheck, CopyMethod, Refused, SourceRefusal, check_copy, copy_differs, copy_method,
     destination_class, encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object,
@@ -46,6 +48,7 @@ pub enum CopyOutcome {
     Verified {
         etag: String,
         source_version: Option<String>,
+        verification: Verification,
     },
     /// The source is gone (an earlier attempt may have moved it): whether the file counts
     /// as moved is for [`Mover::verify_moved`] to say, with the copy's ETag recorded for it.
@@ -86,6 +89,7 @@ enum Copied {
         etag_is_md5: bool,
         /// The source version copied, when the source bucket keeps versions.
         source_version: Option<String>,
+        source_checksum: SourceChecksum,
     },
     SourceMissing,
     Unfinished {
@@ -93,6 +97,32 @@ enum Copied {
     },
     /// A copy conditional on the destination not existing was refused.
     DestinationTaken,
+}
+
+/// The source's full-object checksum, as far as a copy has read it.
+enum SourceChecksum {
+    /// Not read: the copy did not need the source's `HeadObject`.
+    Unread,
+    /// Read when the copy began (a copy in parts): this one, or none.
+    Read(Option<Checksum>),
+}
+
+/// What a `HeadObject` of the listed source says for verifying its copy.
+enum ListedSource {
+    Found {
+        /// Its ETag is the MD5 of its bytes (no SSE-KMS or SSE-C).
+        etag_is_md5: bool,
+        checksum: Option<Checksum>,
+    },
+    /// Gone since the copy, as this error says.
+    Gone(AwsError),
+}
+
+/// A destination object as `HeadObject` shows it.
+pub(super) struct Found {
+    size: i64,
+    etag: String,
+    checksums: Reported,
 }
 
 pub struct Mover<'a> {
@@ -150,7 +180,7 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version) = match copied {
+        let (etag, etag_is_md5, source_version, source_checksum) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -160,23 +190,45 @@ impl<'a> Mover<'a> {
                 etag,
                 etag_is_md5,
                 source_version,
-            } => (etag, etag_is_md5, source_version),
+                source_checksum,
+            } => (etag, etag_is_md5, source_version, source_checksum),
         };
-        match check_copy(&file.etag, &etag, etag_is_md5) {
-            CopyCheck::Verified => {}
-            CopyCheck::DiffersUnlessSourceEncrypted
-                if self.source_etag_is_md5(spec, file).await? =>
-            {
-                return Err(copy_differs(destination_key, &etag, &file.etag));
+        let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
+            // The copy's ETag is the listed MD5 of the bytes.
+            CopyCheck::Verified => Verification::Etag,
+            check => {
+                let source_checksum = match source_checksum {
+                    SourceChecksum::Read(checksum) => checksum,
+                    SourceChecksum::Unread => {
+                        let differs = check == CopyCheck::DiffersUnlessSourceEncrypted;
+                        match self.listed_source(spec, file).await? {
+                            ListedSource::Found {
+                                etag_is_md5: true, ..
+                            } if differs => {
+                                return Err(copy_differs(destination_key, &etag, &file.etag));
+                            }
+                            ListedSource::Found { checksum, .. } => checksum,
+                            // The copy's MD5 differs from the listed one, and nothing is
+                            // left to say why.
+                            ListedSource::Gone(error) if differs => return Err(error.into()),
+                            // Moved meanwhile (by a twin delivery, say): size and ETag
+                            // judge the copy.
+                            ListedSource::Gone(_) => None,
+                        }
+                    }
+                };
+                let found = self.head_destination(spec, destination_key).await?;
+                holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
+                match &source_checksum {
+                    Some(checksum) => check_checksum(destination_key, checksum, &found.checksums)?,
+                    None => Verification::Etag,
+                }
             }
-            CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
-                let (found_size, found_etag) = self.head_destination(spec, destination_key).await?;
-                holds_copy(destination_key, file.size, &etag, found_size, &found_etag)?;
-            }
-        }
+        };
         Ok(CopyOutcome::Verified {
             etag,
             source_version,
+            verification,
         })
     }
 
@@ -198,6 +250,7 @@ impl<'a> Mover<'a> {
             Refused::HoldsTheListedObject => Ok(CopyOutcome::Verified {
                 etag: found.map(|(_, etag)| etag).unwrap_or_default(),
                 source_version: None,
+                verification: Verification::Etag,
             }),
             Refused::Occupied => Ok(CopyOutcome::DestinationExists),
             Refused::SourceChanged => Err(source_changed(&planned.file)),
@@ -205,30 +258,32 @@ impl<'a> Mover<'a> {
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
-    /// with SSE-KMS or SSE-C).
-    async fn source_etag_is_md5(
+    /// with SSE-KMS or SSE-C), and its full-object checksum if S3 keeps one.
+    async fn listed_source(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
-    ) -> Result<bool, MoveFailure> {
-        let head = self
-            .head_listed_source(spec, file)
-            .await
-            .map_err(|refused| {
-                match refused.refusal {
-                    SourceRefusal::Fails(failure) => failure,
-                    // Gone since the copy: the copy's MD5 still differs from the listed one.
-                    SourceRefusal::Gone => refused.error.into(),
-                }
-            })?;
-        Ok(encryption_keeps_md5(
-            head.server_side_encryption.as_ref().map(|s| s.as_str()),
-            head.sse_customer_algorithm.is_some(),
-        ))
+    ) -> Result<ListedSource, MoveFailure> {
+        let head = match self.head_listed_source(spec, file).await {
+            Ok(head) => head,
+            Err(refused) => {
+                return match refused.refusal {
+                    SourceRefusal::Fails(failure) => Err(failure),
+                    SourceRefusal::Gone => Ok(ListedSource::Gone(refused.error)),
+                };
+            }
+        };
+        Ok(ListedSource::Found {
+            etag_is_md5: encryption_keeps_md5(
+                head.server_side_encryption.as_ref().map(|s| s.as_str()),
+                head.sse_customer_algorithm.is_some(),
+            ),
+            checksum: checksums::of_head(&head).full_object(),
+        })
     }
 
-    /// The listed version of the source, as `HeadObject` shows it: conditional on the
-    /// listed ETag, so that a rewritten source is refused.
+    /// The listed version of the source, as `HeadObject` shows it with its checksums:
+    /// conditional on the listed ETag, so that a rewritten source is refused.
     async fn head_listed_source(
         &self,
         spec: &RunSpec,
@@ -239,6 +294,7 @@ impl<'a> Mover<'a> {
             .bucket(&spec.source.bucket)
             .key(&file.key)
             .if_match(&file.etag)
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
             .map_err(|e| {
@@ -282,6 +338,7 @@ impl<'a> Mover<'a> {
                     etag,
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
+                    source_checksum: SourceChecksum::Unread,
                 })
             }
             Err(err) => {
@@ -358,7 +415,7 @@ impl<'a> Mover<'a> {
         recorded_copy: Option<&str>,
     ) -> Result<(), MoveFailure> {
         let destination_key = planned.destination_key.as_str();
-        let (size, etag) = match self.head_destination(spec, destination_key).await {
+        let Found { size, etag, .. } = match self.head_destination(spec, destination_key).await {
             Ok(found) => found,
             Err(failure) if failure.transient => return Err(failure),
             Err(failure) => return Err(gone_without_copy(destination_key, &failure.reason)),
@@ -374,31 +431,46 @@ impl<'a> Mover<'a> {
         spec: &RunSpec,
         destination_key: &str,
     ) -> Result<Option<(i64, String)>, MoveFailure> {
+        Ok(self
+            .head_found(spec, destination_key)
+            .await?
+            .map(|found| (found.size, found.etag)))
+    }
+
+    /// The destination with its checksums, `None` when it does not exist; any other
+    /// refusal is the failure.
+    async fn head_found(
+        &self,
+        spec: &RunSpec,
+        destination_key: &str,
+    ) -> Result<Option<Found>, MoveFailure> {
         let head = self
             .s3
             .head_object()
             .bucket(&spec.destination.bucket)
             .key(destination_key)
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await;
         match head {
-            Ok(h) => Ok(Some((
-                h.content_length.unwrap_or(-1),
-                h.e_tag.unwrap_or_default(),
-            ))),
+            Ok(h) => Ok(Some(Found {
+                size: h.content_length.unwrap_or(-1),
+                etag: h.e_tag.clone().unwrap_or_default(),
+                checksums: checksums::of_head(&h),
+            })),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
             Err(err) => Err(AwsError::from_sdk("HeadObject", err).into()),
         }
     }
 
-    /// The destination's size and ETag; a missing destination is a permanent failure
-    /// that says so.
+    /// The destination's size, ETag and checksums; a missing destination is a
+    /// permanent failure that says so.
     pub(super) async fn head_destination(
         &self,
         spec: &RunSpec,
         destination_key: &str,
-    ) -> Result<(i64, String), MoveFailure> {
-        self.find_destination(spec, destination_key)
+    ) -> Result<Found, MoveFailure> {
+        self.head_found(spec, destination_key)
             .await?
             .ok_or_else(|| MoveFailure::permanent("does not exist"))
     }

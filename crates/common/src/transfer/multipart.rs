@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType};
+use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType};
 
-use super::{Copied, Mover};
+use super::{Copied, Mover, SourceChecksum, checksums};
 use crate::deadline::bounded;
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
+use crate::rules::checksum::{Checksum, for_copy_in_parts};
 use crate::rules::copy::{
     PartRefusal, SourceRefusal, bare, holds_listed_object, multipart_etag, part_ranges,
     part_refusal, part_size,
@@ -80,7 +81,7 @@ impl Mover<'_> {
                     .completing_upload(self.run, &file.key, &upload.upload_id, expected)
                     .await?;
             }
-            let completed = self
+            let request = self
                 .s3
                 .complete_multipart_upload()
                 .bucket(&spec.destination.bucket)
@@ -91,7 +92,8 @@ impl Mover<'_> {
                         .set_parts(Some(parts))
                         .build(),
                 )
-                .set_if_none_match(super::if_none_match(spec))
+                .set_if_none_match(super::if_none_match(spec));
+            let completed = checksums::expecting(request, upload_checksum(&upload))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("CompleteMultipartUpload", e));
@@ -102,6 +104,7 @@ impl Mover<'_> {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
                         source_version: upload.source_version,
+                        source_checksum: SourceChecksum::Read(upload.source_checksum),
                     });
                 }
                 // The destination was written meanwhile and the run does not overwrite: the
@@ -122,6 +125,7 @@ impl Mover<'_> {
                             etag: expected.clone(),
                             etag_is_md5: false,
                             source_version: upload.source_version,
+                            source_checksum: SourceChecksum::Read(upload.source_checksum),
                         });
                     }
                     self.abort(spec, destination_key, &upload.upload_id).await;
@@ -162,8 +166,9 @@ impl Mover<'_> {
     }
 
     /// Starts and records a multipart upload with the source's metadata, content headers
-    /// and tags (S3 does not carry them over to an upload). When another delivery has
-    /// recorded one first, this one is aborted and theirs is used.
+    /// and tags (S3 does not carry them over to an upload), and with the source's
+    /// full-object checksum where its algorithm combines across parts. When another
+    /// delivery has recorded one first, this one is aborted and theirs is used.
     async fn begin_upload(
         &self,
         spec: &RunSpec,
@@ -188,6 +193,8 @@ impl Mover<'_> {
             .await
             .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
             .tag_set;
+        let source_checksum = checksums::of_head(&head).full_object();
+        let in_parts = for_copy_in_parts(source_checksum.clone());
         let tagging = tags
             .iter()
             .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
@@ -213,6 +220,12 @@ impl Mover<'_> {
             }))
             .set_tagging((!tagging.is_empty()).then_some(tagging))
             .set_storage_class(super::storage_class(spec, file))
+            .set_checksum_algorithm(
+                in_parts
+                    .as_ref()
+                    .map(|c| checksums::sdk_algorithm(c.algorithm)),
+            )
+            .set_checksum_type(in_parts.as_ref().map(|_| ChecksumType::FullObject))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateMultipartUpload", e))?;
@@ -221,6 +234,7 @@ impl Mover<'_> {
             part_size: part_size(file.size, self.settings.part_size),
             source_etag: file.etag.clone(),
             source_version: head.version_id.clone(),
+            source_checksum,
             completing_etag: None,
         };
         match self
@@ -281,11 +295,20 @@ impl Mover<'_> {
         for ((number, _), sent) in copied {
             match sent {
                 Ok(out) => {
-                    let etag = out
-                        .copy_part_result
-                        .and_then(|r| r.e_tag)
-                        .unwrap_or_default();
-                    done.insert(number, etag);
+                    let result = out.copy_part_result;
+                    let checksum =
+                        upload_checksum(upload)
+                            .zip(result.as_ref())
+                            .and_then(|(c, result)| {
+                                checksums::of_part(
+                                    c.algorithm,
+                                    result.checksum_crc64_nvme(),
+                                    result.checksum_crc32_c(),
+                                    result.checksum_crc32(),
+                                )
+                            });
+                    let etag = result.and_then(|r| r.e_tag).unwrap_or_default();
+                    done.insert(number, (etag, checksum));
                 }
                 Err(err) => {
                     return match part_refusal(AwsError::from_sdk("UploadPartCopy", err), file) {
@@ -301,26 +324,27 @@ impl Mover<'_> {
                 progressed: finished > 0,
             });
         }
+        let algorithm = upload_checksum(upload).map(|c| c.algorithm);
         Ok(PartsCopied::All(
             done.into_iter()
-                .map(|(number, etag)| {
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .e_tag(etag)
-                        .build()
+                .map(|(number, (etag, checksum))| {
+                    let checksum = algorithm
+                        .zip(checksum)
+                        .map(|(algorithm, value)| Checksum { algorithm, value });
+                    checksums::completed_part(number, &etag, checksum.as_ref())
                 })
                 .collect(),
         ))
     }
 
-    /// The parts the upload has, by number, with their ETags; `None` if the upload is
-    /// gone.
+    /// The parts the upload has, by number, with their ETags and, for an upload with a
+    /// checksum, their checksums; `None` if the upload is gone.
     async fn listed_parts(
         &self,
         spec: &RunSpec,
         destination_key: &str,
         upload: &UploadRecord,
-    ) -> Result<Option<BTreeMap<i32, String>>, MoveFailure> {
+    ) -> Result<Option<BTreeMap<i32, (String, Option<String>)>>, MoveFailure> {
         let mut parts = BTreeMap::new();
         let mut marker = None;
         loop {
@@ -341,7 +365,15 @@ impl Mover<'_> {
             };
             for part in page.parts() {
                 if let (Some(number), Some(etag)) = (part.part_number, part.e_tag()) {
-                    parts.insert(number, etag.to_string());
+                    let checksum = upload_checksum(upload).and_then(|c| {
+                        checksums::of_part(
+                            c.algorithm,
+                            part.checksum_crc64_nvme(),
+                            part.checksum_crc32_c(),
+                            part.checksum_crc32(),
+                        )
+                    });
+                    parts.insert(number, (etag.to_string(), checksum));
                 }
             }
             marker = page
@@ -369,7 +401,7 @@ impl Mover<'_> {
                 Err(failure) if failure.transient => return Err(failure),
                 Err(_) => None,
             };
-            if let Some((size, etag)) = found
+            if let Some(super::Found { size, etag, .. }) = found
                 && holds_listed_object(file, Some(expected), size, &etag).is_ok()
             {
                 self.abort_others(spec, destination_key, None).await;
@@ -377,6 +409,7 @@ impl Mover<'_> {
                     etag: expected.clone(),
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
+                    source_checksum: SourceChecksum::Read(upload.source_checksum.clone()),
                 }));
             }
         }
@@ -477,6 +510,14 @@ enum PartsCopied {
     Unfinished { progressed: bool },
     UploadGone,
     SourceMissing,
+}
+
+/// The checksum the upload was created with and is completed with, if any.
+fn upload_checksum(upload: &UploadRecord) -> Option<&Checksum> {
+    upload
+        .source_checksum
+        .as_ref()
+        .filter(|c| c.algorithm.combines_across_parts())
 }
 
 fn urlencode(s: &str) -> String {
