@@ -13,7 +13,7 @@ use integration_tests::stack::{
     bucket_with, contents, input, keys, local_stack, output, put, put_bytes, records,
 };
 use integration_tests::{body_of, md5_hex};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_run_of_1200_files_moves_every_one_and_leaves_the_rest() {
@@ -885,6 +885,73 @@ async fn a_move_in_a_versioned_bucket_keeps_no_copy_of_moved_data_and_nothing_re
     assert_eq!(left, [("in2/e.csv".to_string(), kept)]);
     assert_eq!(markers, ["in2/e.csv"]);
     assert_eq!(now.get("out2/e.csv"), Some(&md5_hex(b"eee")));
+}
+
+#[tokio::test]
+async fn a_dry_run_says_what_existing_destinations_would_do_in_each_mode() {
+    // GIVEN three files: one whose destination is free, one whose destination holds
+    // other bytes, and one whose destination already holds its bytes (an earlier copy)
+    let stack = local_stack();
+    let files = keys("raw/f-", 3);
+    let bucket = bucket_with(stack, &files).await;
+    put_bytes(
+        stack,
+        &bucket,
+        "refined/f-00001.csv",
+        b"other bytes".to_vec(),
+    )
+    .await;
+    put_bytes(
+        stack,
+        &bucket,
+        "refined/f-00002.csv",
+        body_of("raw/f-00002.csv"),
+    )
+    .await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN a dry run runs in each mode
+    let mut plans = BTreeMap::new();
+    for mode in ["skip", "fail", "overwrite"] {
+        let execution = stack
+            .start(
+                &format!("plan-{mode}"),
+                &input(
+                    &bucket,
+                    json!({"dry_run": true, "if_destination_exists": mode}),
+                ),
+            )
+            .await;
+        let described = stack.finished(&execution).await;
+        assert_eq!(
+            described.status,
+            ExecutionStatus::Succeeded,
+            "{described:?}"
+        );
+        plans.insert(mode, output(&described)["plan"].clone());
+    }
+
+    // THEN the file over other bytes would be skipped, fail, or move over them; the
+    // one whose destination holds its bytes would move in every mode
+    let size = body_of("raw/f-00000.csv").len() as u64;
+    let counts = |plan: &Value| {
+        (
+            plan["files"].clone(),
+            plan["would_skip"].clone(),
+            plan["would_overwrite"].clone(),
+        )
+    };
+    assert_eq!(counts(&plans["skip"]), (json!(2), json!(1), json!(0)));
+    assert_eq!(plans["skip"]["would_fail"], json!({}));
+    assert_eq!(counts(&plans["fail"]), (json!(2), json!(0), json!(0)));
+    assert_eq!(
+        plans["fail"]["would_fail"],
+        json!({"the destination exists and the run may not overwrite it (if_destination_exists: fail)": 1})
+    );
+    assert_eq!(counts(&plans["overwrite"]), (json!(3), json!(0), json!(1)));
+    assert_eq!(plans["overwrite"]["bytes"], json!(3 * size));
+    // AND nothing changed
+    assert_eq!(contents(stack, &bucket).await, before);
 }
 
 #[tokio::test]

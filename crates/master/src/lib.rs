@@ -26,7 +26,7 @@ use common::rules::events::{
     CheckOutput, InputCheck, MasterEvent, MasterOutput, SlaveEvent, parse_event,
 };
 use common::rules::keys::decode_listed_key;
-use common::rules::plan::Plan;
+use common::rules::plan::{Plan, would_fail};
 use common::rules::run::Location;
 use common::rules::select::Timestamp;
 use common::store::MasterRecords;
@@ -42,6 +42,8 @@ use tracing::info;
 /// The most bytes of encoded file names in one batch: a batch is one DynamoDB item, and
 /// this keeps it well within the 400 KB an item may have, however long the keys.
 const BATCH_NAMES_BYTES: usize = 96 * 1024;
+/// A dry run's `HeadObject` requests of destinations in flight at once.
+const DESTINATION_CHECKS_AT_ONCE: usize = 32;
 /// S3 error codes that no retry will change: the bucket is not there, or the functions
 /// may not list it.
 const REFUSED_LISTING: &[&str] = &[
@@ -322,8 +324,9 @@ impl Master {
         })
     }
 
-    /// A dry run's page: its selected files are counted in the plan, which is recorded
-    /// with the listing position it covers; nothing else is recorded or invoked.
+    /// A dry run's page: its selected files are counted in the plan, each with what its
+    /// destination holds, and the plan is recorded with the listing position it covers;
+    /// nothing else is recorded or invoked.
     async fn plan_page(
         &self,
         run: &RunId,
@@ -335,9 +338,10 @@ impl Master {
         let Some(last_key) = &page.last_key else {
             return Ok(());
         };
+        let destinations = self.destinations(spec, &page.selected).await?;
         let mut next = plan.clone();
-        for file in &page.selected {
-            next.add(spec, file);
+        for (file, found) in page.selected.iter().zip(&destinations) {
+            next.add(spec, file, found.as_ref().map(|(s, e)| (*s, e.as_str())));
         }
         self.records
             .record_plan_page(run, cursor.recorded_through.as_deref(), last_key, &next)
@@ -347,6 +351,46 @@ impl Master {
         cursor.selected = plan.files;
         info!(run_id = %run, through = %last_key, files = plan.files, "page planned");
         Ok(())
+    }
+
+    /// What each file's destination holds (size and ETag), `None` where nothing is
+    /// there, as a dry run needs to say what the run would skip, fail or overwrite: one
+    /// `HeadObject` per file that the listing alone does not fail.
+    async fn destinations(
+        &self,
+        spec: &RunSpec,
+        files: &[ListedFile],
+    ) -> Result<Vec<Option<(i64, String)>>, Error> {
+        stream::iter(files)
+            .map(|file| async move {
+                if would_fail(spec, file).is_some() {
+                    return Ok(None);
+                }
+                let Ok(key) = spec.destination_key(&file.key) else {
+                    return Ok(None);
+                };
+                let head = self
+                    .s3
+                    .head_object()
+                    .bucket(&spec.destination.bucket)
+                    .key(key)
+                    .send()
+                    .await;
+                match head {
+                    Ok(h) => Ok(Some((
+                        h.content_length.unwrap_or(-1),
+                        h.e_tag.unwrap_or_default(),
+                    ))),
+                    Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+                    Err(e) => Err(Error::Listing {
+                        location: spec.destination.clone(),
+                        source: AwsError::from_sdk("HeadObject", e),
+                    }),
+                }
+            })
+            .buffered(DESTINATION_CHECKS_AT_ONCE)
+            .try_collect()
+            .await
     }
 
     /// Records the page's selected files in batches, then hands each batch to a slave.

@@ -13,7 +13,9 @@ use std::fmt;
 
 use crate::rules::failure::MoveFailure;
 
-/// The checksum algorithms S3 keeps.
+/// The checksum algorithms whose values this project compares (S3 also keeps others,
+/// such as SHA-512 and the XXHASH family; objects with only those are verified by size
+/// and ETag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChecksumAlgorithm {
     Crc64Nvme,
@@ -137,19 +139,24 @@ pub enum Verification {
     Checksum,
 }
 
-/// What the destination's checksums say of a copy of an object whose full-object
-/// checksum is `source`: `Ok(Verification::Checksum)` when the destination reports the
-/// same algorithm with the same value, `Ok(Verification::Etag)` when it reports none of
-/// that algorithm (an S3-compatible store that keeps no checksums: the size and ETag
-/// checks stand alone), and `Err` when the value differs, which means the destination
-/// does not hold the source's bytes.
+/// What the destination's checksums say of a copy in parts made and completed with the
+/// source's full-object checksum `source`: `Ok(Verification::Checksum)` when the
+/// destination reports the same algorithm with the same value, `Ok(Verification::Etag)`
+/// when it reports no full-object checksum of that algorithm (an S3-compatible store
+/// that keeps none, or made a composite one of the parts: the size and ETag checks stand
+/// alone), and `Err` when the value differs, which means the destination does not hold
+/// the source's bytes.
 pub fn check_checksum(
     destination_key: &str,
     source: &Checksum,
     destination: &Reported,
 ) -> Result<Verification, MoveFailure> {
+    if destination.checksum_type.as_deref() == Some("COMPOSITE") {
+        return Ok(Verification::Etag);
+    }
     match destination.value_of(source.algorithm) {
         None | Some("") => Ok(Verification::Etag),
+        Some(composite) if composite.contains('-') => Ok(Verification::Etag),
         Some(found) if found == source.value => Ok(Verification::Checksum),
         Some(found) => Err(MoveFailure::permanent(format!(
             "the destination {destination_key:?} does not hold the listed bytes: its {} checksum is {found}, the source's {}; the source was left in place",
@@ -241,6 +248,19 @@ mod tests {
         );
         assert_eq!(
             check_checksum("k", &source, &reported(&[], None)),
+            Ok(Verification::Etag)
+        );
+        // a composite checksum of the destination's parts compares with nothing
+        assert_eq!(
+            check_checksum("k", &source, &reported(&[(Crc32, "AAAAAA==-2")], None)),
+            Ok(Verification::Etag)
+        );
+        assert_eq!(
+            check_checksum(
+                "k",
+                &source,
+                &reported(&[(Crc32, "AAAAAA==")], Some("COMPOSITE"))
+            ),
             Ok(Verification::Etag)
         );
         let differs = check_checksum(

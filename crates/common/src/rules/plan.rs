@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::batch::ListedFile;
+use crate::rules::copy::{IfExists, Refused, refused_copy};
 use crate::rules::keys::too_long;
 use crate::rules::run::RunSpec;
 
@@ -39,7 +40,20 @@ pub struct Plan {
     /// S3 requests that copying in parts would add (`CreateMultipartUpload`, one
     /// `UploadPartCopy` per part, `CompleteMultipartUpload`).
     pub part_requests: u64,
+    /// Files whose destination holds another object and would be left in place
+    /// (`if_destination_exists: skip`).
+    #[serde(default)]
+    pub would_skip: u64,
+    /// Files that would move over another object at their destination
+    /// (`if_destination_exists: overwrite`); counted among the files that would move.
+    #[serde(default)]
+    pub would_overwrite: u64,
 }
+
+/// Why a file whose destination holds another object would fail
+/// (`if_destination_exists: fail`).
+pub const DESTINATION_EXISTS: &str =
+    "the destination exists and the run may not overwrite it (if_destination_exists: fail)";
 
 /// Why a listed file would fail, if the listing alone can tell.
 pub fn would_fail(spec: &RunSpec, file: &ListedFile) -> Option<&'static str> {
@@ -56,11 +70,30 @@ pub fn would_fail(spec: &RunSpec, file: &ListedFile) -> Option<&'static str> {
 }
 
 impl Plan {
-    /// Counts one listed file the run selects.
-    pub fn add(&mut self, spec: &RunSpec, file: &ListedFile) {
+    /// Counts one listed file the run selects; `destination` is its destination's size
+    /// and ETag where an object is there (`None`: nothing), as `HeadObject` found it.
+    /// A destination that already holds the listed object (an earlier run's copy) is no
+    /// obstacle: the real run recognises it and moves the file.
+    pub fn add(&mut self, spec: &RunSpec, file: &ListedFile, destination: Option<(i64, &str)>) {
         if let Some(reason) = would_fail(spec, file) {
             *self.would_fail.entry(reason.to_string()).or_default() += 1;
             return;
+        }
+        if destination.is_some() && refused_copy(file, None, destination) == Refused::Occupied {
+            match spec.if_destination_exists {
+                IfExists::Skip => {
+                    self.would_skip += 1;
+                    return;
+                }
+                IfExists::Fail => {
+                    *self
+                        .would_fail
+                        .entry(DESTINATION_EXISTS.to_string())
+                        .or_default() += 1;
+                    return;
+                }
+                IfExists::Overwrite => self.would_overwrite += 1,
+            }
         }
         self.files += 1;
         self.bytes += file.size;
@@ -118,11 +151,15 @@ mod tests {
     fn a_plan_counts_what_would_move_by_class_and_what_would_fail_by_why() {
         let mut plan = Plan::default();
         let spec = spec();
-        plan.add(&spec, &file("raw/a", 10, None));
-        plan.add(&spec, &file("raw/b", 20, Some("STANDARD_IA")));
-        plan.add(&spec, &file("raw/c", 30, Some("STANDARD_IA")));
-        plan.add(&spec, &file("raw/cold", 40, Some("GLACIER")));
-        plan.add(&spec, &file(&format!("raw/{}", "k".repeat(1020)), 50, None));
+        plan.add(&spec, &file("raw/a", 10, None), None);
+        plan.add(&spec, &file("raw/b", 20, Some("STANDARD_IA")), None);
+        plan.add(&spec, &file("raw/c", 30, Some("STANDARD_IA")), None);
+        plan.add(&spec, &file("raw/cold", 40, Some("GLACIER")), None);
+        plan.add(
+            &spec,
+            &file(&format!("raw/{}", "k".repeat(1020)), 50, None),
+            None,
+        );
         assert_eq!((plan.files, plan.bytes), (3, 60));
         assert_eq!(
             plan.by_storage_class["STANDARD"],
@@ -147,10 +184,45 @@ mod tests {
         // the run's class is what copies would have
         let mut forced = Plan::default();
         let spec = spec.with_storage_class(Some("ONEZONE_IA".into()));
-        forced.add(&spec, &file("raw/b", 20, Some("STANDARD_IA")));
+        forced.add(&spec, &file("raw/b", 20, Some("STANDARD_IA")), None);
         assert_eq!(
             forced.by_storage_class.keys().collect::<Vec<_>>(),
             ["ONEZONE_IA"]
+        );
+    }
+
+    #[test]
+    fn an_existing_destination_is_counted_as_the_run_would_treat_it() {
+        let other = Some((10, "\"other\""));
+        let same = Some((10, "\"e\""));
+        let plan_for = |mode: IfExists| {
+            let spec = spec().with_if_destination_exists(mode);
+            let mut plan = Plan::default();
+            plan.add(&spec, &file("raw/free", 10, None), None);
+            plan.add(&spec, &file("raw/taken", 10, None), other);
+            plan.add(&spec, &file("raw/copied-before", 10, None), same);
+            plan
+        };
+        let skip = plan_for(IfExists::Skip);
+        assert_eq!(
+            (skip.files, skip.would_skip, skip.would_overwrite),
+            (2, 1, 0)
+        );
+        assert!(skip.would_fail.is_empty());
+        let fail = plan_for(IfExists::Fail);
+        assert_eq!((fail.files, fail.would_skip), (2, 0));
+        assert_eq!(
+            fail.would_fail,
+            BTreeMap::from([(DESTINATION_EXISTS.to_string(), 1)])
+        );
+        let overwrite = plan_for(IfExists::Overwrite);
+        assert_eq!(
+            (
+                overwrite.files,
+                overwrite.would_skip,
+                overwrite.would_overwrite
+            ),
+            (3, 0, 1)
         );
     }
 

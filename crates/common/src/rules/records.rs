@@ -61,10 +61,10 @@ pub struct UploadRecord {
     /// The source's version id, in a bucket that keeps versions: the version the move
     /// deletes once the copy is verified.
     pub source_version: Option<String>,
-    /// The source's full-object checksum, as its `HeadObject` reported it when the
-    /// upload began. When its algorithm combines across parts, the upload was created
-    /// with it and is completed with it, and S3 refuses a completed object whose bytes
-    /// do not match.
+    /// The source's full-object CRC that the upload was created with and is completed
+    /// with, so that S3 refuses a completed object whose bytes do not match; `None` for
+    /// an upload made without one (the source has no full-object CRC, or the store
+    /// refused it).
     pub source_checksum: Option<Checksum>,
     /// The ETag the completed object will have, recorded just before the upload is
     /// completed: a later invocation that finds the upload gone compares the

@@ -89,7 +89,11 @@ enum Copied {
         etag_is_md5: bool,
         /// The source version copied, when the source bucket keeps versions.
         source_version: Option<String>,
-        source_checksum: SourceChecksum,
+        /// The source's full-object checksum that S3 computed the copy's against before
+        /// it would complete it: a copy in parts made with the source's CRC. A whole
+        /// copy has none: `CopyObject` carries the source's checksum value over to the
+        /// copy instead of computing it from the copied bytes, so it proves nothing.
+        checked_against: Option<Checksum>,
     },
     SourceMissing,
     Unfinished {
@@ -97,25 +101,6 @@ enum Copied {
     },
     /// A copy conditional on the destination not existing was refused.
     DestinationTaken,
-}
-
-/// The source's full-object checksum, as far as a copy has read it.
-enum SourceChecksum {
-    /// Not read: the copy did not need the source's `HeadObject`.
-    Unread,
-    /// Read when the copy began (a copy in parts): this one, or none.
-    Read(Option<Checksum>),
-}
-
-/// What a `HeadObject` of the listed source says for verifying its copy.
-enum ListedSource {
-    Found {
-        /// Its ETag is the MD5 of its bytes (no SSE-KMS or SSE-C).
-        etag_is_md5: bool,
-        checksum: Option<Checksum>,
-    },
-    /// Gone since the copy, as this error says.
-    Gone(AwsError),
 }
 
 /// A destination object as `HeadObject` shows it.
@@ -180,7 +165,7 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version, source_checksum) = match copied {
+        let (etag, etag_is_md5, source_version, checked_against) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -190,36 +175,23 @@ impl<'a> Mover<'a> {
                 etag,
                 etag_is_md5,
                 source_version,
-                source_checksum,
-            } => (etag, etag_is_md5, source_version, source_checksum),
+                checked_against,
+            } => (etag, etag_is_md5, source_version, checked_against),
         };
         let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
             // The copy's ETag is the listed MD5 of the bytes.
             CopyCheck::Verified => Verification::Etag,
-            check => {
-                let source_checksum = match source_checksum {
-                    SourceChecksum::Read(checksum) => checksum,
-                    SourceChecksum::Unread => {
-                        let differs = check == CopyCheck::DiffersUnlessSourceEncrypted;
-                        match self.listed_source(spec, file).await? {
-                            ListedSource::Found {
-                                etag_is_md5: true, ..
-                            } if differs => {
-                                return Err(copy_differs(destination_key, &etag, &file.etag));
-                            }
-                            ListedSource::Found { checksum, .. } => checksum,
-                            // The copy's MD5 differs from the listed one, and nothing is
-                            // left to say why.
-                            ListedSource::Gone(error) if differs => return Err(error.into()),
-                            // Moved meanwhile (by a twin delivery, say): size and ETag
-                            // judge the copy.
-                            ListedSource::Gone(_) => None,
-                        }
-                    }
-                };
-                let found = self.head_destination(spec, destination_key).await?;
+            CopyCheck::DiffersUnlessSourceEncrypted
+                if self.source_etag_is_md5(spec, file).await? =>
+            {
+                return Err(copy_differs(destination_key, &etag, &file.etag));
+            }
+            CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
+                let found = self
+                    .head_destination(spec, destination_key, checked_against.is_some())
+                    .await?;
                 holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
-                match &source_checksum {
+                match &checked_against {
                     Some(checksum) => check_checksum(destination_key, checksum, &found.checksums)?,
                     None => Verification::Etag,
                 }
@@ -258,28 +230,26 @@ impl<'a> Mover<'a> {
     }
 
     /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
-    /// with SSE-KMS or SSE-C), and its full-object checksum if S3 keeps one.
-    async fn listed_source(
+    /// with SSE-KMS or SSE-C).
+    async fn source_etag_is_md5(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
-    ) -> Result<ListedSource, MoveFailure> {
-        let head = match self.head_listed_source(spec, file).await {
-            Ok(head) => head,
-            Err(refused) => {
-                return match refused.refusal {
-                    SourceRefusal::Fails(failure) => Err(failure),
-                    SourceRefusal::Gone => Ok(ListedSource::Gone(refused.error)),
-                };
-            }
-        };
-        Ok(ListedSource::Found {
-            etag_is_md5: encryption_keeps_md5(
-                head.server_side_encryption.as_ref().map(|s| s.as_str()),
-                head.sse_customer_algorithm.is_some(),
-            ),
-            checksum: checksums::of_head(&head).full_object(),
-        })
+    ) -> Result<bool, MoveFailure> {
+        let head = self
+            .head_listed_source(spec, file)
+            .await
+            .map_err(|refused| {
+                match refused.refusal {
+                    SourceRefusal::Fails(failure) => failure,
+                    // Gone since the copy: the copy's MD5 still differs from the listed one.
+                    SourceRefusal::Gone => refused.error.into(),
+                }
+            })?;
+        Ok(encryption_keeps_md5(
+            head.server_side_encryption.as_ref().map(|s| s.as_str()),
+            head.sse_customer_algorithm.is_some(),
+        ))
     }
 
     /// The listed version of the source, as `HeadObject` shows it with its checksums:
@@ -338,7 +308,7 @@ impl<'a> Mover<'a> {
                     etag,
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
-                    source_checksum: SourceChecksum::Unread,
+                    checked_against: None,
                 })
             }
             Err(err) => {
@@ -415,11 +385,12 @@ impl<'a> Mover<'a> {
         recorded_copy: Option<&str>,
     ) -> Result<(), MoveFailure> {
         let destination_key = planned.destination_key.as_str();
-        let Found { size, etag, .. } = match self.head_destination(spec, destination_key).await {
-            Ok(found) => found,
-            Err(failure) if failure.transient => return Err(failure),
-            Err(failure) => return Err(gone_without_copy(destination_key, &failure.reason)),
-        };
+        let Found { size, etag, .. } =
+            match self.head_destination(spec, destination_key, false).await {
+                Ok(found) => found,
+                Err(failure) if failure.transient => return Err(failure),
+                Err(failure) => return Err(gone_without_copy(destination_key, &failure.reason)),
+            };
         holds_listed_object(&planned.file, recorded_copy, size, &etag)
             .map_err(|what| gone_without_copy(destination_key, &what))
     }
@@ -432,26 +403,36 @@ impl<'a> Mover<'a> {
         destination_key: &str,
     ) -> Result<Option<(i64, String)>, MoveFailure> {
         Ok(self
-            .head_found(spec, destination_key)
+            .head_found(spec, destination_key, false)
             .await?
             .map(|found| (found.size, found.etag)))
     }
 
-    /// The destination with its checksums, `None` when it does not exist; any other
-    /// refusal is the failure.
+    /// The destination, with its checksums when `checksums` asks for them, `None` when
+    /// it does not exist; any other refusal is the failure.
     async fn head_found(
         &self,
         spec: &RunSpec,
         destination_key: &str,
+        checksums: bool,
     ) -> Result<Option<Found>, MoveFailure> {
         let head = self
             .s3
             .head_object()
             .bucket(&spec.destination.bucket)
             .key(destination_key)
-            .checksum_mode(ChecksumMode::Enabled)
+            .set_checksum_mode(checksums.then_some(ChecksumMode::Enabled))
             .send()
             .await;
+        // Checksum mode on an SSE-KMS object also needs kms:Decrypt, which a role that
+        // only writes with the destination key lacks: without the checksum, size and
+        // ETag still judge the copy.
+        if checksums
+            && let Err(err) = &head
+            && err.raw_response().map(|r| r.status().as_u16()) == Some(403)
+        {
+            return Box::pin(self.head_found(spec, destination_key, false)).await;
+        }
         match head {
             Ok(h) => Ok(Some(Found {
                 size: h.content_length.unwrap_or(-1),
@@ -463,14 +444,15 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// The destination's size, ETag and checksums; a missing destination is a
-    /// permanent failure that says so.
+    /// The destination's size, ETag and, when `checksums` asks, checksums; a missing
+    /// destination is a permanent failure that says so.
     pub(super) async fn head_destination(
         &self,
         spec: &RunSpec,
         destination_key: &str,
+        checksums: bool,
     ) -> Result<Found, MoveFailure> {
-        self.head_found(spec, destination_key)
+        self.head_found(spec, destination_key, checksums)
             .await?
             .ok_or_else(|| MoveFailure::permanent("does not exist"))
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType};
 
-use super::{Copied, Mover, SourceChecksum, checksums};
+use super::{Copied, Mover, checksums};
 use crate::deadline::bounded;
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
@@ -103,8 +103,8 @@ impl Mover<'_> {
                     return Ok(Copied::Done {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
+                        checked_against: upload_checksum(&upload).cloned(),
                         source_version: upload.source_version,
-                        source_checksum: SourceChecksum::Read(upload.source_checksum),
                     });
                 }
                 // The destination was written meanwhile and the run does not overwrite: the
@@ -124,8 +124,8 @@ impl Mover<'_> {
                         return Ok(Copied::Done {
                             etag: expected.clone(),
                             etag_is_md5: false,
+                            checked_against: upload_checksum(&upload).cloned(),
                             source_version: upload.source_version,
-                            source_checksum: SourceChecksum::Read(upload.source_checksum),
                         });
                     }
                     self.abort(spec, destination_key, &upload.upload_id).await;
@@ -193,14 +193,13 @@ impl Mover<'_> {
             .await
             .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
             .tag_set;
-        let source_checksum = checksums::of_head(&head).full_object();
-        let in_parts = for_copy_in_parts(source_checksum.clone());
+        let in_parts = for_copy_in_parts(checksums::of_head(&head).full_object());
         let tagging = tags
             .iter()
             .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
             .collect::<Vec<_>>()
             .join("&");
-        let created = self
+        let request = self
             .s3
             .create_multipart_upload()
             .bucket(&spec.destination.bucket)
@@ -219,22 +218,43 @@ impl Mover<'_> {
                 .ok()
             }))
             .set_tagging((!tagging.is_empty()).then_some(tagging))
-            .set_storage_class(super::storage_class(spec, file))
+            .set_storage_class(super::storage_class(spec, file));
+        let with_checksum = request
+            .clone()
             .set_checksum_algorithm(
                 in_parts
                     .as_ref()
                     .map(|c| checksums::sdk_algorithm(c.algorithm)),
             )
-            .set_checksum_type(in_parts.as_ref().map(|_| ChecksumType::FullObject))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("CreateMultipartUpload", e))?;
+            .set_checksum_type(in_parts.as_ref().map(|_| ChecksumType::FullObject));
+        let (created, in_parts) = match with_checksum.send().await {
+            Ok(created) => (created, in_parts),
+            Err(e) => {
+                let e = AwsError::from_sdk("CreateMultipartUpload", e);
+                // An S3-compatible store that makes no full-object checksums of uploads
+                // refuses the request: the copy is made without one, and its size and
+                // ETag judge it.
+                let refused_checksum = in_parts.is_some()
+                    && !e.transient
+                    && ["InvalidRequest", "InvalidArgument", "NotImplemented"]
+                        .iter()
+                        .any(|code| e.code_is(code));
+                if !refused_checksum {
+                    return Err(e.into());
+                }
+                let created = request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("CreateMultipartUpload", e))?;
+                (created, None)
+            }
+        };
         let upload = UploadRecord {
             upload_id: created.upload_id.unwrap_or_default(),
             part_size: part_size(file.size, self.settings.part_size),
             source_etag: file.etag.clone(),
             source_version: head.version_id.clone(),
-            source_checksum,
+            source_checksum: in_parts,
             completing_etag: None,
         };
         match self
@@ -396,7 +416,7 @@ impl Mover<'_> {
     ) -> Result<Option<Copied>, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
         if let Some(expected) = &upload.completing_etag {
-            let found = match self.head_destination(spec, destination_key).await {
+            let found = match self.head_destination(spec, destination_key, false).await {
                 Ok(found) => Some(found),
                 Err(failure) if failure.transient => return Err(failure),
                 Err(_) => None,
@@ -409,7 +429,7 @@ impl Mover<'_> {
                     etag: expected.clone(),
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
-                    source_checksum: SourceChecksum::Read(upload.source_checksum.clone()),
+                    checked_against: upload_checksum(upload).cloned(),
                 }));
             }
         }
