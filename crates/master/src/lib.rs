@@ -42,7 +42,7 @@ use tracing::info;
 /// The most bytes of encoded file names in one batch: a batch is one DynamoDB item, and
 /// this keeps it well within the 400 KB an item may have, however long the keys.
 const BATCH_NAMES_BYTES: usize = 96 * 1024;
-/// A dry run's `HeadObject` requests of destinations in flight at once.
+/// A dry run's listings of destination keys in flight at once.
 const DESTINATION_CHECKS_AT_ONCE: usize = 32;
 /// S3 error codes that no retry will change: the bucket is not there, or the functions
 /// may not list it.
@@ -355,7 +355,10 @@ impl Master {
 
     /// What each file's destination holds (size and ETag), `None` where nothing is
     /// there, as a dry run needs to say what the run would skip, fail or overwrite: one
-    /// `HeadObject` per file that the listing alone does not fail.
+    /// `ListObjectsV2` of the destination key as a prefix per file that the listing
+    /// alone does not fail. A listing needs only the `s3:ListBucket` on the destination
+    /// prefix that the input check already has, where a `HeadObject` of a missing key
+    /// would answer 403 to a caller that may not list the whole bucket.
     async fn destinations(
         &self,
         spec: &RunSpec,
@@ -369,24 +372,26 @@ impl Master {
                 let Ok(key) = spec.destination_key(&file.key) else {
                     return Ok(None);
                 };
-                let head = self
+                let listed = self
                     .s3
-                    .head_object()
+                    .list_objects_v2()
                     .bucket(&spec.destination.bucket)
-                    .key(key)
+                    .prefix(&key)
+                    .max_keys(1)
+                    .encoding_type(EncodingType::Url)
                     .send()
-                    .await;
-                match head {
-                    Ok(h) => Ok(Some((
-                        h.content_length.unwrap_or(-1),
-                        h.e_tag.unwrap_or_default(),
-                    ))),
-                    Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-                    Err(e) => Err(Error::Listing {
-                        location: spec.destination.clone(),
-                        source: AwsError::from_sdk("HeadObject", e),
-                    }),
-                }
+                    .await
+                    .map_err(|e| self.listing_error(&spec.destination, e))?;
+                // The first key under the prefix is the key itself, if it exists.
+                Ok(listed.contents().first().and_then(|object| {
+                    let found = decode_listed_key(object.key()?).ok()?;
+                    (found == key).then(|| {
+                        (
+                            object.size.unwrap_or(-1),
+                            object.e_tag.clone().unwrap_or_default(),
+                        )
+                    })
+                }))
             })
             .buffered(DESTINATION_CHECKS_AT_ONCE)
             .try_collect()

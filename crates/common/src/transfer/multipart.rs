@@ -242,6 +242,8 @@ impl Mover<'_> {
                 if !refused_checksum {
                     return Err(e.into());
                 }
+                tracing::warn!(key = %destination_key, error = %e,
+                    "the store refused a full-object checksum: this copy in parts is verified by size and ETag");
                 let created = request
                     .send()
                     .await
