@@ -8,6 +8,7 @@ depends on, the difference is closed here, each with the reason beside it.
 """
 
 import copy
+import hashlib
 import os
 import sys
 import threading
@@ -53,6 +54,7 @@ from moto.stepfunctions.parser import models as parser_models
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions.responses import StepFunctionResponse
 import moto.dynamodb.models as dynamodb_models
+from moto.s3.models import FakeKey
 from moto.s3.responses import S3Response
 
 from . import strict
@@ -259,6 +261,22 @@ def name_list_parts_result() -> None:
     S3Response.list_parts = list_parts
 
 
+def kms_etags_are_not_md5s() -> None:
+    """An object S3 encrypts with SSE-KMS (or DSSE-KMS) has an ETag that is not the MD5 of
+    its bytes; moto gives every object its MD5. Code that takes a matching ETag for a
+    copy that kept its bytes and its encryption would pass here and not on AWS."""
+    original = FakeKey.etag
+
+    def etag(self):
+        plain = original.fget(self)
+        if getattr(self, "encryption", None) in ("aws:kms", "aws:kms:dsse") and "-" not in plain:
+            digest = hashlib.md5(b"sse-kms:" + plain.encode(), usedforsecurity=False)
+            return f'"{digest.hexdigest()}"'
+        return plain
+
+    FakeKey.etag = property(etag)
+
+
 def reverse_history_on_request() -> None:
     """GetExecutionHistory: moto ignores `reverseOrder`, which asks for the newest events
     first (status reads the newest activity event that way)."""
@@ -424,6 +442,7 @@ def main() -> None:
     keep_task_failure_cause()
     name_unnamed_executions()
     name_list_parts_result()
+    kms_etags_are_not_md5s()
     reverse_history_on_request()
     close_answered_tasks()
     name_heartbeat_timeouts()

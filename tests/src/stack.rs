@@ -24,7 +24,7 @@ use common::store::{StatusRecords, Store};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
-use xtask::local::RunningStack;
+use xtask::local::{REGION, RunningStack};
 
 use crate::{body_of, sdk_config, unique, workspace_root};
 
@@ -162,6 +162,30 @@ impl LocalStack {
         let (status, body) = self.control("GET", "/_local/calls", "");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// A new symmetric key in the local stack's KMS, by its ARN.
+    pub fn create_kms_key(&self) -> String {
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut connection = std::net::TcpStream::connect(address).unwrap();
+        let body = "{}";
+        // moto reads the service and region from the credential scope and checks no
+        // signature.
+        write!(
+            connection,
+            "POST / HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+             X-Amz-Target: TrentService.CreateKey\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/kms/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        connection.read_to_string(&mut response).unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        let created: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        created["KeyMetadata"]["Arn"].as_str().unwrap().to_string()
     }
 
     /// One request to the front's control paths.

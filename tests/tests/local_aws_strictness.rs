@@ -448,3 +448,41 @@ async fn an_upload_completed_with_another_full_object_checksum_is_refused_and_st
         .unwrap();
     assert_eq!(parts.parts().len(), 1);
 }
+
+#[tokio::test]
+async fn an_sse_kms_object_has_an_etag_that_is_not_the_md5_of_its_bytes() {
+    // GIVEN the same bytes written with SSE-S3 and with SSE-KMS
+    let f = Fixture::new().await;
+    let s3 = &f.clients.s3;
+    let body = body_of("raw/a.csv");
+    for (key, kms) in [("raw/s3.csv", false), ("raw/kms.csv", true)] {
+        let put = s3
+            .put_object()
+            .bucket(&f.bucket)
+            .key(key)
+            .body(ByteStream::from(body.clone()));
+        let put = if kms {
+            put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .ssekms_key_id("arn:aws:kms:us-east-1:123456789012:key/test")
+        } else {
+            put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+        };
+        put.send().await.unwrap();
+    }
+    let bucket = &f.bucket;
+    let etag = |key: &'static str| async move {
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        head.e_tag().unwrap().trim_matches('"').to_string()
+    };
+    // THEN the SSE-S3 object's ETag is the MD5 of its bytes and the SSE-KMS object's is
+    // not, as on S3
+    let md5 = integration_tests::md5_hex(&body);
+    assert_eq!(etag("raw/s3.csv").await, md5.trim_matches('"'));
+    assert_ne!(etag("raw/kms.csv").await, md5.trim_matches('"'));
+}

@@ -5,7 +5,7 @@
 use serde_norway::Value;
 
 use crate::Problem;
-use crate::template::{Reference, Template, referenced_name};
+use crate::template::{Reference, Template, referenced_name, referenced_resource};
 
 /// One `Allow` statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,26 @@ impl Template {
             .filter_map(|d| d.get("Statement"))
         {
             for statement in document.as_sequence().into_iter().flatten() {
+                // `!If [Condition, statement, !Ref AWS::NoValue]`: the statement is there
+                // only where its condition holds.
+                let statement = match statement {
+                    Value::Tagged(tagged) if tagged.tag == "If" => {
+                        let parts = tagged
+                            .value
+                            .as_sequence()
+                            .filter(|p| p.len() == 3)
+                            .ok_or_else(|| Problem(format!("{resource}: a malformed !If")))?;
+                        let condition = parts[0]
+                            .as_str()
+                            .ok_or_else(|| Problem(format!("{resource}: a malformed !If")))?;
+                        let chosen = &parts[if (at.condition)(condition) { 1 } else { 2 }];
+                        if referenced_resource(chosen).as_deref() == Some("AWS::NoValue") {
+                            continue;
+                        }
+                        chosen
+                    }
+                    other => other,
+                };
                 let sid = statement
                     .get("Sid")
                     .and_then(Value::as_str)
@@ -140,9 +160,27 @@ impl Template {
     fn strings(&self, value: Option<&Value>, at: &Deployment) -> Result<Vec<String>, Problem> {
         match value {
             Some(Value::Sequence(items)) => items.iter().map(|v| self.string(v, at)).collect(),
+            // A `CommaDelimitedList` parameter is a list of its comma-separated values.
+            Some(v) if self.is_list_parameter(v) => Ok(self
+                .string(v, at)?
+                .split(',')
+                .map(|item| item.trim().to_string())
+                .collect()),
             Some(v) => Ok(vec![self.string(v, at)?]),
             None => Err(Problem("missing Action or Resource".into())),
         }
+    }
+
+    fn is_list_parameter(&self, value: &Value) -> bool {
+        referenced_resource(value)
+            .and_then(|name| self.parameters.get(name.as_str()).cloned())
+            .and_then(|parameter| {
+                parameter
+                    .get("Type")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .is_some_and(|kind| kind == "CommaDelimitedList")
     }
 
     /// A string value with its intrinsic functions resolved.
@@ -327,6 +365,60 @@ Resources:
         assert_eq!(
             statements[2].resources,
             ["arn:aws:states:eu-west-1:111122223333:execution:arn:aws:dynamodb:::table/Table:*"]
+        );
+    }
+
+    #[test]
+    fn a_statement_under_if_is_there_only_where_its_condition_holds_and_a_list_is_its_items() {
+        let template = Template::parse(
+            r#"
+Parameters:
+  Keys: {Type: CommaDelimitedList, Default: ""}
+Conditions:
+  UsesKeys: !Not [!Equals [!Join ["", !Ref Keys], ""]]
+Resources:
+  Work:
+    Type: AWS::Serverless::Function
+    Properties:
+      Policies:
+        - Statement:
+            - {Sid: Always, Effect: Allow, Action: s3:GetObject, Resource: "arn:aws:s3:::b/*"}
+            - !If
+              - UsesKeys
+              - Sid: Keys
+                Effect: Allow
+                Action: [kms:Decrypt, kms:GenerateDataKey]
+                Resource: !Ref Keys
+              - !Ref AWS::NoValue
+"#,
+        )
+        .unwrap();
+        let resolve = |r: &Reference| match r {
+            Reference::Parameter { .. } => Some("arn:aws:kms:::key/a,arn:aws:kms:::key/b".into()),
+            Reference::Resource { .. } => None,
+        };
+        let deployment = |keys: bool| -> Vec<Statement> {
+            let condition = move |c: &str| keys && c == "UsesKeys";
+            let at = Deployment {
+                partition: "aws",
+                region: "eu-west-1",
+                account: "111122223333",
+                resolve: &resolve,
+                condition: &condition,
+            };
+            template.policy("Work", &at).unwrap()
+        };
+        let without = deployment(false);
+        assert_eq!(
+            without.iter().map(|s| s.sid.as_str()).collect::<Vec<_>>(),
+            ["Always"]
+        );
+        let with = deployment(true);
+        assert_eq!(with[1].sid, "Keys");
+        assert_eq!(with[1].actions, ["kms:Decrypt", "kms:GenerateDataKey"]);
+        assert_eq!(
+            with[1].resources,
+            ["arn:aws:kms:::key/a", "arn:aws:kms:::key/b"]
         );
     }
 }

@@ -69,7 +69,7 @@ pub struct Function {
 
 #[derive(Debug, Clone)]
 pub struct Template {
-    parameters: serde_norway::Mapping,
+    pub(crate) parameters: serde_norway::Mapping,
     globals: serde_norway::Mapping,
     resources: serde_norway::Mapping,
 }
@@ -355,7 +355,7 @@ pub(crate) fn referenced_name(value: &Value) -> Option<&str> {
 }
 
 /// The logical id in `!Ref X`, `!GetAtt X.Arn`, `{Ref: X}` or `{Fn::GetAtt: [X, Arn]}`.
-fn referenced_resource(value: &Value) -> Option<String> {
+pub(crate) fn referenced_resource(value: &Value) -> Option<String> {
     let logical = |target: &str| target.split('.').next().map(String::from);
     match value {
         Value::Tagged(tagged) if tagged.tag == "Ref" || tagged.tag == "GetAtt" => {

@@ -57,6 +57,9 @@ pub struct MasterEvent {
     pub modified_before: Option<String>,
     /// The storage class every copy is written in; by default each keeps its source's.
     pub storage_class: Option<String>,
+    /// The KMS key (id, key ARN or alias ARN) every copy is encrypted with (SSE-KMS); by
+    /// default each keeps its source's encryption.
+    pub kms_key_id: Option<String>,
     /// `overwrite` (the default), `skip` or `fail`: what happens to a destination key
     /// that already holds an object.
     pub if_destination_exists: Option<String>,
@@ -163,6 +166,11 @@ impl MasterEvent {
                 STORAGE_CLASSES.join(", ")
             )));
         }
+        if let Some(key) = &self.kms_key_id
+            && let Err(problem) = check_kms_key_id(key)
+        {
+            return Err(EventError(format!("kms_key_id: {key:?} {problem}")));
+        }
         let if_exists = match &self.if_destination_exists {
             None => IfExists::Overwrite,
             Some(raw) => IfExists::parse(raw)
@@ -173,10 +181,25 @@ impl MasterEvent {
             RunSpec::new(source, destination, suffixes)?
                 .with_selection(selection)
                 .with_storage_class(self.storage_class)
+                .with_kms_key_id(self.kms_key_id)
                 .with_if_destination_exists(if_exists)
                 .with_keep_source_versions(self.keep_source_versions.unwrap_or(false))
                 .with_dry_run(self.dry_run.unwrap_or(false)),
         ))
+    }
+}
+
+/// Whether `key` can name a KMS key: a key id, key ARN or alias ARN is a non-empty
+/// string of at most 2,048 characters with no whitespace.
+fn check_kms_key_id(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        Err("is empty")
+    } else if key.chars().count() > 2048 {
+        Err("is longer than the 2,048 characters a KMS key id may have")
+    } else if key.chars().any(char::is_whitespace) {
+        Err("contains whitespace; name a key id, key ARN or alias ARN")
+    } else {
+        Ok(())
     }
 }
 
@@ -637,6 +660,11 @@ mod tests {
             (
                 json!({"if_destination_exists": "keep"}),
                 "if_destination_exists: \"keep\" is not one of",
+            ),
+            (json!({"kms_key_id": ""}), "kms_key_id: \"\" is empty"),
+            (
+                json!({"kms_key_id": "alias/my key"}),
+                "kms_key_id: \"alias/my key\" contains whitespace",
             ),
             (
                 json!({"include": ["a", "b[1]"]}),

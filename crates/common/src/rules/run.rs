@@ -170,6 +170,10 @@ pub struct RunSpec {
     /// The storage class every copy is written in; by default each keeps its source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// The KMS key every copy is encrypted with; by default each keeps its source's
+    /// encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
     /// What happens to a destination key that already holds an object.
     #[serde(default, skip_serializing_if = "is_overwrite")]
     pub if_destination_exists: IfExists,
@@ -203,6 +207,7 @@ impl RunSpec {
             suffixes,
             selection: Selection::default(),
             storage_class: None,
+            kms_key_id: None,
             if_destination_exists: IfExists::Overwrite,
             keep_source_versions: false,
             dry_run: false,
@@ -221,6 +226,12 @@ impl RunSpec {
             storage_class,
             ..self
         }
+    }
+
+    /// The same run, encrypting every copy with `kms_key_id` (`None`: each keeps its
+    /// source's encryption).
+    pub fn with_kms_key_id(self, kms_key_id: Option<String>) -> Self {
+        RunSpec { kms_key_id, ..self }
     }
 
     /// The same run, keeping (or not) the copied versions of sources.

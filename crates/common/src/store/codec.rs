@@ -87,6 +87,9 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if let Some(class) = &spec.storage_class {
         described.push_str(&format!(", storage class {class}"));
     }
+    if let Some(key) = &spec.kms_key_id {
+        described.push_str(&format!(", KMS key {key}"));
+    }
     if spec.keep_source_versions {
         described.push_str(", keeping source versions");
     }
@@ -144,6 +147,7 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                     .map_err(|e| corrupt(e.0))?
                     .with_selection(selection)
                     .with_storage_class(get_s(item, "storage_class").map(String::from))
+                    .with_kms_key_id(get_s(item, "kms_key_id").map(String::from))
                     .with_if_destination_exists(match get_s(item, "if_destination_exists") {
                         // Runs recorded before the choice existed overwrote.
                         None => IfExists::Overwrite,

@@ -58,9 +58,14 @@ impl MasterRecords {
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
                      if_destination_exists = :ide, keep_source_versions = :ksv, dry_run = :dry, \
                      listing_complete = :f, selected = :zero, \
-                     created_at = :now, expires_at = :exp{}",
+                     created_at = :now, expires_at = :exp{}{}",
                     if spec.storage_class.is_some() {
                         ", storage_class = :stc"
+                    } else {
+                        ""
+                    },
+                    if spec.kms_key_id.is_some() {
+                        ", kms_key_id = :kms"
                     } else {
                         ""
                     }
@@ -84,6 +89,10 @@ impl MasterRecords {
                 .expression_attribute_values(":exp", self.store.expires_at());
             let created = match &spec.storage_class {
                 Some(class) => created.expression_attribute_values(":stc", s(class)),
+                None => created,
+            };
+            let created = match &spec.kms_key_id {
+                Some(key) => created.expression_attribute_values(":kms", s(key)),
                 None => created,
             }
             .send()

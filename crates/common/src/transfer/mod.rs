@@ -9,7 +9,7 @@ pub use delete::Deleted;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::types::{ChecksumMode, StorageClass};
+use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption, StorageClass};
 
 use crate::config::SlaveSettings;
 use crate::deadline::{Deadlines, bounded};
@@ -21,6 +21,7 @@ use crate::rules::copy::{
     destination_class, encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object,
     might_copy_in_parts, refused_copy, source_changed, source_refusal,
 };
+use crate::rules::encryption::{Encryption, requested, to_encrypt_again};
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, too_long};
 use crate::rules::run::{PlannedMove, RunId, RunSpec};
@@ -61,6 +62,15 @@ pub enum CopyOutcome {
     DestinationExists,
 }
 
+/// How `HeadObject` shows an object encrypted.
+fn encryption_of_head(head: &HeadObjectOutput) -> Encryption {
+    Encryption::reported(
+        head.server_side_encryption.as_ref().map(|s| s.as_str()),
+        head.ssekms_key_id.as_deref(),
+        head.sse_customer_algorithm.is_some(),
+    )
+}
+
 /// `If-None-Match: *` when the run keeps existing destinations.
 fn if_none_match(spec: &RunSpec) -> Option<String> {
     spec.if_destination_exists
@@ -94,6 +104,10 @@ enum Copied {
         /// copy has none: `CopyObject` carries the source's checksum value over to the
         /// copy instead of computing it from the copied bytes, so it proves nothing.
         checked_against: Option<Checksum>,
+        /// The encryption of a copy made with the destination bucket's default (a whole
+        /// copy the run names no key for), which may not be its source's; `None` when
+        /// the copy was asked for its encryption up front.
+        default_encryption: Option<Encryption>,
     },
     SourceMissing,
     Unfinished {
@@ -165,7 +179,8 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version, checked_against) = match copied {
+        let (etag, etag_is_md5, source_version, checked_against, default_encryption) = match copied
+        {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -176,25 +191,59 @@ impl<'a> Mover<'a> {
                 etag_is_md5,
                 source_version,
                 checked_against,
-            } => (etag, etag_is_md5, source_version, checked_against),
+                default_encryption,
+            } => (
+                etag,
+                etag_is_md5,
+                source_version,
+                checked_against,
+                default_encryption,
+            ),
         };
+        let mut etag = etag;
         let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
-            // The copy's ETag is the listed MD5 of the bytes.
+            // The copy's ETag is the listed MD5 of the bytes: neither the source nor the
+            // copy is encrypted with KMS or a customer key, so the copy is as encrypted as
+            // its source.
             CopyCheck::Verified => Verification::Etag,
-            CopyCheck::DiffersUnlessSourceEncrypted
-                if self.source_etag_is_md5(spec, file).await? =>
-            {
-                return Err(copy_differs(destination_key, &etag, &file.etag));
-            }
-            CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
+            check => {
+                // The source's encryption: whether its ETag is an MD5, and, for a copy made
+                // with the bucket's default encryption, what the copy must be given.
+                let differs = check == CopyCheck::DiffersUnlessSourceEncrypted;
+                let source =
+                    if differs || (default_encryption.is_some() && spec.kms_key_id.is_none()) {
+                        match self.listed_source_encryption(spec, file).await? {
+                            Ok(Encryption::S3Managed) if differs => {
+                                return Err(copy_differs(destination_key, &etag, &file.etag));
+                            }
+                            Ok(source) => Some(source),
+                            // The copy's MD5 differs from the listed one, and nothing is left
+                            // to say why.
+                            Err(gone) if differs => return Err(gone.into()),
+                            // Moved meanwhile (by a twin delivery, say): size and ETag judge the
+                            // copy, which keeps the encryption it has.
+                            Err(_) => None,
+                        }
+                    } else {
+                        None
+                    };
                 let found = self
                     .head_destination(spec, destination_key, checked_against.is_some())
                     .await?;
                 holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
-                match &checked_against {
+                let verification = match &checked_against {
                     Some(checksum) => check_checksum(destination_key, checksum, &found.checksums)?,
                     None => Verification::Etag,
+                };
+                if let (Some(source), Some(copied)) = (&source, &default_encryption)
+                    && let Some(wanted) =
+                        to_encrypt_again(spec.kms_key_id.as_deref(), source, copied)
+                {
+                    etag = self.encrypt_again(spec, planned, &etag, &wanted).await?;
+                    let found = self.head_destination(spec, destination_key, false).await?;
+                    holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
                 }
+                verification
             }
         };
         Ok(CopyOutcome::Verified {
@@ -229,27 +278,50 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
-    /// with SSE-KMS or SSE-C).
-    async fn source_etag_is_md5(
+    /// How the listed source is encrypted; `Err` with the error that says so when it is
+    /// gone.
+    async fn listed_source_encryption(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
-    ) -> Result<bool, MoveFailure> {
-        let head = self
-            .head_listed_source(spec, file)
+    ) -> Result<Result<Encryption, AwsError>, MoveFailure> {
+        match self.head_listed_source(spec, file).await {
+            Ok(head) => Ok(Ok(encryption_of_head(&head))),
+            Err(refused) => match refused.refusal {
+                SourceRefusal::Fails(failure) => Err(failure),
+                SourceRefusal::Gone => Ok(Err(refused.error)),
+            },
+        }
+    }
+
+    /// Encrypts the verified copy at the destination again, in place, as `wanted`: a
+    /// copy of itself conditional on its ETag, so that only this run's copy is
+    /// rewritten. Answers the new ETag.
+    async fn encrypt_again(
+        &self,
+        spec: &RunSpec,
+        planned: &PlannedMove,
+        copy_etag: &str,
+        wanted: &Encryption,
+    ) -> Result<String, MoveFailure> {
+        let destination_key = planned.destination_key.as_str();
+        let out = self
+            .s3
+            .copy_object()
+            .bucket(&spec.destination.bucket)
+            .key(destination_key)
+            .copy_source(copy_source(&spec.destination.bucket, destination_key))
+            .copy_source_if_match(copy_etag)
+            .set_storage_class(storage_class(spec, &planned.file))
+            .set_server_side_encryption(wanted.header().map(ServerSideEncryption::from))
+            .set_ssekms_key_id(wanted.kms_key_id().map(String::from))
+            .send()
             .await
-            .map_err(|refused| {
-                match refused.refusal {
-                    SourceRefusal::Fails(failure) => failure,
-                    // Gone since the copy: the copy's MD5 still differs from the listed one.
-                    SourceRefusal::Gone => refused.error.into(),
-                }
-            })?;
-        Ok(encryption_keeps_md5(
-            head.server_side_encryption.as_ref().map(|s| s.as_str()),
-            head.sse_customer_algorithm.is_some(),
-        ))
+            .map_err(|e| AwsError::from_sdk("CopyObject", e))?;
+        Ok(out
+            .copy_object_result
+            .and_then(|r| r.e_tag)
+            .unwrap_or_default())
     }
 
     /// The listed version of the source, as `HeadObject` shows it with its checksums:
@@ -283,6 +355,7 @@ impl<'a> Mover<'a> {
         planned: &PlannedMove,
     ) -> Result<Copied, MoveFailure> {
         let file = &planned.file;
+        let asked = requested(spec.kms_key_id.as_deref(), None);
         let sent = self
             .s3
             .copy_object()
@@ -291,11 +364,29 @@ impl<'a> Mover<'a> {
             .copy_source(copy_source(&spec.source.bucket, &file.key))
             .copy_source_if_match(&file.etag)
             .set_storage_class(storage_class(spec, file))
+            .set_server_side_encryption(
+                asked
+                    .as_ref()
+                    .and_then(Encryption::header)
+                    .map(ServerSideEncryption::from),
+            )
+            .set_ssekms_key_id(
+                asked
+                    .as_ref()
+                    .and_then(|e| e.kms_key_id().map(String::from)),
+            )
             .set_if_none_match(if_none_match(spec))
             .send()
             .await;
         match sent {
             Ok(out) => {
+                let default_encryption = asked.is_none().then(|| {
+                    Encryption::reported(
+                        out.server_side_encryption.as_ref().map(|s| s.as_str()),
+                        out.ssekms_key_id.as_deref(),
+                        out.sse_customer_algorithm.is_some(),
+                    )
+                });
                 let etag_is_md5 = encryption_keeps_md5(
                     out.server_side_encryption.as_ref().map(|s| s.as_str()),
                     out.sse_customer_algorithm.is_some(),
@@ -309,6 +400,7 @@ impl<'a> Mover<'a> {
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
                     checked_against: None,
+                    default_encryption,
                 })
             }
             Err(err) => {

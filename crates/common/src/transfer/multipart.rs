@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType};
+use aws_sdk_s3::types::{
+    ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+};
 
 use super::{Copied, Mover, checksums};
 use crate::deadline::bounded;
@@ -15,6 +17,7 @@ use crate::rules::copy::{
     PartRefusal, SourceRefusal, bare, holds_listed_object, multipart_etag, part_ranges,
     part_refusal, part_size,
 };
+use crate::rules::encryption::{Encryption, requested};
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, decode_listed_key};
 use crate::rules::records::UploadRecord;
@@ -104,6 +107,7 @@ impl Mover<'_> {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
                         checked_against: upload_checksum(&upload).cloned(),
+                        default_encryption: None,
                         source_version: upload.source_version,
                     });
                 }
@@ -125,6 +129,7 @@ impl Mover<'_> {
                             etag: expected.clone(),
                             etag_is_md5: false,
                             checked_against: upload_checksum(&upload).cloned(),
+                            default_encryption: None,
                             source_version: upload.source_version,
                         });
                     }
@@ -194,6 +199,10 @@ impl Mover<'_> {
             .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
             .tag_set;
         let in_parts = for_copy_in_parts(checksums::of_head(&head).full_object());
+        let encryption = requested(
+            spec.kms_key_id.as_deref(),
+            Some(&super::encryption_of_head(&head)),
+        );
         let tagging = tags
             .iter()
             .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
@@ -218,7 +227,18 @@ impl Mover<'_> {
                 .ok()
             }))
             .set_tagging((!tagging.is_empty()).then_some(tagging))
-            .set_storage_class(super::storage_class(spec, file));
+            .set_storage_class(super::storage_class(spec, file))
+            .set_server_side_encryption(
+                encryption
+                    .as_ref()
+                    .and_then(Encryption::header)
+                    .map(ServerSideEncryption::from),
+            )
+            .set_ssekms_key_id(
+                encryption
+                    .as_ref()
+                    .and_then(|e| e.kms_key_id().map(String::from)),
+            );
         let with_checksum = request
             .clone()
             .set_checksum_algorithm(
@@ -432,6 +452,7 @@ impl Mover<'_> {
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
                     checked_against: upload_checksum(upload).cloned(),
+                    default_encryption: None,
                 }));
             }
         }
