@@ -263,14 +263,18 @@ def name_list_parts_result() -> None:
 
 def kms_etags_are_not_md5s() -> None:
     """An object S3 encrypts with SSE-KMS (or DSSE-KMS) has an ETag that is not the MD5 of
-    its bytes; moto gives every object its MD5. Code that takes a matching ETag for a
-    copy that kept its bytes and its encryption would pass here and not on AWS."""
+    its bytes, and differs from write to write; moto gives every object its MD5. Code that
+    takes a matching ETag for a copy that kept its bytes and its encryption would pass
+    here and not on AWS. The stand-in depends on the write (bucket, key, time, KMS key),
+    so the same object answers the same ETag every time it is read."""
     original = FakeKey.etag
 
     def etag(self):
         plain = original.fget(self)
         if getattr(self, "encryption", None) in ("aws:kms", "aws:kms:dsse") and "-" not in plain:
-            digest = hashlib.md5(b"sse-kms:" + plain.encode(), usedforsecurity=False)
+            write = "|".join(str(getattr(self, name, "")) for name in
+                             ("bucket_name", "name", "last_modified", "kms_key_id"))
+            digest = hashlib.md5(f"sse-kms|{write}|{plain}".encode(), usedforsecurity=False)
             return f'"{digest.hexdigest()}"'
         return plain
 

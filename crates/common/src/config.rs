@@ -63,6 +63,11 @@ pub struct SlaveSettings {
     pub part_size: u64,
     /// `PART_CONCURRENCY`, default 8: parts of one object copied at once.
     pub part_concurrency: usize,
+    /// `READ_SOURCE_ENCRYPTION`, default false (the template sets it where the stack
+    /// lists KMS keys): each whole copy first reads its source's encryption
+    /// (`HeadObject`) and is made with it, so an SSE-KMS object keeps its key. Without
+    /// it, a copy takes the destination bucket's default encryption.
+    pub read_source_encryption: bool,
 }
 
 /// Settings of the `status` function.
@@ -278,6 +283,7 @@ impl SlaveSettings {
                 MAX_PART_SIZE,
             )?,
             part_concurrency: env.number("PART_CONCURRENCY", 8usize, 1, 64)?,
+            read_source_encryption: env.flag("READ_SOURCE_ENCRYPTION")?,
         })
     }
 }

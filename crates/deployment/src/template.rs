@@ -230,6 +230,20 @@ impl Template {
                     Value::String(s) => Some(s.clone()),
                     Value::Number(n) => Some(n.to_string()),
                     Value::Bool(b) => Some(b.to_string()),
+                    // `!If [Condition, a, b]` of two literals: `b`, the value where the
+                    // condition does not hold (as deployed with the parameters' defaults).
+                    Value::Tagged(tagged)
+                        if tagged.tag == "If"
+                            && tagged.value.as_sequence().is_some_and(|parts| {
+                                parts.len() == 3
+                                    && parts[1..].iter().all(|p| matches!(p, Value::String(_)))
+                            }) =>
+                    {
+                        match &tagged.value.as_sequence().expect("checked above")[2] {
+                            Value::String(s) => Some(s.clone()),
+                            _ => None,
+                        }
+                    }
                     other => self.reference_to(other).and_then(|r| resolve(&r)),
                 };
                 Some((name.as_str()?.to_string(), value))

@@ -1,11 +1,10 @@
-//! Server-side encryption: what a copy must be encrypted with, and whether the copy S3
-//! made needs encrypting again.
+//! Server-side encryption: what a copy is asked to be encrypted with.
 //!
 //! `CopyObject` does not keep the source's encryption: without encryption headers the
 //! copy takes the destination bucket's default (SSE-S3 unless the bucket names a KMS
-//! key). A move keeps what the object is, so a copy whose encryption differs from its
-//! source's is encrypted again, in place, with the source's; a run that names a KMS key
-//! has every copy encrypted with it instead.
+//! key). A move keeps an SSE-KMS object's key, so the copy is asked for it, where the
+//! source's encryption is known before the copy; a run that names a KMS key has every
+//! copy encrypted with it instead.
 
 /// How an object is encrypted at rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,51 +57,19 @@ impl Encryption {
     }
 }
 
-/// The encryption a copy is asked for up front: the run's KMS key if it names one, else
-/// the source's where it is already known (a copy in parts reads its source first);
-/// `None` leaves the copy to the destination bucket's default, to be checked afterwards.
+/// The encryption a copy is asked for: the run's KMS key if it names one, else the
+/// source's KMS key where the source's encryption is known. `None` leaves the copy to the
+/// destination bucket's default, which is what an SSE-S3 source gets: the destination's
+/// owner may require its own default there, and SSE-S3 asks for no key.
 pub fn requested(run_key: Option<&str>, source: Option<&Encryption>) -> Option<Encryption> {
     match (run_key, source) {
         (Some(key), _) => Some(Encryption::Kms {
             dual_layer: false,
             key_id: key.to_string(),
         }),
-        (None, Some(Encryption::CustomerKey)) | (None, None) => None,
-        (None, Some(source)) => Some(source.clone()),
+        (None, Some(kms @ Encryption::Kms { .. })) => Some(kms.clone()),
+        (None, _) => None,
     }
-}
-
-/// The encryption a whole copy made with the bucket's default must be given afterwards
-/// to be its source's, or `None` when it already is (or the run named a key, which the
-/// copy was made with).
-pub fn to_encrypt_again(
-    run_key: Option<&str>,
-    source: &Encryption,
-    copied: &Encryption,
-) -> Option<Encryption> {
-    if run_key.is_some() || *source == Encryption::CustomerKey {
-        return None;
-    }
-    let same = match (source, copied) {
-        (
-            Encryption::Kms {
-                dual_layer: a,
-                key_id: wanted,
-            },
-            Encryption::Kms {
-                dual_layer: b,
-                key_id: found,
-            },
-        ) => a == b && same_key(wanted, found),
-        (source, copied) => source == copied,
-    };
-    (!same).then(|| source.clone())
-}
-
-/// Whether two names of a KMS key name the same key: equal, or one a key ARN ending in
-/// the other's key id.
-fn same_key(a: &str, b: &str) -> bool {
-    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
 }
 
 #[cfg(test)]
@@ -151,44 +118,18 @@ mod tests {
     }
 
     #[test]
-    fn a_run_key_is_asked_for_up_front_and_a_known_source_encryption_is_kept() {
+    fn a_run_key_is_asked_for_and_a_source_kms_key_is_kept() {
         assert_eq!(requested(Some(KEY_B), Some(&kms(KEY_A))), Some(kms(KEY_B)));
+        assert_eq!(requested(Some(KEY_B), None), Some(kms(KEY_B)));
         assert_eq!(requested(None, Some(&kms(KEY_A))), Some(kms(KEY_A)));
-        assert_eq!(
-            requested(None, Some(&Encryption::S3Managed)),
-            Some(Encryption::S3Managed)
-        );
-        assert_eq!(requested(None, None), None);
+        let dual = Encryption::Kms {
+            dual_layer: true,
+            key_id: KEY_A.into(),
+        };
+        assert_eq!(requested(None, Some(&dual)), Some(dual.clone()));
+        // SSE-S3, SSE-C or unknown: the destination bucket's default
+        assert_eq!(requested(None, Some(&Encryption::S3Managed)), None);
         assert_eq!(requested(None, Some(&Encryption::CustomerKey)), None);
-    }
-
-    #[test]
-    fn a_copy_is_encrypted_again_only_where_it_differs_from_its_source() {
-        // the bucket's default gave an SSE-KMS source's copy SSE-S3, or another key
-        assert_eq!(
-            to_encrypt_again(None, &kms(KEY_A), &Encryption::S3Managed),
-            Some(kms(KEY_A))
-        );
-        assert_eq!(
-            to_encrypt_again(None, &kms(KEY_A), &kms(KEY_B)),
-            Some(kms(KEY_A))
-        );
-        // an SSE-S3 source whose copy took a bucket's KMS default
-        assert_eq!(
-            to_encrypt_again(None, &Encryption::S3Managed, &kms(KEY_B)),
-            Some(Encryption::S3Managed)
-        );
-        // already the same: by ARN, or by key id against its ARN
-        assert_eq!(to_encrypt_again(None, &kms(KEY_A), &kms(KEY_A)), None);
-        assert_eq!(to_encrypt_again(None, &kms("aaaa"), &kms(KEY_A)), None);
-        assert_eq!(
-            to_encrypt_again(None, &Encryption::S3Managed, &Encryption::S3Managed),
-            None
-        );
-        // a run that names a key made the copy with it
-        assert_eq!(
-            to_encrypt_again(Some(KEY_B), &kms(KEY_A), &kms(KEY_B)),
-            None
-        );
+        assert_eq!(requested(None, None), None);
     }
 }

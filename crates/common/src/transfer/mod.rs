@@ -21,7 +21,7 @@ use crate::rules::copy::{
     destination_class, encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object,
     might_copy_in_parts, refused_copy, source_changed, source_refusal,
 };
-use crate::rules::encryption::{Encryption, requested, to_encrypt_again};
+use crate::rules::encryption::{Encryption, requested};
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, too_long};
 use crate::rules::run::{PlannedMove, RunId, RunSpec};
@@ -104,10 +104,6 @@ enum Copied {
         /// copy has none: `CopyObject` carries the source's checksum value over to the
         /// copy instead of computing it from the copied bytes, so it proves nothing.
         checked_against: Option<Checksum>,
-        /// The encryption of a copy made with the destination bucket's default (a whole
-        /// copy the run names no key for), which may not be its source's; `None` when
-        /// the copy was asked for its encryption up front.
-        default_encryption: Option<Encryption>,
     },
     SourceMissing,
     Unfinished {
@@ -179,8 +175,7 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version, checked_against, default_encryption) = match copied
-        {
+        let (etag, etag_is_md5, source_version, checked_against) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -191,59 +186,25 @@ impl<'a> Mover<'a> {
                 etag_is_md5,
                 source_version,
                 checked_against,
-                default_encryption,
-            } => (
-                etag,
-                etag_is_md5,
-                source_version,
-                checked_against,
-                default_encryption,
-            ),
+            } => (etag, etag_is_md5, source_version, checked_against),
         };
-        let mut etag = etag;
         let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
-            // The copy's ETag is the listed MD5 of the bytes: neither the source nor the
-            // copy is encrypted with KMS or a customer key, so the copy is as encrypted as
-            // its source.
+            // The copy's ETag is the listed MD5 of the bytes.
             CopyCheck::Verified => Verification::Etag,
-            check => {
-                // The source's encryption: whether its ETag is an MD5, and, for a copy made
-                // with the bucket's default encryption, what the copy must be given.
-                let differs = check == CopyCheck::DiffersUnlessSourceEncrypted;
-                let source =
-                    if differs || (default_encryption.is_some() && spec.kms_key_id.is_none()) {
-                        match self.listed_source_encryption(spec, file).await? {
-                            Ok(Encryption::S3Managed) if differs => {
-                                return Err(copy_differs(destination_key, &etag, &file.etag));
-                            }
-                            Ok(source) => Some(source),
-                            // The copy's MD5 differs from the listed one, and nothing is left
-                            // to say why.
-                            Err(gone) if differs => return Err(gone.into()),
-                            // Moved meanwhile (by a twin delivery, say): size and ETag judge the
-                            // copy, which keeps the encryption it has.
-                            Err(_) => None,
-                        }
-                    } else {
-                        None
-                    };
+            CopyCheck::DiffersUnlessSourceEncrypted
+                if self.source_etag_is_md5(spec, file).await? =>
+            {
+                return Err(copy_differs(destination_key, &etag, &file.etag));
+            }
+            CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
                 let found = self
                     .head_destination(spec, destination_key, checked_against.is_some())
                     .await?;
                 holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
-                let verification = match &checked_against {
+                match &checked_against {
                     Some(checksum) => check_checksum(destination_key, checksum, &found.checksums)?,
                     None => Verification::Etag,
-                };
-                if let (Some(source), Some(copied)) = (&source, &default_encryption)
-                    && let Some(wanted) =
-                        to_encrypt_again(spec.kms_key_id.as_deref(), source, copied)
-                {
-                    etag = self.encrypt_again(spec, planned, &etag, &wanted).await?;
-                    let found = self.head_destination(spec, destination_key, false).await?;
-                    holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
                 }
-                verification
             }
         };
         Ok(CopyOutcome::Verified {
@@ -278,50 +239,27 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// How the listed source is encrypted; `Err` with the error that says so when it is
-    /// gone.
-    async fn listed_source_encryption(
+    /// Whether the listed source's ETag is the MD5 of its bytes (it is not encrypted
+    /// with SSE-KMS or SSE-C).
+    async fn source_etag_is_md5(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
-    ) -> Result<Result<Encryption, AwsError>, MoveFailure> {
-        match self.head_listed_source(spec, file).await {
-            Ok(head) => Ok(Ok(encryption_of_head(&head))),
-            Err(refused) => match refused.refusal {
-                SourceRefusal::Fails(failure) => Err(failure),
-                SourceRefusal::Gone => Ok(Err(refused.error)),
-            },
-        }
-    }
-
-    /// Encrypts the verified copy at the destination again, in place, as `wanted`: a
-    /// copy of itself conditional on its ETag, so that only this run's copy is
-    /// rewritten. Answers the new ETag.
-    async fn encrypt_again(
-        &self,
-        spec: &RunSpec,
-        planned: &PlannedMove,
-        copy_etag: &str,
-        wanted: &Encryption,
-    ) -> Result<String, MoveFailure> {
-        let destination_key = planned.destination_key.as_str();
-        let out = self
-            .s3
-            .copy_object()
-            .bucket(&spec.destination.bucket)
-            .key(destination_key)
-            .copy_source(copy_source(&spec.destination.bucket, destination_key))
-            .copy_source_if_match(copy_etag)
-            .set_storage_class(storage_class(spec, &planned.file))
-            .set_server_side_encryption(wanted.header().map(ServerSideEncryption::from))
-            .set_ssekms_key_id(wanted.kms_key_id().map(String::from))
-            .send()
+    ) -> Result<bool, MoveFailure> {
+        let head = self
+            .head_listed_source(spec, file)
             .await
-            .map_err(|e| AwsError::from_sdk("CopyObject", e))?;
-        Ok(out
-            .copy_object_result
-            .and_then(|r| r.e_tag)
-            .unwrap_or_default())
+            .map_err(|refused| {
+                match refused.refusal {
+                    SourceRefusal::Fails(failure) => failure,
+                    // Gone since the copy: the copy's MD5 still differs from the listed one.
+                    SourceRefusal::Gone => refused.error.into(),
+                }
+            })?;
+        Ok(encryption_keeps_md5(
+            head.server_side_encryption.as_ref().map(|s| s.as_str()),
+            head.sse_customer_algorithm.is_some(),
+        ))
     }
 
     /// The listed version of the source, as `HeadObject` shows it with its checksums:
@@ -355,7 +293,29 @@ impl<'a> Mover<'a> {
         planned: &PlannedMove,
     ) -> Result<Copied, MoveFailure> {
         let file = &planned.file;
-        let asked = requested(spec.kms_key_id.as_deref(), None);
+        // The source's encryption, where the stack keeps SSE-KMS keys and the run names
+        // none: read first, so that the one copy is made with it.
+        let source = if spec.kms_key_id.is_none() && self.settings.read_source_encryption {
+            match self.head_listed_source(spec, file).await {
+                Ok(head) => Some(head),
+                Err(refused) => {
+                    return match refused.refusal {
+                        SourceRefusal::Gone => Ok(Copied::SourceMissing),
+                        SourceRefusal::Fails(failure) => Err(failure),
+                    };
+                }
+            }
+        } else {
+            None
+        };
+        let asked = requested(
+            spec.kms_key_id.as_deref(),
+            source.as_ref().map(encryption_of_head).as_ref(),
+        );
+        let bucket_key = source
+            .as_ref()
+            .filter(|_| asked.is_some())
+            .and_then(|head| head.bucket_key_enabled);
         let sent = self
             .s3
             .copy_object()
@@ -375,18 +335,12 @@ impl<'a> Mover<'a> {
                     .as_ref()
                     .and_then(|e| e.kms_key_id().map(String::from)),
             )
+            .set_bucket_key_enabled(bucket_key)
             .set_if_none_match(if_none_match(spec))
             .send()
             .await;
         match sent {
             Ok(out) => {
-                let default_encryption = asked.is_none().then(|| {
-                    Encryption::reported(
-                        out.server_side_encryption.as_ref().map(|s| s.as_str()),
-                        out.ssekms_key_id.as_deref(),
-                        out.sse_customer_algorithm.is_some(),
-                    )
-                });
                 let etag_is_md5 = encryption_keeps_md5(
                     out.server_side_encryption.as_ref().map(|s| s.as_str()),
                     out.sse_customer_algorithm.is_some(),
@@ -400,7 +354,6 @@ impl<'a> Mover<'a> {
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
                     checked_against: None,
-                    default_encryption,
                 })
             }
             Err(err) => {

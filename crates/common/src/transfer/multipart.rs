@@ -107,7 +107,6 @@ impl Mover<'_> {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
                         checked_against: upload_checksum(&upload).cloned(),
-                        default_encryption: None,
                         source_version: upload.source_version,
                     });
                 }
@@ -129,7 +128,6 @@ impl Mover<'_> {
                             etag: expected.clone(),
                             etag_is_md5: false,
                             checked_against: upload_checksum(&upload).cloned(),
-                            default_encryption: None,
                             source_version: upload.source_version,
                         });
                     }
@@ -238,7 +236,8 @@ impl Mover<'_> {
                 encryption
                     .as_ref()
                     .and_then(|e| e.kms_key_id().map(String::from)),
-            );
+            )
+            .set_bucket_key_enabled(head.bucket_key_enabled.filter(|_| encryption.is_some()));
         let with_checksum = request
             .clone()
             .set_checksum_algorithm(
@@ -452,7 +451,6 @@ impl Mover<'_> {
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
                     checked_against: upload_checksum(upload).cloned(),
-                    default_encryption: None,
                 }));
             }
         }

@@ -1,0 +1,131 @@
+//! Encryption on the local stack through the real state machine, with the slave set as
+//! the template sets it where the stack lists KMS keys (`READ_SOURCE_ENCRYPTION`): each
+//! whole copy reads its source's encryption first and is made with it. The keys are made
+//! in the local stack's KMS.
+
+use std::sync::OnceLock;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
+use aws_sdk_sfn::types::ExecutionStatus;
+use integration_tests::body_of;
+use integration_tests::stack::{LocalStack, bucket_with, contents, input};
+use serde_json::json;
+
+fn local_stack() -> &'static LocalStack {
+    static STACK: OnceLock<LocalStack> = OnceLock::new();
+    STACK.get_or_init(|| LocalStack::up(&[("READ_SOURCE_ENCRYPTION", "true")]))
+}
+
+#[tokio::test]
+async fn copies_keep_their_source_encryption_unless_the_run_names_a_kms_key() {
+    // GIVEN two KMS keys; under raw/, a file encrypted with key A, one with SSE-S3, and
+    // a 7 MiB file (copied in parts) encrypted with key A; the same under again/
+    let stack = local_stack();
+    let (key_a, key_b) = (stack.create_kms_key(), stack.create_kms_key());
+    let bucket = bucket_with(stack, &[]).await;
+    let s3 = stack.s3().await;
+    let big: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
+    for prefix in ["raw", "again"] {
+        for (name, body, kms) in [
+            ("kms.csv", body_of("kms.csv"), true),
+            ("plain.csv", body_of("plain.csv"), false),
+            ("big.csv", big.clone(), true),
+        ] {
+            let put = s3
+                .put_object()
+                .bucket(&bucket)
+                .key(format!("{prefix}/{name}"))
+                .body(ByteStream::from(body));
+            let put = if kms {
+                put.server_side_encryption(ServerSideEncryption::AwsKms)
+                    .ssekms_key_id(&key_a)
+            } else {
+                put.server_side_encryption(ServerSideEncryption::Aes256)
+            };
+            put.send().await.unwrap();
+        }
+    }
+    let encryption = |key: String| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let head = s3
+                .head_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+            (
+                head.server_side_encryption()
+                    .map(|s| s.as_str().to_string()),
+                head.ssekms_key_id().map(String::from),
+            )
+        }
+    };
+    let kms = |key: &str| (Some("aws:kms".to_string()), Some(key.to_string()));
+
+    // WHEN one run moves raw/ as it is, and another moves again/ naming key B
+    let kept = stack.start("kms-kept", &input(&bucket, json!({}))).await;
+    let rekeyed = stack
+        .start(
+            "kms-rekeyed",
+            &input(
+                &bucket,
+                json!({"source_prefix": "again/", "destination_prefix": "rekeyed/",
+                       "kms_key_id": key_b}),
+            ),
+        )
+        .await;
+    for execution in [&kept, &rekeyed] {
+        let described = stack.finished(execution).await;
+        assert_eq!(
+            described.status,
+            ExecutionStatus::Succeeded,
+            "{described:?}"
+        );
+    }
+
+    // THEN every file moved with its bytes; the first run's copies kept their source's
+    // encryption (key A, copied whole or in parts; SSE-S3 stays so), and the second's
+    // are all encrypted with key B
+    let now = contents(stack, &bucket).await;
+    assert!(
+        now.keys()
+            .all(|k| k.starts_with("refined/") || k.starts_with("rekeyed/")),
+        "{now:?}"
+    );
+    for destination in ["refined", "rekeyed"] {
+        for (name, body) in [
+            ("big.csv", big.clone()),
+            ("kms.csv", body_of("kms.csv")),
+            ("plain.csv", body_of("plain.csv")),
+        ] {
+            let copied = s3
+                .get_object()
+                .bucket(&bucket)
+                .key(format!("{destination}/{name}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                copied.body.collect().await.unwrap().to_vec(),
+                body,
+                "{destination}/{name}"
+            );
+        }
+    }
+    assert_eq!(encryption("refined/kms.csv".into()).await, kms(&key_a));
+    assert_eq!(encryption("refined/big.csv".into()).await, kms(&key_a));
+    let (plain, plain_key) = encryption("refined/plain.csv".into()).await;
+    assert_ne!(plain.as_deref(), Some("aws:kms"));
+    assert_eq!(plain_key, None);
+    for name in ["kms.csv", "plain.csv", "big.csv"] {
+        assert_eq!(
+            encryption(format!("rekeyed/{name}")).await,
+            kms(&key_b),
+            "{name}"
+        );
+    }
+}
