@@ -12,7 +12,7 @@
 //! | which files of a batch are left to move? | [`outcomes::Outcomes::open`] |
 //! | how is a file copied, and when is the copy verified? | [`copy::copy_method`], [`copy::check_copy`], [`copy::holds_copy`] |
 //! | what does a refused copy or delete mean for the source? | [`copy::source_refusal`], [`copy::part_refusal`], [`copy::delete_refusal`] |
-//! | what is a copy encrypted with, and must it be encrypted again? | [`encryption::requested`], [`encryption::to_encrypt_again`] |
+//! | what is a copy encrypted with? | [`encryption::requested`] |
 //! | which checksum proves a copy, and does it? | [`checksum::Reported::full_object`], [`checksum::check_checksum`] |
 //! | does a file whose source is gone count as moved? | [`copy::holds_listed_object`] |
 //! | where does a resumed master call continue? | [`records::RunRecord::resume`] |

@@ -247,7 +247,7 @@ impl<'a> Mover<'a> {
         file: &ListedFile,
     ) -> Result<bool, MoveFailure> {
         let head = self
-            .head_listed_source(spec, file)
+            .head_listed_source(spec, file, false)
             .await
             .map_err(|refused| {
                 match refused.refusal {
@@ -264,17 +264,19 @@ impl<'a> Mover<'a> {
 
     /// The listed version of the source, as `HeadObject` shows it with its checksums:
     /// conditional on the listed ETag, so that a rewritten source is refused.
+    /// `checksums` asks for its checksums too (on an SSE-KMS object, a use of its key).
     async fn head_listed_source(
         &self,
         spec: &RunSpec,
         file: &ListedFile,
+        checksums: bool,
     ) -> Result<HeadObjectOutput, RefusedSource> {
         self.s3
             .head_object()
             .bucket(&spec.source.bucket)
             .key(&file.key)
             .if_match(&file.etag)
-            .checksum_mode(ChecksumMode::Enabled)
+            .set_checksum_mode(checksums.then_some(ChecksumMode::Enabled))
             .send()
             .await
             .map_err(|e| {
@@ -296,7 +298,7 @@ impl<'a> Mover<'a> {
         // The source's encryption, where the stack keeps SSE-KMS keys and the run names
         // none: read first, so that the one copy is made with it.
         let source = if spec.kms_key_id.is_none() && self.settings.read_source_encryption {
-            match self.head_listed_source(spec, file).await {
+            match self.head_listed_source(spec, file, false).await {
                 Ok(head) => Some(head),
                 Err(refused) => {
                     return match refused.refusal {

@@ -178,7 +178,7 @@ impl Mover<'_> {
         planned: &PlannedMove,
     ) -> Result<Result<UploadRecord, Copied>, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
-        let head = match self.head_listed_source(spec, file).await {
+        let head = match self.head_listed_source(spec, file, true).await {
             Ok(head) => head,
             Err(refused) => {
                 return match refused.refusal {
@@ -197,10 +197,15 @@ impl Mover<'_> {
             .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
             .tag_set;
         let in_parts = for_copy_in_parts(checksums::of_head(&head).full_object());
-        let encryption = requested(
-            spec.kms_key_id.as_deref(),
-            Some(&super::encryption_of_head(&head)),
-        );
+        // The source's KMS key, where the stack keeps KMS keys (as for a whole copy).
+        let source_encryption = self
+            .settings
+            .read_source_encryption
+            .then(|| super::encryption_of_head(&head));
+        let encryption = requested(spec.kms_key_id.as_deref(), source_encryption.as_ref());
+        let bucket_key = head
+            .bucket_key_enabled
+            .filter(|_| spec.kms_key_id.is_none() && encryption.is_some());
         let tagging = tags
             .iter()
             .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
@@ -237,7 +242,7 @@ impl Mover<'_> {
                     .as_ref()
                     .and_then(|e| e.kms_key_id().map(String::from)),
             )
-            .set_bucket_key_enabled(head.bucket_key_enabled.filter(|_| encryption.is_some()));
+            .set_bucket_key_enabled(bucket_key);
         let with_checksum = request
             .clone()
             .set_checksum_algorithm(
