@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_sfn::types::ExecutionStatus;
+use common::RunId;
 use integration_tests::body_of;
-use integration_tests::stack::{LocalStack, bucket_with, contents, input};
+use integration_tests::stack::{LocalStack, bucket_with, contents, input, records};
 use serde_json::json;
 
 fn local_stack() -> &'static LocalStack {
@@ -115,6 +116,21 @@ async fn copies_keep_their_source_encryption_unless_the_run_names_a_kms_key() {
                 "{destination}/{name}"
             );
         }
+    }
+    // AND each run counts its three files moved, none failed
+    for run in ["kms-kept", "kms-rekeyed"] {
+        let progress = records(stack)
+            .await
+            .run_view(&RunId::parse(run).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .progress;
+        assert_eq!(
+            (progress.selected, progress.completed, progress.failed),
+            (3, 3, 0),
+            "{run}"
+        );
     }
     assert_eq!(encryption("refined/kms.csv".into()).await, kms(&key_a));
     assert_eq!(encryption("refined/big.csv".into()).await, kms(&key_a));

@@ -71,7 +71,8 @@ pub fn would_fail(spec: &RunSpec, file: &ListedFile) -> Option<&'static str> {
 
 impl Plan {
     /// Counts one listed file the run selects; `destination` is its destination's size
-    /// and ETag where an object is there (`None`: nothing), as `HeadObject` found it.
+    /// and ETag where an object is there (`None`: nothing), as master's listing of its key
+    /// found it.
     /// A destination that already holds the listed object (an earlier run's copy) is no
     /// obstacle: the real run recognises it and moves the file.
     pub fn add(&mut self, spec: &RunSpec, file: &ListedFile, destination: Option<(i64, &str)>) {

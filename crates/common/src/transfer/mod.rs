@@ -62,13 +62,38 @@ pub enum CopyOutcome {
     DestinationExists,
 }
 
-/// How `HeadObject` shows an object encrypted.
-fn encryption_of_head(head: &HeadObjectOutput) -> Encryption {
-    Encryption::reported(
-        head.server_side_encryption.as_ref().map(|s| s.as_str()),
-        head.ssekms_key_id.as_deref(),
-        head.sse_customer_algorithm.is_some(),
-    )
+/// The encryption headers a copy is sent with ([`requested`]).
+#[derive(Default)]
+struct EncryptionHeaders {
+    server_side_encryption: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
+    bucket_key_enabled: Option<bool>,
+}
+
+/// What a copy asks to be encrypted with: the run's KMS key, else, in a stack that keeps
+/// SSE-KMS keys (`read_source_encryption`), the source's KMS key and Bucket Key setting
+/// as its `HeadObject` shows them; otherwise nothing (the destination bucket's default).
+fn encryption_headers(
+    spec: &RunSpec,
+    read_source_encryption: bool,
+    source: Option<&HeadObjectOutput>,
+) -> EncryptionHeaders {
+    let source = source.filter(|_| read_source_encryption && spec.kms_key_id.is_none());
+    let reported = source.map(|head| {
+        Encryption::reported(
+            head.server_side_encryption.as_ref().map(|s| s.as_str()),
+            head.ssekms_key_id.as_deref(),
+            head.sse_customer_algorithm.is_some(),
+        )
+    });
+    let Some(asked) = requested(spec.kms_key_id.as_deref(), reported.as_ref()) else {
+        return EncryptionHeaders::default();
+    };
+    EncryptionHeaders {
+        server_side_encryption: asked.header().map(ServerSideEncryption::from),
+        kms_key_id: asked.kms_key_id().map(String::from),
+        bucket_key_enabled: source.and_then(|head| head.bucket_key_enabled),
+    }
 }
 
 /// `If-None-Match: *` when the run keeps existing destinations.
@@ -310,14 +335,8 @@ impl<'a> Mover<'a> {
         } else {
             None
         };
-        let asked = requested(
-            spec.kms_key_id.as_deref(),
-            source.as_ref().map(encryption_of_head).as_ref(),
-        );
-        let bucket_key = source
-            .as_ref()
-            .filter(|_| asked.is_some())
-            .and_then(|head| head.bucket_key_enabled);
+        let encryption =
+            encryption_headers(spec, self.settings.read_source_encryption, source.as_ref());
         let sent = self
             .s3
             .copy_object()
@@ -326,18 +345,9 @@ impl<'a> Mover<'a> {
             .copy_source(copy_source(&spec.source.bucket, &file.key))
             .copy_source_if_match(&file.etag)
             .set_storage_class(storage_class(spec, file))
-            .set_server_side_encryption(
-                asked
-                    .as_ref()
-                    .and_then(Encryption::header)
-                    .map(ServerSideEncryption::from),
-            )
-            .set_ssekms_key_id(
-                asked
-                    .as_ref()
-                    .and_then(|e| e.kms_key_id().map(String::from)),
-            )
-            .set_bucket_key_enabled(bucket_key)
+            .set_server_side_encryption(encryption.server_side_encryption)
+            .set_ssekms_key_id(encryption.kms_key_id)
+            .set_bucket_key_enabled(encryption.bucket_key_enabled)
             .set_if_none_match(if_none_match(spec))
             .send()
             .await;

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_s3::types::{
-    ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
-};
+use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType};
 
 use super::{Copied, Mover, checksums};
 use crate::deadline::bounded;
@@ -17,7 +15,6 @@ use crate::rules::copy::{
     PartRefusal, SourceRefusal, bare, holds_listed_object, multipart_etag, part_ranges,
     part_refusal, part_size,
 };
-use crate::rules::encryption::{Encryption, requested};
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, decode_listed_key};
 use crate::rules::records::UploadRecord;
@@ -96,7 +93,7 @@ impl Mover<'_> {
                         .build(),
                 )
                 .set_if_none_match(super::if_none_match(spec));
-            let completed = checksums::expecting(request, upload_checksum(&upload))
+            let completed = checksums::expecting(request, upload.source_checksum.as_ref())
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("CompleteMultipartUpload", e));
@@ -106,7 +103,7 @@ impl Mover<'_> {
                     return Ok(Copied::Done {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
-                        checked_against: upload_checksum(&upload).cloned(),
+                        checked_against: upload.source_checksum.as_ref().cloned(),
                         source_version: upload.source_version,
                     });
                 }
@@ -127,7 +124,7 @@ impl Mover<'_> {
                         return Ok(Copied::Done {
                             etag: expected.clone(),
                             etag_is_md5: false,
-                            checked_against: upload_checksum(&upload).cloned(),
+                            checked_against: upload.source_checksum.as_ref().cloned(),
                             source_version: upload.source_version,
                         });
                     }
@@ -197,15 +194,8 @@ impl Mover<'_> {
             .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
             .tag_set;
         let in_parts = for_copy_in_parts(checksums::of_head(&head).full_object());
-        // The source's KMS key, where the stack keeps KMS keys (as for a whole copy).
-        let source_encryption = self
-            .settings
-            .read_source_encryption
-            .then(|| super::encryption_of_head(&head));
-        let encryption = requested(spec.kms_key_id.as_deref(), source_encryption.as_ref());
-        let bucket_key = head
-            .bucket_key_enabled
-            .filter(|_| spec.kms_key_id.is_none() && encryption.is_some());
+        let encryption =
+            super::encryption_headers(spec, self.settings.read_source_encryption, Some(&head));
         let tagging = tags
             .iter()
             .map(|t| format!("{}={}", urlencode(t.key()), urlencode(t.value())))
@@ -231,18 +221,9 @@ impl Mover<'_> {
             }))
             .set_tagging((!tagging.is_empty()).then_some(tagging))
             .set_storage_class(super::storage_class(spec, file))
-            .set_server_side_encryption(
-                encryption
-                    .as_ref()
-                    .and_then(Encryption::header)
-                    .map(ServerSideEncryption::from),
-            )
-            .set_ssekms_key_id(
-                encryption
-                    .as_ref()
-                    .and_then(|e| e.kms_key_id().map(String::from)),
-            )
-            .set_bucket_key_enabled(bucket_key);
+            .set_server_side_encryption(encryption.server_side_encryption)
+            .set_ssekms_key_id(encryption.kms_key_id)
+            .set_bucket_key_enabled(encryption.bucket_key_enabled);
         let with_checksum = request
             .clone()
             .set_checksum_algorithm(
@@ -342,17 +323,18 @@ impl Mover<'_> {
             match sent {
                 Ok(out) => {
                     let result = out.copy_part_result;
-                    let checksum =
-                        upload_checksum(upload)
-                            .zip(result.as_ref())
-                            .and_then(|(c, result)| {
-                                checksums::of_part(
-                                    c.algorithm,
-                                    result.checksum_crc64_nvme(),
-                                    result.checksum_crc32_c(),
-                                    result.checksum_crc32(),
-                                )
-                            });
+                    let checksum = upload
+                        .source_checksum
+                        .as_ref()
+                        .zip(result.as_ref())
+                        .and_then(|(c, result)| {
+                            checksums::of_part(
+                                c.algorithm,
+                                result.checksum_crc64_nvme(),
+                                result.checksum_crc32_c(),
+                                result.checksum_crc32(),
+                            )
+                        });
                     let etag = result.and_then(|r| r.e_tag).unwrap_or_default();
                     done.insert(number, (etag, checksum));
                 }
@@ -370,7 +352,7 @@ impl Mover<'_> {
                 progressed: finished > 0,
             });
         }
-        let algorithm = upload_checksum(upload).map(|c| c.algorithm);
+        let algorithm = upload.source_checksum.as_ref().map(|c| c.algorithm);
         Ok(PartsCopied::All(
             done.into_iter()
                 .map(|(number, (etag, checksum))| {
@@ -411,7 +393,7 @@ impl Mover<'_> {
             };
             for part in page.parts() {
                 if let (Some(number), Some(etag)) = (part.part_number, part.e_tag()) {
-                    let checksum = upload_checksum(upload).and_then(|c| {
+                    let checksum = upload.source_checksum.as_ref().and_then(|c| {
                         checksums::of_part(
                             c.algorithm,
                             part.checksum_crc64_nvme(),
@@ -455,7 +437,7 @@ impl Mover<'_> {
                     etag: expected.clone(),
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
-                    checked_against: upload_checksum(upload).cloned(),
+                    checked_against: upload.source_checksum.as_ref().cloned(),
                 }));
             }
         }
@@ -556,14 +538,6 @@ enum PartsCopied {
     Unfinished { progressed: bool },
     UploadGone,
     SourceMissing,
-}
-
-/// The checksum the upload was created with and is completed with, if any.
-fn upload_checksum(upload: &UploadRecord) -> Option<&Checksum> {
-    upload
-        .source_checksum
-        .as_ref()
-        .filter(|c| c.algorithm.combines_across_parts())
 }
 
 fn urlencode(s: &str) -> String {
