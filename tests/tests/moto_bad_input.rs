@@ -240,7 +240,12 @@ async fn bad_events_are_refused_by_name_and_nothing_moves() {
         ..f.file("once", "raw/a.csv").await.file
     }];
     common::store::MasterRecords::new(f.table())
-        .record_page(&run, Some("raw/b.csv"), &[&outside[..]], "raw/c")
+        .record_page(
+            &run,
+            Some("raw/b.csv"),
+            &common::rules::batch::positioned(vec![&outside[..]], &["elsewhere/c.csv".into()]),
+            "raw/c",
+        )
         .await
         .unwrap();
     let slave = f.slave();

@@ -471,3 +471,107 @@ async fn two_runs_at_once_keep_to_their_own_files_and_counters() {
         }
     );
 }
+
+/// An S3 Inventory report in `parts` gzip CSV files, as S3 writes one: each line
+/// `"bucket","key","version","is latest","is delete marker","size"`.
+async fn inventory(f: &Fixture, folder: &str, parts: &[Vec<String>]) -> String {
+    use std::io::Write;
+    let mut files = Vec::new();
+    for (i, lines) in parts.iter().enumerate() {
+        let key = format!("{folder}/data/part-{i}.csv.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for line in lines {
+            writeln!(gz, "{line}").unwrap();
+        }
+        f.put(&key, gz.finish().unwrap()).await;
+        files.push(json!({"key": key, "size": 1, "MD5checksum": "unchecked"}));
+    }
+    let manifest = json!({
+        "sourceBucket": f.bucket, "destinationBucket": format!("arn:aws:s3:::{}", f.bucket),
+        "version": "2016-11-30", "fileFormat": "CSV",
+        "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size",
+        "files": files,
+    });
+    let key = format!("{folder}/2026-11-28T00-00Z/manifest.json");
+    f.put(&key, manifest.to_string()).await;
+    key
+}
+
+#[tokio::test]
+async fn master_reads_an_inventory_across_calls_and_moves_exactly_its_current_objects() {
+    // GIVEN 2,400 files and an inventory of them in two gzip files, 3,281 lines with
+    // lines of noncurrent versions and delete markers among them, and one line naming a
+    // key that is not there
+    let keys: Vec<String> = (0..2400).map(|i| format!("raw/inv/{i:04}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    f.put("raw/inv/not-named.csv", "stays").await;
+    let line = |key: &str, latest: bool, marker: bool| {
+        format!(
+            "\"{}\",\"{}\",\"v\",\"{latest}\",\"{marker}\",\"1\"",
+            f.bucket,
+            key.replace(' ', "+")
+        )
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if i % 3 == 0 {
+            lines.push(line(key, false, false));
+        }
+        if i % 30 == 0 {
+            lines.push(line(&format!("raw/inv/deleted-{i}.csv"), true, true));
+        }
+        lines.push(line(key, true, false));
+    }
+    lines.push(line("raw/inv/gone missing.csv", true, false));
+    assert_eq!(lines.len(), 3281);
+    let second = lines.split_off(1700);
+    let manifest = inventory(&f, "manifests/inv", &[lines, second]).await;
+    let input = json!({"manifest": {
+        "bucket": f.bucket, "key": manifest, "format": "s3-inventory"}});
+    let mut event = input.clone();
+    event["run_id"] = json!("inv");
+
+    // WHEN its input is checked, and master is called with a deadline already past,
+    // so that each call reads one page of 1,000 keys, until the manifest is read
+    let check = json!({"check": {"run_id": "inv", "input": input}});
+    let checked = master::handle(
+        &Ok(f.master()),
+        lambda_runtime::LambdaEvent::new(check, Default::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(checked["manifest_keys"], json!(2401), "{checked}");
+    let past = Some(std::time::SystemTime::now());
+    let mut calls = 0;
+    loop {
+        let out = f.master().handle(event.clone(), past).await.unwrap();
+        calls += 1;
+        f.deliver_all(4).await;
+        if out.listing_complete {
+            assert_eq!(out.selected, 2401);
+            break;
+        }
+    }
+
+    // THEN three calls read it, no line was recorded twice, every current object moved,
+    // the key with no object failed as not found, and the rest stayed
+    assert_eq!(calls, 3);
+    let progress = f.progress("inv").await;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (2401, 2400, 1)
+    );
+    let files = f.files("inv").await;
+    assert_eq!(files.len(), 2401);
+    let missing = &files["raw/inv/gone missing.csv"];
+    assert_eq!(missing.state, FileState::Failed);
+    assert_eq!(
+        missing.reason.as_deref(),
+        Some(common::rules::manifest::NOT_FOUND)
+    );
+    assert_eq!(f.keys("raw/").await, ["raw/inv/not-named.csv"]);
+    assert_eq!(f.keys("refined/").await.len(), 2400);
+    let objects = f.objects().await;
+    assert_eq!(objects["refined/inv/1234.csv"], body_of("raw/inv/1234.csv"));
+}

@@ -15,7 +15,7 @@ use deployment::policy::{Deployment, Need};
 use deployment::template::{Reference, Template};
 use integration_tests::stack::{
     LocalStack, bucket_with, contents, input, keys, lambda_failures, local_stack, moved_and_kept,
-    output, put, put_in_parts, records, table,
+    output, put, put_bytes, put_in_parts, records, table,
 };
 use integration_tests::{body_of, md5_hex, workspace_root};
 use serde_json::{Value, json};
@@ -911,6 +911,16 @@ async fn each_function_makes_only_calls_its_policy_allows() {
         Some(StorageClass::Glacier),
     )
     .await;
+    let named = keys("raw/named/f-", 3);
+    put(stack, &bucket, &named, None).await;
+    let manifest: String = named.iter().map(|k| format!("{bucket},{k}\n")).collect();
+    put_bytes(
+        stack,
+        &bucket,
+        "manifests/policy.csv",
+        manifest.into_bytes(),
+    )
+    .await;
     let _turn = stack.turn(json!({"record_calls": true})).await;
 
     // WHEN a dry run and then both run with every call recorded
@@ -937,9 +947,24 @@ async fn each_function_makes_only_calls_its_policy_allows() {
             &input(&bucket, json!({"source_prefix": "raw/bad/"})),
         )
         .await;
-    let (ok, bad) = tokio::join!(stack.finished(&ok), stack.finished(&bad));
+    let named = stack
+        .start(
+            "policy-manifest",
+            &input(
+                &bucket,
+                json!({"source_prefix": "raw/named/", "manifest": {
+                    "bucket": bucket, "key": "manifests/policy.csv", "format": "csv"}}),
+            ),
+        )
+        .await;
+    let (ok, bad, named) = tokio::join!(
+        stack.finished(&ok),
+        stack.finished(&bad),
+        stack.finished(&named)
+    );
     assert_eq!(ok.status, ExecutionStatus::Succeeded, "{ok:?}");
     assert_eq!(bad.error.as_deref(), Some("TransferFailed"), "{bad:?}");
+    assert_eq!(named.status, ExecutionStatus::Succeeded, "{named:?}");
     let calls = stack.calls();
     stack.set_faults(&json!({}));
 
@@ -979,7 +1004,7 @@ async fn each_function_makes_only_calls_its_policy_allows() {
         region: REGION,
         account: ACCOUNT,
         resolve: &resolve,
-        condition: &|name| name == "DestinationIsSourceBucket",
+        condition: &|name| ["DestinationIsSourceBucket", "ManifestInSourceBucket"].contains(&name),
     };
     let mut refused = Vec::new();
     let mut unused = Vec::new();

@@ -410,6 +410,26 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
     let stack = local_stack();
     let files = keys("raw/f-", 3);
     let bucket = bucket_with(stack, &files).await;
+    let manifests = [
+        (
+            "manifests/outside.csv",
+            format!("{bucket},raw/f-00000.csv\n{bucket},elsewhere/x.csv\n"),
+        ),
+        (
+            "manifests/twice.csv",
+            format!(
+                "{bucket},raw/f-00000.csv\n{bucket},raw/f-00001.csv\n{bucket},raw/f-00000.csv\n"
+            ),
+        ),
+        (
+            "manifests/versions.csv",
+            format!("{bucket},raw/f-00000.csv,3HL4kqtJvjVBH40Nrjfkd\n"),
+        ),
+    ];
+    for (key, body) in &manifests {
+        put_bytes(stack, &bucket, key, body.clone().into_bytes()).await;
+    }
+    let manifest = |key: &str| json!({"manifest": {"bucket": bucket, "key": key, "format": "csv"}});
     let cases = [
         (
             "negative-wait",
@@ -452,6 +472,32 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
             json!({"destination_bucket": "no-such-target-here"}),
             "destination s3://no-such-target-here/refined/",
         ),
+        (
+            "manifest-outside",
+            manifest("manifests/outside.csv"),
+            "manifests/outside.csv line 2 names the key \\\"elsewhere/x.csv\\\", which is not \
+             under the run's source prefix",
+        ),
+        (
+            "manifest-twice",
+            manifest("manifests/twice.csv"),
+            "manifests/twice.csv line 3 names the key \\\"raw/f-00000.csv\\\" again (line 1",
+        ),
+        (
+            "manifest-versions",
+            manifest("manifests/versions.csv"),
+            "manifests/versions.csv line 1 names a version",
+        ),
+        (
+            "manifest-missing",
+            manifest("manifests/none.csv"),
+            "manifests/none.csv does not exist",
+        ),
+        (
+            "manifest-format",
+            json!({"manifest": {"bucket": bucket, "key": "m.csv", "format": "xlsx"}}),
+            "manifest.format: unknown variant `xlsx`",
+        ),
     ];
 
     // WHEN each runs, and one whose input is not an object
@@ -488,12 +534,15 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
             "{name} recorded a run"
         );
     }
+    let mut kept = files.clone();
+    kept.extend(manifests.iter().map(|(key, _)| key.to_string()));
+    kept.sort();
     assert_eq!(
         contents(stack, &bucket)
             .await
             .into_keys()
             .collect::<Vec<_>>(),
-        files
+        kept
     );
 }
 
@@ -563,6 +612,93 @@ async fn a_selection_moves_exactly_the_keys_its_patterns_sizes_and_times_take() 
         .map(|f| f.file.key)
         .collect();
     assert_eq!(files, taken);
+}
+
+#[tokio::test]
+async fn a_manifest_moves_exactly_the_keys_it_names_and_a_key_with_no_object_fails_by_name() {
+    // GIVEN files under raw/m/ and raw/j/, a CSV manifest naming three of them (one
+    // URL-encoded, one quoted, one not a .csv) and a key with no object, and a JSONL
+    // manifest naming two others
+    let stack = local_stack();
+    let named = ["raw/m/a.csv", "raw/m/with space.csv", "raw/m/sub/b.txt"];
+    let jsonl_named = ["raw/j/x+y.csv", "raw/j/z.csv"];
+    let unnamed = ["raw/m/c.csv", "raw/j/w.csv"];
+    let all: Vec<String> = named
+        .iter()
+        .chain(&jsonl_named)
+        .chain(&unnamed)
+        .map(|k| k.to_string())
+        .collect();
+    let bucket = bucket_with(stack, &all).await;
+    let csv = format!(
+        "{bucket},raw/m/a.csv\r\n\"{bucket}\",\"raw/m/with+space.csv\"\n\n{bucket},raw/m/gone.csv\n\
+         {bucket},raw/m/sub/b.txt"
+    );
+    put_bytes(stack, &bucket, "manifests/m.csv", csv.into_bytes()).await;
+    let jsonl = format!(
+        "{{\"key\": \"raw/j/x+y.csv\"}}\n{{\"bucket\": \"{bucket}\", \"key\": \"raw/j/z.csv\"}}\n"
+    );
+    put_bytes(stack, &bucket, "manifests/j.jsonl", jsonl.into_bytes()).await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN an execution runs with each manifest
+    let manifest = |key: &str, format: &str| json!({"manifest": {"bucket": bucket, "key": key, "format": format}});
+    let from_csv = stack
+        .start(
+            "from-csv",
+            &input(&bucket, manifest("manifests/m.csv", "csv")),
+        )
+        .await;
+    let from_jsonl = stack
+        .start(
+            "from-jsonl",
+            &input(&bucket, manifest("manifests/j.jsonl", "jsonl")),
+        )
+        .await;
+    let (from_csv, from_jsonl) =
+        tokio::join!(stack.finished(&from_csv), stack.finished(&from_jsonl));
+
+    // THEN the named keys moved, whatever their suffix, and nothing else did
+    let mut expected = before.clone();
+    for key in named.iter().chain(&jsonl_named) {
+        let etag = expected.remove(*key).unwrap();
+        expected.insert(key.replacen("raw/", "refined/", 1), etag);
+    }
+    assert_eq!(contents(stack, &bucket).await, expected);
+    // AND the JSONL run succeeded; the CSV run failed by the name of the key with no
+    // object, recorded as not found with the others completed
+    assert_eq!(
+        from_jsonl.status,
+        ExecutionStatus::Succeeded,
+        "{from_jsonl:?}"
+    );
+    assert_eq!(output(&from_jsonl)["completed"], json!(2));
+    assert_eq!(
+        from_csv.error.as_deref(),
+        Some("TransferFailed"),
+        "{from_csv:?}"
+    );
+    let cause = from_csv.cause.clone().unwrap();
+    assert!(cause.starts_with("1 of 4 files failed to move"), "{cause}");
+    assert!(cause.contains("raw/m/gone.csv: not found"), "{cause}");
+    let run = RunId::parse("from-csv").unwrap();
+    let states: BTreeMap<String, FileState> = records(stack)
+        .await
+        .files(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.file.key, f.state))
+        .collect();
+    assert_eq!(
+        states,
+        BTreeMap::from([
+            ("raw/m/a.csv".to_string(), FileState::Completed),
+            ("raw/m/gone.csv".to_string(), FileState::Failed),
+            ("raw/m/sub/b.txt".to_string(), FileState::Completed),
+            ("raw/m/with space.csv".to_string(), FileState::Completed),
+        ])
+    );
 }
 
 #[tokio::test]

@@ -15,17 +15,20 @@
 //! (`{"check": ...}`): every field, the timing ones included, and that the source and
 //! destination can be listed.
 
+mod manifest;
+
 use std::time::SystemTime;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use aws_sdk_s3::types::EncodingType;
 use common::lambda::remaining;
-use common::rules::batch::{BatchId, BatchLimits, ListedFile, split};
+use common::rules::batch::{BatchId, BatchLimits, ListedFile, positioned, split};
 use common::rules::events::{
     CheckOutput, InputCheck, MasterEvent, MasterOutput, SlaveEvent, parse_event,
 };
 use common::rules::keys::decode_listed_key;
+use common::rules::manifest::{Position, SeenKeys, parse_line};
 use common::rules::plan::{Plan, would_fail};
 use common::rules::run::Location;
 use common::rules::select::Timestamp;
@@ -36,14 +39,18 @@ use common::{
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use lambda_runtime::LambdaEvent;
+use manifest::{ManifestError, ManifestReader};
 use serde_json::Value;
 use tracing::info;
 
 /// The most bytes of encoded file names in one batch: a batch is one DynamoDB item, and
 /// this keeps it well within the 400 KB an item may have, however long the keys.
 const BATCH_NAMES_BYTES: usize = 96 * 1024;
-/// A dry run's listings of destination keys in flight at once.
-const DESTINATION_CHECKS_AT_ONCE: usize = 32;
+/// Listings of single keys in flight at once: a dry run's destination keys, and the
+/// keys a manifest names.
+const KEY_LOOKUPS_AT_ONCE: usize = 32;
+/// Manifest lines read into one page, as a listing page has at most 1,000 keys.
+const MANIFEST_PAGE_LINES: usize = 1000;
 /// S3 error codes that no retry will change: the bucket is not there, or the functions
 /// may not list it.
 const REFUSED_LISTING: &[&str] = &[
@@ -71,6 +78,8 @@ pub enum Error {
         location: Location,
         source: AwsError,
     },
+    #[error("reading the manifest failed: {0}")]
+    ManifestReading(AwsError),
     #[error("status table: {0}")]
     Store(#[from] StoreError),
     #[error("invoking the slave function failed: {0}")]
@@ -85,7 +94,7 @@ impl Error {
             Error::InvalidEvent(_) | Error::Store(StoreError::SpecMismatch { .. }) => {
                 "InvalidEvent"
             }
-            Error::Listing { .. } => "ListingFailed",
+            Error::Listing { .. } | Error::ManifestReading(_) => "ListingFailed",
             Error::ListingRefused { .. } => "ListingRefused",
             Error::Store(StoreError::ProgressConflict { .. }) => "ListingConflict",
             Error::Store(e) => e.error_type(),
@@ -108,6 +117,15 @@ pub const ERROR_TYPES: &[&str] = &[
 
 common::diagnostic!(Error);
 
+impl From<ManifestError> for Error {
+    fn from(e: ManifestError) -> Self {
+        match e {
+            ManifestError::Refused(problem) => Error::InvalidEvent(EventError(problem)),
+            ManifestError::Failed(source) => Error::ManifestReading(source),
+        }
+    }
+}
+
 pub struct Master {
     s3: aws_sdk_s3::Client,
     lambda: aws_sdk_lambda::Client,
@@ -116,11 +134,26 @@ pub struct Master {
     settings: MasterSettings,
 }
 
-/// One page of the listing, with the files the run selects from it.
+/// One page of what the run reads (its listing or its manifest), with the files the
+/// run selects from it.
 struct Page {
     selected: Vec<ListedFile>,
-    last_key: Option<String>,
-    next_token: Option<String>,
+    /// Where each selected file is: its key in a listing, its line's position in a
+    /// manifest.
+    positions: Vec<String>,
+    /// Where the page ends: its last key or line, selected or not; `None` for a page
+    /// with nothing in it.
+    through: Option<String>,
+}
+
+/// Where the next page comes from.
+enum Pages {
+    Listing {
+        start_after: Option<String>,
+        token: Option<String>,
+        started: bool,
+    },
+    Manifest(Box<ManifestReader>),
 }
 
 /// Where this call has got to.
@@ -165,7 +198,20 @@ impl Master {
         let event: MasterEvent = parse_event(payload)?;
         event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
         let (run, spec) = event.resolve(&self.config.defaults)?;
-        let record = self.records.start_run(&run, &spec).await?;
+        // A manifest is opened only while the run still reads it, with the ETag the run
+        // started with.
+        let mut reader = None;
+        if let Some(manifest) = &spec.manifest {
+            let existing = self.records.run(&run).await?;
+            if existing.as_ref().is_none_or(|r| !r.listing_complete) {
+                let etag = existing.as_ref().and_then(|r| r.manifest_etag.as_deref());
+                reader = Some(ManifestReader::open(&self.s3, manifest, &spec.source, etag).await?);
+            }
+        }
+        let record = self
+            .records
+            .start_run(&run, &spec, reader.as_ref().map(|r| r.etag.as_str()))
+            .await?;
         let mut cursor = Cursor {
             recorded_through: record.recorded_through.clone(),
             selected: record.selected,
@@ -192,33 +238,119 @@ impl Master {
         let mut plan = spec
             .dry_run
             .then(|| record.plan.clone().unwrap_or_default());
-        let mut page = self.list(&spec, resume.list_after, None).await?;
-        loop {
-            // The next page is fetched while this one is recorded and handed out.
-            let next = async {
-                match &page.next_token {
-                    Some(token) => Some(self.list(&spec, None, Some(token.clone())).await),
-                    None => None,
+        let mut pages = match reader {
+            Some(mut reader) => {
+                if let Some(after) = &resume.list_after {
+                    let position = Position::parse(after).ok_or_else(|| StoreError::Corrupt {
+                        run: run.clone(),
+                        problem: format!("the manifest position {after:?} is not one"),
+                    })?;
+                    reader.resume_after(position);
                 }
-            };
+                Pages::Manifest(Box::new(reader))
+            }
+            None => Pages::Listing {
+                start_after: resume.list_after,
+                token: None,
+                started: false,
+            },
+        };
+        let mut page = self.next_page(&spec, &mut pages).await?;
+        while let Some(current) = page {
+            // The next page is read while this one is recorded and handed out.
+            let next = self.next_page(&spec, &mut pages);
             let (handed, next) = match &mut plan {
                 Some(plan) => {
-                    tokio::join!(self.plan_page(&run, &spec, &page, &mut cursor, plan), next)
+                    tokio::join!(
+                        self.plan_page(&run, &spec, &current, &mut cursor, plan),
+                        next
+                    )
                 }
-                None => tokio::join!(self.hand_page(&run, &spec, &page, &mut cursor), next),
+                None => tokio::join!(self.hand_page(&run, &spec, &current, &mut cursor), next),
             };
             handed?;
-            let Some(next) = next else {
-                self.records.complete_listing(&run).await?;
-                info!(run_id = %run, selected = cursor.selected, invocations = cursor.invocations, "listing complete");
-                return Ok(output(&cursor, true));
-            };
-            if deadline.is_some_and(|d| remaining(d) < self.settings.deadline_margin) {
+            page = next?;
+            if page.is_some()
+                && deadline.is_some_and(|d| remaining(d) < self.settings.deadline_margin)
+            {
                 info!(run_id = %run, selected = cursor.selected, "deadline near; returning a continuation");
                 return Ok(output(&cursor, false));
             }
-            page = next?;
         }
+        self.records.complete_listing(&run).await?;
+        info!(run_id = %run, selected = cursor.selected, invocations = cursor.invocations, "listing complete");
+        Ok(output(&cursor, true))
+    }
+
+    /// The next page of the listing or the manifest; `None` after the last.
+    async fn next_page(&self, spec: &RunSpec, pages: &mut Pages) -> Result<Option<Page>, Error> {
+        match pages {
+            Pages::Listing {
+                start_after,
+                token,
+                started,
+            } => {
+                if *started && token.is_none() {
+                    return Ok(None);
+                }
+                *started = true;
+                let (page, next_token) = self.list(spec, start_after.take(), token.take()).await?;
+                *token = next_token;
+                Ok(Some(page))
+            }
+            Pages::Manifest(reader) => self.manifest_page(spec, reader).await,
+        }
+    }
+
+    /// The next up to [`MANIFEST_PAGE_LINES`] lines of the manifest, each key looked up
+    /// as a listing of it finds it, so that its size, ETag, storage class and time are
+    /// what the run's rules and copies see for a listed file; a key with no object is
+    /// recorded to fail ([`ListedFile::not_found`]). `None` after the last line.
+    async fn manifest_page(
+        &self,
+        spec: &RunSpec,
+        reader: &mut ManifestReader,
+    ) -> Result<Option<Page>, Error> {
+        let mut named = Vec::new();
+        let mut through = None;
+        while named.len() < MANIFEST_PAGE_LINES {
+            let Some(line) = reader.next_line().await? else {
+                break;
+            };
+            let end = line.end.encode();
+            if let Some(key) = parse_line(reader.format(), &line.text, &spec.source)
+                .map_err(|problem| EventError(format!("manifest {} {problem}", line.named)))?
+            {
+                named.push((key, end.clone()));
+            }
+            through = Some(end);
+        }
+        let Some(through) = through else {
+            return Ok(None);
+        };
+        let found = self
+            .look_up(&spec.source, named.iter().map(|(key, _)| key.as_str()))
+            .await?;
+        let (mut selected, mut positions) = (Vec::new(), Vec::new());
+        for ((key, position), object) in named.into_iter().zip(found) {
+            let file = match object {
+                None => ListedFile::not_found(key),
+                Some(object) => {
+                    let (file, last_modified) = listed_file(key, object);
+                    if !spec.selects(&file.key, file.size, last_modified) {
+                        continue;
+                    }
+                    file
+                }
+            };
+            selected.push(file);
+            positions.push(position);
+        }
+        Ok(Some(Page {
+            selected,
+            positions,
+            through: Some(through),
+        }))
     }
 
     /// Checks an execution's input before the execution uses any of it: every field
@@ -249,12 +381,48 @@ impl Master {
                 });
             }
         }
+        let manifest_keys = match &spec.manifest {
+            Some(_) => Some(self.check_manifest(&spec).await?),
+            None => None,
+        };
         info!(run_id = %run, source = %spec.source, destination = %spec.destination, "input checked");
         Ok(CheckOutput {
             run_id: run,
             source: spec.source.to_string(),
             destination: spec.destination.to_string(),
+            manifest_keys,
         })
+    }
+
+    /// Reads the run's whole manifest, line by line, before anything moves: a line that
+    /// is not readable, names another bucket or a key outside the source prefix, or
+    /// names a key an earlier line named is refused (`InvalidEvent`, with where it is).
+    /// Returns how many keys it names.
+    async fn check_manifest(&self, spec: &RunSpec) -> Result<u64, Error> {
+        let manifest = spec.manifest.as_ref().expect("the run has a manifest");
+        let mut reader = ManifestReader::open(&self.s3, manifest, &spec.source, None).await?;
+        let mut seen = SeenKeys::default();
+        let (mut lines, mut keys) = (0u64, 0u64);
+        while let Some(line) = reader.next_line().await? {
+            lines += 1;
+            let refused =
+                |problem: String| EventError(format!("manifest {} {problem}", line.named));
+            let Some(key) =
+                parse_line(reader.format(), &line.text, &spec.source).map_err(refused)?
+            else {
+                continue;
+            };
+            if let Some(first) = seen.first_seen(&key, lines) {
+                return Err(refused(format!(
+                    "names the key {:?} again (line {first} of the manifest's lines named it); \
+                     a manifest names each key once",
+                    common::rules::keys::shown(&key)
+                ))
+                .into());
+            }
+            keys += 1;
+        }
+        Ok(keys)
     }
 
     fn listing_error(
@@ -268,15 +436,15 @@ impl Master {
         listing_error(location.clone(), AwsError::from_sdk("ListObjectsV2", err))
     }
 
-    /// One page of the listing after `start_after` (or at `token`). Keys are asked for
-    /// URL-encoded, so that a key with characters XML cannot carry does not make the page
-    /// unreadable.
+    /// One page of the listing after `start_after` (or at `token`), and the token of
+    /// the next. Keys are asked for URL-encoded, so that a key with characters XML
+    /// cannot carry does not make the page unreadable.
     async fn list(
         &self,
         spec: &RunSpec,
         start_after: Option<String>,
         token: Option<String>,
-    ) -> Result<Page, Error> {
+    ) -> Result<(Page, Option<String>), Error> {
         let out = self
             .s3
             .list_objects_v2()
@@ -288,44 +456,36 @@ impl Master {
             .send()
             .await
             .map_err(|e| self.listing_error(&spec.source, e))?;
-        let objects = out.contents.unwrap_or_default();
-        let mut last_key = None;
-        let mut selected = Vec::new();
-        for object in objects {
-            let Some(encoded) = object.key else { continue };
-            let key = decode_listed_key(&encoded).map_err(|problem| Error::Listing {
+        let mut through = None;
+        let (mut selected, mut positions) = (Vec::new(), Vec::new());
+        for object in out.contents.unwrap_or_default() {
+            let Some(encoded) = &object.key else { continue };
+            let key = decode_listed_key(encoded).map_err(|problem| Error::Listing {
                 location: spec.source.clone(),
                 source: AwsError::permanent("ListObjectsV2", problem),
             })?;
-            let size = object.size.unwrap_or(0).max(0) as u64;
-            let last_modified = object
-                .last_modified
-                .and_then(|t| t.to_millis().ok())
-                .map(Timestamp);
-            if spec.selects(&key, size, last_modified) {
-                selected.push(ListedFile {
-                    key: key.clone(),
-                    size,
-                    etag: object.e_tag.unwrap_or_default(),
-                    storage_class: object
-                        .storage_class
-                        .map(|class| class.as_str().to_string())
-                        .filter(|class| class != "STANDARD"),
-                });
+            let (file, last_modified) = listed_file(key.clone(), object);
+            if spec.selects(&key, file.size, last_modified) {
+                selected.push(file);
+                positions.push(key.clone());
             }
-            last_key = Some(key);
+            through = Some(key);
         }
-        Ok(Page {
-            selected,
-            last_key,
-            next_token: out
-                .next_continuation_token
-                .filter(|_| out.is_truncated == Some(true)),
-        })
+        let next_token = out
+            .next_continuation_token
+            .filter(|_| out.is_truncated == Some(true));
+        Ok((
+            Page {
+                selected,
+                positions,
+                through,
+            },
+            next_token,
+        ))
     }
 
     /// A dry run's page: its selected files are counted in the plan, each with what its
-    /// destination holds, and the plan is recorded with the listing position it covers;
+    /// destination holds, and the plan is recorded with the position it covers;
     /// nothing else is recorded or invoked.
     async fn plan_page(
         &self,
@@ -335,7 +495,7 @@ impl Master {
         cursor: &mut Cursor,
         plan: &mut Plan,
     ) -> Result<(), Error> {
-        let Some(last_key) = &page.last_key else {
+        let Some(through) = &page.through else {
             return Ok(());
         };
         let destinations = self.destinations(spec, &page.selected).await?;
@@ -344,56 +504,90 @@ impl Master {
             next.add(spec, file, found.as_ref().map(|(s, e)| (*s, e.as_str())));
         }
         self.records
-            .record_plan_page(run, cursor.recorded_through.as_deref(), last_key, &next)
+            .record_plan_page(run, cursor.recorded_through.as_deref(), through, &next)
             .await?;
         *plan = next;
-        cursor.recorded_through = Some(last_key.clone());
+        cursor.recorded_through = Some(through.clone());
         cursor.selected = plan.files;
-        info!(run_id = %run, through = %last_key, files = plan.files, "page planned");
+        info!(run_id = %run, through = %through, files = plan.files, "page planned");
         Ok(())
     }
 
     /// What each file's destination holds (size and ETag), `None` where nothing is
-    /// there, as a dry run needs to say what the run would skip, fail or overwrite: one
-    /// `ListObjectsV2` of the destination key as a prefix per file that the listing
-    /// alone does not fail. A listing needs only the `s3:ListBucket` on the destination
-    /// prefix that the input check already has, where a `HeadObject` of a missing key
-    /// would answer 403 to a caller that may not list the whole bucket.
+    /// there, as a dry run needs to say what the run would skip, fail or overwrite. A
+    /// file that would fail anyway is not looked up.
     async fn destinations(
         &self,
         spec: &RunSpec,
         files: &[ListedFile],
     ) -> Result<Vec<Option<(i64, String)>>, Error> {
-        stream::iter(files)
-            .map(|file| async move {
-                if would_fail(spec, file).is_some() {
+        let keys: Vec<Option<String>> = files
+            .iter()
+            .map(|file| {
+                would_fail(spec, file)
+                    .is_none()
+                    .then(|| spec.destination_key(&file.key).ok())
+                    .flatten()
+            })
+            .collect();
+        let found = self
+            .look_up(
+                &spec.destination,
+                keys.iter().map(|k| k.as_deref().unwrap_or("")),
+            )
+            .await?;
+        Ok(keys
+            .iter()
+            .zip(found)
+            .map(|(key, object)| {
+                key.as_ref()?;
+                let object = object?;
+                Some((object.size.unwrap_or(-1), object.e_tag.unwrap_or_default()))
+            })
+            .collect())
+    }
+
+    /// Each key's object in `location`'s bucket as a listing finds it, `None` where
+    /// there is none (and for an empty key, which is not looked up): one
+    /// `ListObjectsV2` of the key as a prefix per key, [`KEY_LOOKUPS_AT_ONCE`] at once.
+    /// A listing needs only the `s3:ListBucket` the input check already has, where a
+    /// `HeadObject` of a missing key would answer 403 to a caller that may not list the
+    /// whole bucket.
+    async fn look_up<'k>(
+        &self,
+        location: &Location,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> Result<Vec<Option<aws_sdk_s3::types::Object>>, Error> {
+        stream::iter(keys)
+            .map(|key| async move {
+                if key.is_empty() {
                     return Ok(None);
                 }
-                let Ok(key) = spec.destination_key(&file.key) else {
-                    return Ok(None);
-                };
                 let listed = self
                     .s3
                     .list_objects_v2()
-                    .bucket(&spec.destination.bucket)
-                    .prefix(&key)
+                    .bucket(&location.bucket)
+                    .prefix(key)
                     .max_keys(1)
                     .encoding_type(EncodingType::Url)
                     .send()
                     .await
-                    .map_err(|e| self.listing_error(&spec.destination, e))?;
+                    .map_err(|e| self.listing_error(location, e))?;
                 // The first key under the prefix is the key itself, if it exists.
-                Ok(listed.contents().first().and_then(|object| {
-                    let found = decode_listed_key(object.key()?).ok()?;
-                    (found == key).then(|| {
-                        (
-                            object.size.unwrap_or(-1),
-                            object.e_tag.clone().unwrap_or_default(),
-                        )
-                    })
-                }))
+                Ok(listed
+                    .contents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .next()
+                    .filter(|object| {
+                        object
+                            .key
+                            .as_deref()
+                            .and_then(|encoded| decode_listed_key(encoded).ok())
+                            .is_some_and(|found| found == key)
+                    }))
             })
-            .buffered(DESTINATION_CHECKS_AT_ONCE)
+            .buffered(KEY_LOOKUPS_AT_ONCE)
             .try_collect()
             .await
     }
@@ -406,7 +600,7 @@ impl Master {
         page: &Page,
         cursor: &mut Cursor,
     ) -> Result<(), Error> {
-        let Some(last_key) = &page.last_key else {
+        let Some(through) = &page.through else {
             return Ok(());
         };
         let limits = BatchLimits {
@@ -414,18 +608,18 @@ impl Master {
             names_bytes: BATCH_NAMES_BYTES,
             object_bytes: self.settings.batch_bytes,
         };
-        let batches = split(&page.selected, limits);
+        let batches = positioned(split(&page.selected, limits), &page.positions);
         self.records
-            .record_page(run, cursor.recorded_through.as_deref(), &batches, last_key)
+            .record_page(run, cursor.recorded_through.as_deref(), &batches, through)
             .await?;
-        cursor.recorded_through = Some(last_key.clone());
+        cursor.recorded_through = Some(through.clone());
         cursor.selected += page.selected.len() as u64;
 
-        let ids: Vec<BatchId> = batches.iter().map(|files| BatchId::of(&files[0])).collect();
+        let ids: Vec<BatchId> = batches.into_iter().map(|batch| batch.id).collect();
         let invocations = self.invoke_slaves(run, ids.iter()).await?;
-        self.records.advance_handed(run, last_key).await?;
+        self.records.advance_handed(run, through).await?;
         cursor.invocations += invocations;
-        info!(run_id = %run, source = %spec.source, through = %last_key, files = page.selected.len(),
+        info!(run_id = %run, source = %spec.source, through = %through, files = page.selected.len(),
               invocations, "page handed");
         Ok(())
     }
@@ -466,6 +660,24 @@ impl Master {
             .map_err(|e| Error::Invoke(AwsError::from_sdk("Invoke", e)))?;
         Ok(())
     }
+}
+
+/// A file as a listing names it, and when it was last modified, for the run's rules.
+fn listed_file(key: String, object: aws_sdk_s3::types::Object) -> (ListedFile, Option<Timestamp>) {
+    let last_modified = object
+        .last_modified
+        .and_then(|t| t.to_millis().ok())
+        .map(Timestamp);
+    let file = ListedFile {
+        key,
+        size: object.size.unwrap_or(0).max(0) as u64,
+        etag: object.e_tag.unwrap_or_default(),
+        storage_class: object
+            .storage_class
+            .map(|class| class.as_str().to_string())
+            .filter(|class| class != "STANDARD"),
+    };
+    (file, last_modified)
 }
 
 /// A listing that failed: refused for good when no retry will change the answer (the

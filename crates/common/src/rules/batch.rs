@@ -18,6 +18,27 @@ pub struct ListedFile {
     pub storage_class: Option<String>,
 }
 
+impl ListedFile {
+    /// A key a manifest names whose object was not there when the manifest was read. It
+    /// is recorded with the run's other files, with no ETag (S3 gives every object one),
+    /// so that its fate is recorded too: it fails with [`NOT_FOUND`] and nothing is
+    /// asked of S3 for it.
+    ///
+    /// [`NOT_FOUND`]: crate::rules::manifest::NOT_FOUND
+    pub fn not_found(key: String) -> Self {
+        ListedFile {
+            key,
+            size: 0,
+            etag: String::new(),
+            storage_class: None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.etag.is_empty()
+    }
+}
+
 /// A file is recorded as `[key, size, etag]`, with its storage class as a fourth
 /// element when it is not `STANDARD`, so a batch of ordinary files costs no more.
 impl Serialize for ListedFile {
@@ -100,6 +121,38 @@ impl fmt::Display for BatchId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A batch of a page as master records it: its id, its files, and the position of its
+/// last file, which a transaction recording it reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageBatch<'a> {
+    pub id: BatchId,
+    pub files: &'a [ListedFile],
+    pub last: &'a str,
+}
+
+/// Names the batches [`split`] made of a page's files by position: `positions[i]` is
+/// where file `i` is in what the run reads, its key in a listing or its line's
+/// [`Position`](crate::rules::manifest::Position) in a manifest, so that ids sort as the
+/// files came and a batch's id is its first file's position.
+pub fn positioned<'a>(
+    batches: Vec<&'a [ListedFile]>,
+    positions: &'a [String],
+) -> Vec<PageBatch<'a>> {
+    let mut start = 0;
+    batches
+        .into_iter()
+        .map(|files| {
+            let batch = PageBatch {
+                id: BatchId(positions[start].clone()),
+                files,
+                last: &positions[start + files.len() - 1],
+            };
+            start += files.len();
+            batch
+        })
+        .collect()
 }
 
 /// A batch's files as recorded: a JSON list of `[key, size, etag]`.

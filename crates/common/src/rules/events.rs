@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::rules::batch::BatchId;
 use crate::rules::copy::{IfExists, STORAGE_CLASSES};
+use crate::rules::manifest::Manifest;
 use crate::rules::plan::Plan;
 use crate::rules::run::{EventError, Location, RunDefaults, RunId, RunSpec, Suffixes};
 use crate::rules::select::{Glob, Selection, Timestamp};
@@ -69,6 +70,10 @@ pub struct MasterEvent {
     /// `true`: list and select as the run would, and end with its plan (files and bytes
     /// by storage class, what would fail and why, the estimated cost); nothing moves.
     pub dry_run: Option<bool>,
+    /// `{"bucket", "key", "format": "csv" | "jsonl" | "s3-inventory"}`: the run moves the
+    /// files this manifest names (each under the source prefix), instead of listing the
+    /// source prefix.
+    pub manifest: Option<Manifest>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -153,9 +158,11 @@ impl MasterEvent {
         )?;
         let suffixes = match self.suffixes {
             Some(list) => Suffixes::new(list).map_err(|e| EventError(format!("suffixes: {e}")))?,
-            // Patterns say which keys a run takes: the stack's default suffixes would
-            // silently narrow them further.
-            None if !selection.include.is_empty() => Suffixes::every_key(),
+            // Patterns or a manifest say which keys a run takes: the stack's default
+            // suffixes would silently narrow them further.
+            None if !selection.include.is_empty() || self.manifest.is_some() => {
+                Suffixes::every_key()
+            }
             None => defaults.suffixes.clone(),
         };
         if let Some(class) = &self.storage_class
@@ -171,6 +178,11 @@ impl MasterEvent {
         {
             return Err(EventError(format!("kms_key_id: {key:?} {problem}")));
         }
+        if let Some(manifest) = &self.manifest {
+            manifest
+                .check()
+                .map_err(|e| EventError(format!("manifest: {e}")))?;
+        }
         let if_exists = match &self.if_destination_exists {
             None => IfExists::Overwrite,
             Some(raw) => IfExists::parse(raw)
@@ -184,7 +196,8 @@ impl MasterEvent {
                 .with_kms_key_id(self.kms_key_id)
                 .with_if_destination_exists(if_exists)
                 .with_keep_source_versions(self.keep_source_versions.unwrap_or(false))
-                .with_dry_run(self.dry_run.unwrap_or(false)),
+                .with_dry_run(self.dry_run.unwrap_or(false))
+                .with_manifest(self.manifest),
         ))
     }
 }
@@ -293,6 +306,9 @@ pub struct CheckOutput {
     pub run_id: RunId,
     pub source: String,
     pub destination: String,
+    /// The keys the run's manifest names, every line of it read and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_keys: Option<u64>,
 }
 
 /// What `master` answers.

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | which keys does a run take? | [`run::RunSpec::selects`], [`select::Selection::admits`] |
 //! | where does each key go? | [`run::RunSpec::destination_key`], carried by [`run::PlannedMove`] |
+//! | how is a manifest line read; where does a manifest run stand? | [`manifest::parse_line`], [`manifest::Position`] |
 //! | how are files batched? | [`batch::split`], named by [`batch::BatchId`] |
 //! | what does an outcome do to a file and the counters? | [`outcomes::transition`], [`outcomes::Outcomes::apply`] |
 //! | which files of a batch are left to move? | [`outcomes::Outcomes::open`] |
@@ -32,6 +33,7 @@ pub mod events;
 pub mod failure;
 pub mod handoff;
 pub mod keys;
+pub mod manifest;
 pub mod outcomes;
 pub mod plan;
 pub mod progress;

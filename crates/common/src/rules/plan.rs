@@ -57,6 +57,9 @@ pub const DESTINATION_EXISTS: &str =
 
 /// Why a listed file would fail, if the listing alone can tell.
 pub fn would_fail(spec: &RunSpec, file: &ListedFile) -> Option<&'static str> {
+    if file.is_not_found() {
+        return Some(crate::rules::manifest::NOT_FOUND);
+    }
     let destination = spec.destination_key(&file.key).ok()?;
     if too_long(&destination).is_some() {
         return Some("the destination key would be longer than the 1,024 bytes S3 allows");

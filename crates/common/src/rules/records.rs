@@ -33,6 +33,9 @@ pub struct RunRecord {
     pub delivered: Option<Delivered>,
     /// A dry run's plan so far, up to `recorded_through`.
     pub plan: Option<Plan>,
+    /// The ETag of the run's manifest when the run started: every later reading of it
+    /// asks for that object, so a manifest replaced during the run is never half read.
+    pub manifest_etag: Option<String>,
 }
 
 /// The run item and its counters, read together.

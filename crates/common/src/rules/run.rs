@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::batch::ListedFile;
 use crate::rules::copy::IfExists;
+use crate::rules::manifest::Manifest;
 use crate::rules::select::{Listed, Selection, Timestamp};
 
 /// A problem with an event, named precisely enough for the user to fix it.
@@ -184,6 +185,9 @@ pub struct RunSpec {
     /// List and plan only: nothing is copied, deleted or recorded per file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Where the run's files are named, instead of the listing of its source prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
 }
 
 fn is_overwrite(mode: &IfExists) -> bool {
@@ -211,6 +215,7 @@ impl RunSpec {
             if_destination_exists: IfExists::Overwrite,
             keep_source_versions: false,
             dry_run: false,
+            manifest: None,
         })
     }
 
@@ -240,6 +245,11 @@ impl RunSpec {
             keep_source_versions,
             ..self
         }
+    }
+
+    /// The same run, taking its files from `manifest` (`None`: from the listing).
+    pub fn with_manifest(self, manifest: Option<Manifest>) -> Self {
+        RunSpec { manifest, ..self }
     }
 
     /// The same run, planned only (`dry_run`) or not.

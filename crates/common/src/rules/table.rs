@@ -2,7 +2,7 @@
 //! a page's batches are grouped into transactions, when a batch's failed marker changes,
 //! and what a cancelled transaction means.
 
-use crate::rules::batch::{BatchId, ListedFile, encoded_size};
+use crate::rules::batch::{BatchId, PageBatch, encoded_size};
 use crate::rules::failure::is_transient_code;
 use crate::rules::outcomes::Outcomes;
 
@@ -29,12 +29,12 @@ pub fn counter_shard(batch: &BatchId) -> u64 {
 /// actions) and [`TRANSACTION_BATCH_BYTES`] of batch items (within its 4 MB). Always at
 /// least one group, which may be empty: a page with nothing selected still moves the
 /// listing position.
-pub fn transaction_groups<'a>(batches: &'a [&'a [ListedFile]]) -> Vec<&'a [&'a [ListedFile]]> {
+pub fn transaction_groups<'a, 'b>(batches: &'a [PageBatch<'b>]) -> Vec<&'a [PageBatch<'b>]> {
     let mut groups = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (i, files) in batches.iter().enumerate() {
-        // The batch item: its key (the first key twice, as sk and in the item) and files.
-        let size = encoded_size(files) + files[0].key.len() + 64;
+    for (i, batch) in batches.iter().enumerate() {
+        // The batch item: its key (the id, as sk) and files.
+        let size = encoded_size(batch.files) + batch.id.as_str().len() + 64;
         if i > start
             && (i - start == BATCHES_PER_TRANSACTION || bytes + size > TRANSACTION_BATCH_BYTES)
         {
@@ -95,6 +95,7 @@ pub fn cancellation(reasons: &[String]) -> Option<Cancelled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::batch::{ListedFile, positioned};
     use crate::rules::outcomes::Outcome;
 
     #[test]
@@ -120,7 +121,8 @@ mod tests {
                 storage_class: None,
             })
             .collect();
-        let batches: Vec<&[ListedFile]> = small.chunks(1).collect();
+        let keys: Vec<String> = small.iter().map(|f| f.key.clone()).collect();
+        let batches = positioned(small.chunks(1).collect(), &keys);
         let sizes: Vec<usize> = transaction_groups(&batches)
             .iter()
             .map(|g| g.len())
@@ -134,9 +136,10 @@ mod tests {
                 storage_class: None,
             })
             .collect();
-        let batches: Vec<&[ListedFile]> = long.chunks(1).collect();
+        let keys: Vec<String> = long.iter().map(|f| f.key.clone()).collect();
+        let batches = positioned(long.chunks(1).collect(), &keys);
         for group in transaction_groups(&batches) {
-            let bytes: usize = group.iter().map(|b| encoded_size(b)).sum();
+            let bytes: usize = group.iter().map(|b| encoded_size(b.files)).sum();
             assert!(bytes <= TRANSACTION_BATCH_BYTES, "{bytes}");
         }
         assert_eq!(

@@ -96,6 +96,9 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if spec.dry_run {
         described.push_str(", dry run");
     }
+    if let Some(manifest) = &spec.manifest {
+        described.push_str(&format!(", manifest {manifest}"));
+    }
     if spec.if_destination_exists != IfExists::Overwrite {
         described.push_str(&format!(
             ", if_destination_exists {}",
@@ -154,7 +157,15 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                         Some(raw) => IfExists::parse(raw).map_err(corrupt)?,
                     })
                     .with_keep_source_versions(flag("keep_source_versions"))
-                    .with_dry_run(flag("dry_run")),
+                    .with_dry_run(flag("dry_run"))
+                    .with_manifest(
+                        get_s(item, "manifest")
+                            .map(|raw| {
+                                serde_json::from_str(raw)
+                                    .map_err(|e| corrupt(format!("run item's manifest: {e}")))
+                            })
+                            .transpose()?,
+                    ),
             )
         }
     };
@@ -170,6 +181,7 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
     Ok(RunRecord {
         spec,
         plan,
+        manifest_etag: get_s(item, "manifest_etag").map(String::from),
         listing_complete: item
             .get("listing_complete")
             .and_then(|v| v.as_bool().ok())

@@ -8,7 +8,7 @@ use super::dynamo::{ATTEMPTS, backoff, is_condition_failure, now_rfc3339, transa
 use super::layout::{batch_pk, key, n, run_key, s};
 use super::{Store, StoreError};
 use crate::error::AwsError;
-use crate::rules::batch::{BatchId, ListedFile, encode_files};
+use crate::rules::batch::{BatchId, PageBatch, encode_files};
 use crate::rules::plan::Plan;
 use crate::rules::records::{PendingBatches, RunRecord};
 use crate::rules::run::{RunId, RunSpec};
@@ -27,7 +27,13 @@ impl MasterRecords {
 
     /// Creates the run with its spec, or checks that an existing run has the same spec:
     /// an execution name reused for other buckets or prefixes is refused.
-    pub async fn start_run(&self, run: &RunId, spec: &RunSpec) -> Result<RunRecord, StoreError> {
+    /// A run with a manifest records the manifest's ETag as `manifest_etag` sees it now.
+    pub async fn start_run(
+        &self,
+        run: &RunId,
+        spec: &RunSpec,
+        manifest_etag: Option<&str>,
+    ) -> Result<RunRecord, StoreError> {
         for _ in 0..ATTEMPTS {
             if let Some(existing) = self.store.run_record(run).await? {
                 match &existing.spec {
@@ -58,7 +64,7 @@ impl MasterRecords {
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
                      if_destination_exists = :ide, keep_source_versions = :ksv, dry_run = :dry, \
                      listing_complete = :f, selected = :zero, \
-                     created_at = :now, expires_at = :exp{}{}",
+                     created_at = :now, expires_at = :exp{}{}{}",
                     if spec.storage_class.is_some() {
                         ", storage_class = :stc"
                     } else {
@@ -66,6 +72,11 @@ impl MasterRecords {
                     },
                     if spec.kms_key_id.is_some() {
                         ", kms_key_id = :kms"
+                    } else {
+                        ""
+                    },
+                    if spec.manifest.is_some() {
+                        ", manifest = :man, manifest_etag = :mtag"
                     } else {
                         ""
                     }
@@ -93,6 +104,15 @@ impl MasterRecords {
             };
             let created = match &spec.kms_key_id {
                 Some(key) => created.expression_attribute_values(":kms", s(key)),
+                None => created,
+            };
+            let created = match &spec.manifest {
+                Some(manifest) => created
+                    .expression_attribute_values(
+                        ":man",
+                        s(serde_json::to_string(manifest).expect("a manifest always serializes")),
+                    )
+                    .expression_attribute_values(":mtag", s(manifest_etag.unwrap_or_default())),
                 None => created,
             }
             .send()
@@ -123,7 +143,7 @@ impl MasterRecords {
         &self,
         run: &RunId,
         previous: Option<&str>,
-        batches: &[&[ListedFile]],
+        batches: &[PageBatch<'_>],
         through: &str,
     ) -> Result<(), StoreError> {
         let groups = transaction_groups(batches);
@@ -132,12 +152,7 @@ impl MasterRecords {
             let reaches = if i + 1 == groups.len() {
                 through
             } else {
-                &group
-                    .last()
-                    .expect("groups are not empty")
-                    .last()
-                    .expect("batches are not empty")
-                    .key
+                group.last().expect("groups are not empty").last
             };
             self.record_batches(run, position.as_deref(), group, reaches)
                 .await?;
@@ -150,15 +165,15 @@ impl MasterRecords {
         &self,
         run: &RunId,
         previous: Option<&str>,
-        batches: &[&[ListedFile]],
+        batches: &[PageBatch<'_>],
         through: &str,
     ) -> Result<(), StoreError> {
         let expires = self.store.expires_at();
         let mut items: Vec<TransactWriteItem> = batches
             .iter()
-            .map(|files| {
-                let mut item = key(batch_pk(run), BatchId::of(&files[0]).as_str());
-                item.insert("files".into(), s(encode_files(files)));
+            .map(|batch| {
+                let mut item = key(batch_pk(run), batch.id.as_str());
+                item.insert("files".into(), s(encode_files(batch.files)));
                 item.insert("expires_at".into(), expires.clone());
                 let put = Put::builder()
                     .table_name(&self.store.table)
@@ -169,7 +184,7 @@ impl MasterRecords {
                 TransactWriteItem::builder().put(put).build()
             })
             .collect();
-        let files: usize = batches.iter().map(|b| b.len()).sum();
+        let files: usize = batches.iter().map(|b| b.files.len()).sum();
         let position = Update::builder()
             .table_name(&self.store.table)
             .set_key(Some(run_key(run)))
@@ -254,6 +269,11 @@ impl MasterRecords {
             }
             Err(e) => Err(AwsError::from_sdk("UpdateItem", e).into()),
         }
+    }
+
+    /// The run item, if the run has been started.
+    pub async fn run(&self, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        self.store.run_record(run).await
     }
 
     pub async fn advance_handed(&self, run: &RunId, through: &str) -> Result<(), StoreError> {

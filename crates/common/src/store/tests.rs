@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::layout::{n, s};
 use super::{MasterRecords, SlaveRecords, Store, StoreError};
-use crate::rules::batch::{BatchId, ListedFile};
+use crate::rules::batch::{BatchId, ListedFile, positioned};
 use crate::rules::outcomes::{Delta, Outcome, Outcomes};
 use crate::rules::records::BatchView;
 use crate::rules::run::RunId;
@@ -69,7 +69,8 @@ fn batch_of(keys: &[&str]) -> BatchView {
 async fn a_page_is_recorded_with_its_position_in_one_transaction() {
     // GIVEN three batches of a page, the first transaction meeting a conflict
     let files: Vec<ListedFile> = (0..3).map(|i| file(&format!("raw/{i}"))).collect();
-    let batches: Vec<&[ListedFile]> = files.chunks(1).collect();
+    let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+    let batches = positioned(files.chunks(1).collect(), &keys);
     let recorded = mock!(Client::transact_write_items)
         .match_requests(|r| {
             let items = r.transact_items();
@@ -109,8 +110,14 @@ async fn a_page_someone_else_recorded_is_a_progress_conflict() {
         .then_error(|| cancelled(&["None", "ConditionalCheckFailed"]));
     let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&moved]);
     let files = [file("raw/a")];
+    let keys = ["raw/a".to_string()];
     let err = master(client)
-        .record_page(&run(), Some("raw/0"), &[&files[..]], "raw/b")
+        .record_page(
+            &run(),
+            Some("raw/0"),
+            &positioned(vec![&files[..]], &keys),
+            "raw/b",
+        )
         .await
         .unwrap_err();
     assert!(

@@ -24,6 +24,7 @@ use crate::rules::copy::{
 use crate::rules::encryption::{Encryption, requested};
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, too_long};
+use crate::rules::manifest::NOT_FOUND;
 use crate::rules::run::{PlannedMove, RunId, RunSpec};
 use crate::store::{SlaveRecords, StoreError};
 
@@ -187,6 +188,9 @@ impl<'a> Mover<'a> {
         recorded_copy: Option<&str>,
     ) -> Result<CopyOutcome, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
+        if file.is_not_found() {
+            return Err(MoveFailure::permanent(NOT_FOUND));
+        }
         if let Some(reason) = too_long(destination_key) {
             return Err(MoveFailure::permanent(reason));
         }
