@@ -6,6 +6,12 @@ client of the local server goes through it: the functions, the state machine's e
 the tests) and refuses what AWS refuses, each rule with the AWS limit it enforces:
 
   S3
+    * a request about a bucket, signed for another region than the bucket's, answers
+      301 PermanentRedirect with the bucket's region in `x-amz-bucket-region` (HeadBucket
+      too, without a body); moto serves every bucket from every region;
+    * a request whose `x-amz-expected-bucket-owner` (or, on a copy,
+      `x-amz-source-expected-bucket-owner`) names another account than the bucket's
+      owner answers 403 AccessDenied; moto ignores both;
     * an object key longer than 1,024 bytes of UTF-8 (KeyTooLongError);
     * a DeleteObjects request of more than 1,000 keys (MalformedXML);
     * DeleteObjects with a per-key ETag: a key whose current ETag differs is not deleted
@@ -60,6 +66,10 @@ MAX_TASK_FAILURE_CAUSE = 32768
 MAX_TASK_FAILURE_ERROR = 256
 
 SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+SIGNED_REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/[^/]+/aws4_request")
+# Requests S3 serves whatever region they are signed for.
+ANY_REGION_OPERATIONS = {"CreateBucket", "ListBuckets"}
+EXPECTED_OWNER_HEADERS = ("x-amz-expected-bucket-owner", "x-amz-source-expected-bucket-owner")
 S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 # A DeleteObjects body written back keeps S3's namespace as the default one.
 ElementTree.register_namespace("", S3_NAMESPACE)
@@ -74,16 +84,17 @@ OBJECT_OPERATIONS = {
 class Refusal(Exception):
     """An answer AWS would give instead of doing what was asked."""
 
-    def __init__(self, status, code, message, protocol):
+    def __init__(self, status, code, message, protocol, headers=(), details=""):
         super().__init__(message)
         self.status, self.code, self.message, self.protocol = status, code, message, protocol
+        self.headers, self.details = list(headers), details
 
     def response(self, head=False):
         if self.protocol == "xml":
             body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{self.code}</Code>'
-                    f"<Message>{xml_text(self.message)}</Message>"
+                    f"<Message>{xml_text(self.message)}</Message>{self.details}"
                     f"<RequestId>strict</RequestId></Error>").encode()
-            headers = [("Content-Type", "application/xml")]
+            headers = [("Content-Type", "application/xml")] + self.headers
         else:
             body = json.dumps({"__type": f"com.amazonaws#{self.code}",
                                "message": self.message}).encode()
@@ -165,6 +176,9 @@ class Strict:
         bucket, _, key = path.lstrip("/").partition("/")
         headers = {k: v for k, v in request.headers.items()}
         operation = s3_operation(request.method, path, request.query, headers)
+        if bucket and operation not in ANY_REGION_OPERATIONS:
+            self.check_region(request, bucket)
+            self.check_expected_owners(request)
         if operation in OBJECT_OPERATIONS and len(key.encode()) > MAX_KEY_BYTES:
             # S3 object keys are at most 1,024 bytes of UTF-8.
             raise s3_refusal(400, "KeyTooLongError", "Your key is too long")
@@ -177,6 +191,35 @@ class Strict:
         if operation == "DeleteObjects":
             return self.delete_objects(request, bucket)
         return None
+
+    @staticmethod
+    def check_region(request, bucket):
+        # S3 serves a bucket from its own region only: a request signed for another
+        # region answers 301 PermanentRedirect naming the bucket's region (S3 API
+        # reference, HeadBucket; error responses), and the SDKs do not follow it.
+        scope = SIGNED_REGION.search(request.headers.get("authorization", ""))
+        credential = request.query.get("X-Amz-Credential", [""])[0].split("/")
+        signed = scope.group(1) if scope else (credential[2] if len(credential) >= 5 else None)
+        found = s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets.get(bucket)
+        if signed is None or found is None or found.region_name == signed:
+            return
+        region = found.region_name
+        raise Refusal(
+            301, "PermanentRedirect",
+            "The bucket you are attempting to access must be addressed using the specified "
+            "endpoint. Please send all future requests to this endpoint.", "xml",
+            headers=[("x-amz-bucket-region", region)],
+            details=(f"<Endpoint>{bucket}.s3.{region}.amazonaws.com</Endpoint>"
+                     f"<Bucket>{xml_text(bucket)}</Bucket>"))
+
+    @staticmethod
+    def check_expected_owners(request):
+        # Every bucket of the local stack is the one account's; a request that expects
+        # another owner is refused as S3 refuses it.
+        for header in EXPECTED_OWNER_HEADERS:
+            owner = request.headers.get(header)
+            if owner is not None and owner != DEFAULT_ACCOUNT_ID:
+                raise s3_refusal(403, "AccessDenied", "Access Denied")
 
     @staticmethod
     def etag(bucket, key):

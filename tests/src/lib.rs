@@ -464,3 +464,29 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
         .await
         .unwrap();
 }
+
+/// A client like `client`, signing its requests for `region`.
+pub fn client_in(client: &aws_sdk_s3::Client, region: &str) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .region(aws_sdk_s3::config::Region::new(region.to_string()))
+            .build(),
+    )
+}
+
+/// Creates `bucket` in `region`.
+pub async fn create_bucket_in(client: &aws_sdk_s3::Client, bucket: &str, region: &str) {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}

@@ -512,3 +512,63 @@ async fn an_sse_kms_object_has_an_etag_that_is_not_the_md5_of_its_bytes() {
         .unwrap();
     assert_ne!(etag("raw/kms.csv").await, first);
 }
+
+#[tokio::test]
+async fn a_request_for_a_bucket_of_another_region_is_redirected_to_that_region() {
+    // GIVEN a bucket in eu-west-1, and clients signing for the stack's region and for it
+    let f = Fixture::new().await;
+    let bucket = format!("{}-eu", f.bucket);
+    let home = &f.clients.s3;
+    integration_tests::create_bucket_in(home, &bucket, "eu-west-1").await;
+    let ireland = integration_tests::client_in(home, "eu-west-1");
+    let put = |client: &aws_sdk_s3::Client| {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key("raw/a.csv")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+    };
+
+    // WHEN each asks for the bucket: THEN the home region is redirected, with the
+    // bucket's region named (a HeadBucket too, which has no body), and eu-west-1 served
+    let redirected = put(home).await;
+    assert_eq!(code(&redirected), "PermanentRedirect");
+    let head = home.head_bucket().bucket(&bucket).send().await.unwrap_err();
+    let region = head
+        .raw_response()
+        .and_then(|r| r.headers().get("x-amz-bucket-region"));
+    assert_eq!(region, Some("eu-west-1"));
+    assert_eq!(code(&put(&ireland).await), "ok");
+    // AND the region routing the functions use finds the bucket's region from home
+    let routed = common::transfer::S3Clients::new(home.clone())
+        .for_bucket(&bucket, None, None)
+        .await;
+    assert_eq!(code(&put(&routed).await), "ok");
+}
+
+#[tokio::test]
+async fn a_request_that_expects_another_bucket_owner_is_refused() {
+    let f = Fixture::new().await;
+    f.put("raw/a.csv", body_of("raw/a.csv")).await;
+    let s3 = &f.clients.s3;
+    let head = |owner: &str| {
+        s3.head_object()
+            .bucket(&f.bucket)
+            .key("raw/a.csv")
+            .expected_bucket_owner(owner)
+            .send()
+    };
+    assert_eq!(code(&head(xtask::local::ACCOUNT).await), "ok");
+    assert!(head("111122223333").await.is_err());
+    let copy = |owner: &str| {
+        s3.copy_object()
+            .bucket(&f.bucket)
+            .key("refined/a.csv")
+            .copy_source(format!("{}/raw/a.csv", f.bucket))
+            .expected_source_bucket_owner(owner)
+            .send()
+    };
+    assert_eq!(code(&copy("111122223333").await), "AccessDenied");
+    assert_eq!(code(&copy(xtask::local::ACCOUNT).await), "ok");
+}

@@ -86,8 +86,12 @@ async fn a_crash_between_copy_and_delete_is_finished_by_the_retry() {
         common::store::SlaveRecords::new(f.table()),
         common::RunId::parse("crash").unwrap(),
     );
+    let clients = common::transfer::RunClients {
+        source: f.clients.s3.clone(),
+        destination: f.clients.s3.clone(),
+    };
     let mover = Mover::new(
-        &f.clients.s3,
+        &clients,
         &f.slave_settings,
         &records,
         &run,

@@ -789,6 +789,9 @@ fn needs(call: &Value, stack: &LocalStack) -> Vec<Need> {
         )],
         ("s3", "HeadObject" | "GetObject") => vec![need("s3:GetObject", destination)],
         ("s3", "GetObjectTagging") => vec![need("s3:GetObjectTagging", destination)],
+        // Asked once per bucket for its region, which S3 answers (x-amz-bucket-region)
+        // whatever the caller may do with the bucket, a 403 included: it needs nothing.
+        ("s3", "HeadBucket") => vec![],
         ("s3", "DeleteObject") => vec![need(delete_action, destination)],
         ("s3", "DeleteObjects") => call["keys"]
             .as_array()

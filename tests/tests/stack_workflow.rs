@@ -481,7 +481,8 @@ async fn malformed_input_and_unlistable_buckets_end_the_execution_at_once_by_nam
         (
             "manifest-twice",
             manifest("manifests/twice.csv"),
-            "manifests/twice.csv line 3 names the key \\\"raw/f-00000.csv\\\" again (line 1",
+            "manifests/twice.csv line 3 names the key \\\"raw/f-00000.csv\\\" again (line 1 named \
+             it first)",
         ),
         (
             "manifest-versions",
@@ -699,6 +700,124 @@ async fn a_manifest_moves_exactly_the_keys_it_names_and_a_key_with_no_object_fai
             ("raw/m/with space.csv".to_string(), FileState::Completed),
         ])
     );
+}
+
+#[tokio::test]
+async fn a_manifest_replaced_after_the_input_check_ends_the_run_and_moves_nothing() {
+    // GIVEN files and a manifest naming them
+    let stack = local_stack();
+    let files = keys("raw/pinned-", 3);
+    let bucket = bucket_with(stack, &files).await;
+    let lines = |keys: &[String]| -> Vec<u8> {
+        keys.iter()
+            .map(|k| format!("{bucket},{k}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    put_bytes(stack, &bucket, "manifests/pinned.csv", lines(&files)).await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN an execution checks it, and it is replaced while the execution waits to start
+    // master
+    let execution = stack
+        .start(
+            "pinned",
+            &input(
+                &bucket,
+                json!({"wait_before_master_seconds": 2, "manifest": {
+                    "bucket": bucket, "key": "manifests/pinned.csv", "format": "csv"}}),
+            ),
+        )
+        .await;
+    loop {
+        let history = stack.history(&execution).await;
+        if history
+            .iter()
+            .any(|e| e.r#type == HistoryEventType::LambdaFunctionSucceeded)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let replacement = lines(&files[..1]);
+    put_bytes(stack, &bucket, "manifests/pinned.csv", replacement).await;
+    let described = stack.finished(&execution).await;
+
+    // THEN the run reads only the manifest that was checked: it ends with InvalidEvent
+    // saying so, and nothing moved
+    assert_eq!(
+        described.error.as_deref(),
+        Some("InvalidEvent"),
+        "{described:?}"
+    );
+    let cause = described.cause.clone().unwrap();
+    assert!(
+        cause.contains("manifests/pinned.csv was replaced after the run started"),
+        "{cause}"
+    );
+    let mut expected = before;
+    expected.insert("manifests/pinned.csv".into(), md5_hex(&lines(&files[..1])));
+    assert_eq!(contents(stack, &bucket).await, expected);
+}
+
+#[tokio::test]
+async fn a_move_into_a_bucket_of_another_region_and_its_expected_owner_is_checked() {
+    // GIVEN files in the stack's region, and a destination bucket in eu-west-1
+    let stack = local_stack();
+    let files = keys("raw/far-", 12);
+    let bucket = bucket_with(stack, &files).await;
+    let far = format!("{bucket}-eu");
+    integration_tests::create_bucket_in(&stack.s3().await, &far, "eu-west-1").await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN a run names another account as the destination's owner, and then one names
+    // the owners as they are
+    let owner = xtask::local::ACCOUNT;
+    let elsewhere = stack
+        .start(
+            "far-other-owner",
+            &input(
+                &bucket,
+                json!({"destination_bucket": far, "destination_bucket_owner": "111122223333"}),
+            ),
+        )
+        .await;
+    let elsewhere = stack.finished(&elsewhere).await;
+    let moved = stack
+        .start(
+            "far-move",
+            &input(
+                &bucket,
+                json!({"destination_bucket": far, "source_bucket_owner": owner,
+                       "destination_bucket_owner": owner}),
+            ),
+        )
+        .await;
+    let moved = stack.finished(&moved).await;
+
+    // THEN the first is refused at once, naming the destination, and moves nothing
+    assert_eq!(
+        elsewhere.error.as_deref(),
+        Some("InvalidEvent"),
+        "{elsewhere:?}"
+    );
+    let cause = elsewhere.cause.clone().unwrap();
+    assert!(
+        cause.contains(&format!("destination s3://{far}/refined/ cannot be listed")),
+        "{cause}"
+    );
+    // AND the second moves every file into the bucket in eu-west-1, its requests sent to
+    // that region (the local front redirects any other, as S3 does)
+    assert_eq!(moved.status, ExecutionStatus::Succeeded, "{moved:?}");
+    assert_eq!(output(&moved)["completed"], json!(12));
+    assert!(contents(stack, &bucket).await.is_empty());
+    let ireland = integration_tests::client_in(&stack.s3().await, "eu-west-1");
+    let arrived = integration_tests::listing(&ireland, &far, "").await;
+    let expected: BTreeMap<String, String> = before
+        .iter()
+        .map(|(key, etag)| (key.replacen("raw/", "refined/", 1), etag.clone()))
+        .collect();
+    assert_eq!(arrived, expected);
 }
 
 #[tokio::test]

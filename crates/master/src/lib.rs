@@ -11,9 +11,14 @@
 //! never records a file twice (which could reset a completed file to `started` or count
 //! it twice) and never leaves a recorded file without a slave.
 //!
+//! A run with a manifest reads its files from the manifest instead of the listing
+//! ([`manifest`]): positions in the manifest stand for listing positions, and each key
+//! is looked up as the listing would have found it.
+//!
 //! Before the execution does anything, the state machine asks master to check its input
-//! (`{"check": ...}`): every field, the timing ones included, and that the source and
-//! destination can be listed.
+//! (`{"check": ...}`): every field, the timing ones included, that the source and
+//! destination can be listed, and every line of a manifest; the check answers the
+//! manifest's ETag, which the run then reads only.
 
 mod manifest;
 
@@ -25,14 +30,15 @@ use aws_sdk_s3::types::EncodingType;
 use common::lambda::remaining;
 use common::rules::batch::{BatchId, BatchLimits, ListedFile, positioned, split};
 use common::rules::events::{
-    CheckOutput, InputCheck, MasterEvent, MasterOutput, SlaveEvent, parse_event,
+    CheckOutput, InputCheck, MasterEvent, MasterOutput, Pinned, SlaveEvent, parse_event,
 };
 use common::rules::keys::decode_listed_key;
-use common::rules::manifest::{Position, SeenKeys, parse_line};
+use common::rules::manifest::{KeyHashes, Position, Repeats, parse_line};
 use common::rules::plan::{Plan, would_fail};
 use common::rules::run::Location;
 use common::rules::select::Timestamp;
 use common::store::MasterRecords;
+use common::transfer::{RunClients, S3Clients};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
     StoreError,
@@ -49,8 +55,12 @@ const BATCH_NAMES_BYTES: usize = 96 * 1024;
 /// Listings of single keys in flight at once: a dry run's destination keys, and the
 /// keys a manifest names.
 const KEY_LOOKUPS_AT_ONCE: usize = 32;
-/// Manifest lines read into one page, as a listing page has at most 1,000 keys.
-const MANIFEST_PAGE_LINES: usize = 1000;
+/// Keys of manifest lines read into one page, as a listing page has at most 1,000 keys;
+/// and the most lines read into one page, however few of them name keys the run takes
+/// (an inventory's lines of noncurrent versions, say), so that a page always ends soon
+/// and the deadline is looked at.
+const MANIFEST_PAGE_KEYS: usize = 1000;
+const MANIFEST_PAGE_LINES: usize = 100_000;
 /// S3 error codes that no retry will change: the bucket is not there, or the functions
 /// may not list it.
 const REFUSED_LISTING: &[&str] = &[
@@ -127,7 +137,7 @@ impl From<ManifestError> for Error {
 }
 
 pub struct Master {
-    s3: aws_sdk_s3::Client,
+    s3: S3Clients,
     lambda: aws_sdk_lambda::Client,
     records: MasterRecords,
     config: Config,
@@ -174,7 +184,7 @@ impl Master {
 
     pub fn new(clients: &Clients, config: Config, settings: MasterSettings) -> Self {
         Master {
-            s3: clients.s3.clone(),
+            s3: S3Clients::new(clients.s3.clone()),
             lambda: clients.lambda.clone(),
             records: MasterRecords::new(Store::new(
                 clients.dynamodb.clone(),
@@ -197,21 +207,42 @@ impl Master {
     ) -> Result<MasterOutput, Error> {
         let event: MasterEvent = parse_event(payload)?;
         event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
+        let checked_etag = event.manifest_etag.clone();
         let (run, spec) = event.resolve(&self.config.defaults)?;
-        // A manifest is opened only while the run still reads it, with the ETag the run
-        // started with.
+        // A manifest is opened only while the run still reads it, and only as the object
+        // the input check read (and the run recorded when it started). A run id used
+        // again with another spec is left to `start_run` to refuse by name.
         let mut reader = None;
         if let Some(manifest) = &spec.manifest {
             let existing = self.records.run(&run).await?;
-            if existing.as_ref().is_none_or(|r| !r.listing_complete) {
-                let etag = existing.as_ref().and_then(|r| r.manifest_etag.as_deref());
-                reader = Some(ManifestReader::open(&self.s3, manifest, &spec.source, etag).await?);
+            let reads = existing.as_ref().is_none_or(|r| {
+                !r.listing_complete && r.spec.as_ref().is_none_or(|have| *have == spec)
+            });
+            if reads {
+                let etag = existing
+                    .as_ref()
+                    .and_then(|r| r.manifest_etag.clone())
+                    .or(checked_etag);
+                reader = Some(
+                    ManifestReader::open(&self.s3, manifest, &spec.source, etag.as_deref()).await?,
+                );
             }
         }
         let record = self
             .records
             .start_run(&run, &spec, reader.as_ref().map(|r| r.etag.as_str()))
             .await?;
+        if let Some(reader) = &reader
+            && record.manifest_etag.as_deref() != Some(reader.etag.as_str())
+        {
+            // Another call started the run with another object under the manifest's name.
+            return Err(EventError(format!(
+                "manifest {} was replaced after the run started (its ETag changed); start a \
+                 new execution to read the new manifest",
+                spec.manifest.as_ref().expect("a reader reads a manifest")
+            ))
+            .into());
+        }
         let mut cursor = Cursor {
             recorded_through: record.recorded_through.clone(),
             selected: record.selected,
@@ -255,27 +286,30 @@ impl Master {
                 started: false,
             },
         };
-        let mut page = self.next_page(&spec, &mut pages).await?;
+        let clients = self.s3.for_run(&spec).await;
+        let mut page = self.next_page(&spec, &clients, &mut pages).await?;
         while let Some(current) = page {
             // The next page is read while this one is recorded and handed out.
-            let next = self.next_page(&spec, &mut pages);
+            let next = self.next_page(&spec, &clients, &mut pages);
             let (handed, next) = match &mut plan {
                 Some(plan) => {
                     tokio::join!(
-                        self.plan_page(&run, &spec, &current, &mut cursor, plan),
+                        self.plan_page(&run, &spec, &clients, &current, &mut cursor, plan),
                         next
                     )
                 }
                 None => tokio::join!(self.hand_page(&run, &spec, &current, &mut cursor), next),
             };
             handed?;
-            page = next?;
-            if page.is_some()
+            // Near the deadline, a next page is left to the next call, even one that
+            // could not be read.
+            if !matches!(next, Ok(None))
                 && deadline.is_some_and(|d| remaining(d) < self.settings.deadline_margin)
             {
                 info!(run_id = %run, selected = cursor.selected, "deadline near; returning a continuation");
                 return Ok(output(&cursor, false));
             }
+            page = next?;
         }
         self.records.complete_listing(&run).await?;
         info!(run_id = %run, selected = cursor.selected, invocations = cursor.invocations, "listing complete");
@@ -283,7 +317,12 @@ impl Master {
     }
 
     /// The next page of the listing or the manifest; `None` after the last.
-    async fn next_page(&self, spec: &RunSpec, pages: &mut Pages) -> Result<Option<Page>, Error> {
+    async fn next_page(
+        &self,
+        spec: &RunSpec,
+        clients: &RunClients,
+        pages: &mut Pages,
+    ) -> Result<Option<Page>, Error> {
         match pages {
             Pages::Listing {
                 start_after,
@@ -294,33 +333,35 @@ impl Master {
                     return Ok(None);
                 }
                 *started = true;
-                let (page, next_token) = self.list(spec, start_after.take(), token.take()).await?;
+                let (page, next_token) = self
+                    .list(&clients.source, spec, start_after.take(), token.take())
+                    .await?;
                 *token = next_token;
                 Ok(Some(page))
             }
-            Pages::Manifest(reader) => self.manifest_page(spec, reader).await,
+            Pages::Manifest(reader) => self.manifest_page(spec, clients, reader).await,
         }
     }
 
-    /// The next up to [`MANIFEST_PAGE_LINES`] lines of the manifest, each key looked up
+    /// The next up to [`MANIFEST_PAGE_KEYS`] keys of the manifest, each key looked up
     /// as a listing of it finds it, so that its size, ETag, storage class and time are
     /// what the run's rules and copies see for a listed file; a key with no object is
     /// recorded to fail ([`ListedFile::not_found`]). `None` after the last line.
     async fn manifest_page(
         &self,
         spec: &RunSpec,
+        clients: &RunClients,
         reader: &mut ManifestReader,
     ) -> Result<Option<Page>, Error> {
         let mut named = Vec::new();
-        let mut through = None;
-        while named.len() < MANIFEST_PAGE_LINES {
+        let (mut through, mut lines) = (None, 0);
+        while named.len() < MANIFEST_PAGE_KEYS && lines < MANIFEST_PAGE_LINES {
+            lines += 1;
             let Some(line) = reader.next_line().await? else {
                 break;
             };
             let end = line.end.encode();
-            if let Some(key) = parse_line(reader.format(), &line.text, &spec.source)
-                .map_err(|problem| EventError(format!("manifest {} {problem}", line.named)))?
-            {
+            if let Some(key) = manifest_key(reader, &line, &spec.source)? {
                 named.push((key, end.clone()));
             }
             through = Some(end);
@@ -329,7 +370,11 @@ impl Master {
             return Ok(None);
         };
         let found = self
-            .look_up(&spec.source, named.iter().map(|(key, _)| key.as_str()))
+            .look_up(
+                &clients.source,
+                &spec.source,
+                named.iter().map(|(key, _)| key.as_str()),
+            )
             .await?;
         let (mut selected, mut positions) = (Vec::new(), Vec::new());
         for ((key, position), object) in named.into_iter().zip(found) {
@@ -361,10 +406,14 @@ impl Master {
     pub async fn check(&self, check: InputCheck) -> Result<CheckOutput, Error> {
         let event = check.event()?;
         event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
+        let pinned = event.manifest_etag.clone();
         let (run, spec) = event.resolve(&self.config.defaults)?;
-        for (field, location) in [("source", &spec.source), ("destination", &spec.destination)] {
-            let listed = self
-                .s3
+        let clients = self.s3.for_run(&spec).await;
+        for (field, location, client) in [
+            ("source", &spec.source, &clients.source),
+            ("destination", &spec.destination, &clients.destination),
+        ] {
+            let listed = client
                 .list_objects_v2()
                 .bucket(&location.bucket)
                 .prefix(&location.prefix)
@@ -381,9 +430,12 @@ impl Master {
                 });
             }
         }
-        let manifest_keys = match &spec.manifest {
-            Some(_) => Some(self.check_manifest(&spec).await?),
-            None => None,
+        let (manifest_keys, manifest_etag) = match &spec.manifest {
+            Some(_) => {
+                let (keys, etag) = self.check_manifest(&spec, pinned.as_deref()).await?;
+                (Some(keys), Some(etag))
+            }
+            None => (None, None),
         };
         info!(run_id = %run, source = %spec.source, destination = %spec.destination, "input checked");
         Ok(CheckOutput {
@@ -391,38 +443,58 @@ impl Master {
             source: spec.source.to_string(),
             destination: spec.destination.to_string(),
             manifest_keys,
+            pinned: Pinned { manifest_etag },
         })
     }
 
     /// Reads the run's whole manifest, line by line, before anything moves: a line that
     /// is not readable, names another bucket or a key outside the source prefix, or
     /// names a key an earlier line named is refused (`InvalidEvent`, with where it is).
-    /// Returns how many keys it names.
-    async fn check_manifest(&self, spec: &RunSpec) -> Result<u64, Error> {
+    /// A key named twice is looked for in two readings, the second only when two keys
+    /// share a hash ([`KeyHashes`]), so memory stays at 8 bytes a key. Returns how many
+    /// keys the manifest names, and its ETag, which the run then reads only.
+    async fn check_manifest(
+        &self,
+        spec: &RunSpec,
+        etag: Option<&str>,
+    ) -> Result<(u64, String), Error> {
         let manifest = spec.manifest.as_ref().expect("the run has a manifest");
-        let mut reader = ManifestReader::open(&self.s3, manifest, &spec.source, None).await?;
-        let mut seen = SeenKeys::default();
-        let (mut lines, mut keys) = (0u64, 0u64);
+        let mut reader = ManifestReader::open(&self.s3, manifest, &spec.source, etag).await?;
+        let mut hashes = KeyHashes::default();
+        let mut keys = 0u64;
         while let Some(line) = reader.next_line().await? {
-            lines += 1;
-            let refused =
-                |problem: String| EventError(format!("manifest {} {problem}", line.named));
-            let Some(key) =
-                parse_line(reader.format(), &line.text, &spec.source).map_err(refused)?
-            else {
-                continue;
-            };
-            if let Some(first) = seen.first_seen(&key, lines) {
-                return Err(refused(format!(
-                    "names the key {:?} again (line {first} of the manifest's lines named it); \
-                     a manifest names each key once",
-                    common::rules::keys::shown(&key)
-                ))
-                .into());
+            if let Some(key) = manifest_key(&reader, &line, &spec.source)? {
+                hashes.add(&key);
+                keys += 1;
             }
-            keys += 1;
         }
-        Ok(keys)
+        let repeated = hashes.repeated();
+        if !repeated.is_empty() {
+            let mut again =
+                ManifestReader::open(&self.s3, manifest, &spec.source, Some(&reader.etag)).await?;
+            let mut repeats = Repeats::new(repeated);
+            while let Some(line) = again.next_line().await? {
+                let Some(key) = manifest_key(&again, &line, &spec.source)? else {
+                    continue;
+                };
+                if let Some((object, place)) = repeats.first_named(&key, &line.object, &line.place)
+                {
+                    let first = if object == line.object {
+                        place
+                    } else {
+                        format!("{object} {place}")
+                    };
+                    return Err(EventError(format!(
+                        "manifest {} names the key {:?} again ({first} named it first); a \
+                         manifest names each key once",
+                        line.named(),
+                        common::rules::keys::shown(&key)
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok((keys, reader.etag))
     }
 
     fn listing_error(
@@ -441,12 +513,12 @@ impl Master {
     /// cannot carry does not make the page unreadable.
     async fn list(
         &self,
+        client: &aws_sdk_s3::Client,
         spec: &RunSpec,
         start_after: Option<String>,
         token: Option<String>,
     ) -> Result<(Page, Option<String>), Error> {
-        let out = self
-            .s3
+        let out = client
             .list_objects_v2()
             .bucket(&spec.source.bucket)
             .prefix(&spec.source.prefix)
@@ -491,6 +563,7 @@ impl Master {
         &self,
         run: &RunId,
         spec: &RunSpec,
+        clients: &RunClients,
         page: &Page,
         cursor: &mut Cursor,
         plan: &mut Plan,
@@ -498,7 +571,9 @@ impl Master {
         let Some(through) = &page.through else {
             return Ok(());
         };
-        let destinations = self.destinations(spec, &page.selected).await?;
+        let destinations = self
+            .destinations(&clients.destination, spec, &page.selected)
+            .await?;
         let mut next = plan.clone();
         for (file, found) in page.selected.iter().zip(&destinations) {
             next.add(spec, file, found.as_ref().map(|(s, e)| (*s, e.as_str())));
@@ -518,6 +593,7 @@ impl Master {
     /// file that would fail anyway is not looked up.
     async fn destinations(
         &self,
+        client: &aws_sdk_s3::Client,
         spec: &RunSpec,
         files: &[ListedFile],
     ) -> Result<Vec<Option<(i64, String)>>, Error> {
@@ -532,6 +608,7 @@ impl Master {
             .collect();
         let found = self
             .look_up(
+                client,
                 &spec.destination,
                 keys.iter().map(|k| k.as_deref().unwrap_or("")),
             )
@@ -555,6 +632,7 @@ impl Master {
     /// whole bucket.
     async fn look_up<'k>(
         &self,
+        client: &aws_sdk_s3::Client,
         location: &Location,
         keys: impl Iterator<Item = &'k str>,
     ) -> Result<Vec<Option<aws_sdk_s3::types::Object>>, Error> {
@@ -563,8 +641,7 @@ impl Master {
                 if key.is_empty() {
                     return Ok(None);
                 }
-                let listed = self
-                    .s3
+                let listed = client
                     .list_objects_v2()
                     .bucket(&location.bucket)
                     .prefix(key)
@@ -660,6 +737,16 @@ impl Master {
             .map_err(|e| Error::Invoke(AwsError::from_sdk("Invoke", e)))?;
         Ok(())
     }
+}
+
+/// The key a manifest line names, if any; a line refused is `InvalidEvent` naming where.
+fn manifest_key(
+    reader: &ManifestReader,
+    line: &manifest::Line,
+    source: &Location,
+) -> Result<Option<String>, Error> {
+    parse_line(reader.format(), &line.text, source)
+        .map_err(|problem| EventError(format!("manifest {} {problem}", line.named())).into())
 }
 
 /// A file as a listing names it, and when it was last modified, for the run's rules.

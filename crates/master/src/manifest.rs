@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use common::AwsError;
 use common::rules::keys::shown;
@@ -13,6 +12,7 @@ use common::rules::manifest::{
     ManifestFormat, Position,
 };
 use common::rules::run::Location;
+use common::transfer::S3Clients;
 use flate2::write::MultiGzDecoder;
 
 /// Why a manifest could not be read.
@@ -58,7 +58,7 @@ struct Open {
 
 /// A manifest being read.
 pub struct ManifestReader {
-    s3: Client,
+    s3: S3Clients,
     parts: Vec<Part>,
     format: LineFormat,
     /// Where the next line starts.
@@ -68,11 +68,19 @@ pub struct ManifestReader {
     pub etag: String,
 }
 
-/// One line as read: its text, where it ends, and where it is, for messages.
+/// One line as read: its text, where it ends, and where it is, for messages (the
+/// object, and the line in it).
 pub struct Line {
     pub text: Vec<u8>,
     pub end: Position,
-    pub named: String,
+    pub object: String,
+    pub place: String,
+}
+
+impl Line {
+    pub fn named(&self) -> String {
+        format!("{} {}", self.object, self.place)
+    }
 }
 
 impl ManifestReader {
@@ -80,12 +88,13 @@ impl ManifestReader {
     /// looked up (`HeadObject`), an inventory's `manifest.json` read and parsed. With
     /// `etag`, the manifest must still be that object.
     pub async fn open(
-        s3: &Client,
+        clients: &S3Clients,
         manifest: &Manifest,
         source: &Location,
         etag: Option<&str>,
     ) -> Result<Self, ManifestError> {
         let named = manifest.to_string();
+        let s3 = clients.for_bucket(&manifest.bucket, None, None).await;
         let (parts, format, found_etag) = match LineFormat::of(manifest.format) {
             Some(format) => {
                 let head = s3
@@ -95,7 +104,20 @@ impl ManifestReader {
                     .set_if_match(etag.map(String::from))
                     .send()
                     .await
-                    .map_err(|e| refused_or_failed(&named, AwsError::from_sdk("HeadObject", e)))?;
+                    .map_err(|e| {
+                        // A HEAD answer has no body: its status is all that says why.
+                        let status = e.raw_response().map(|r| r.status().as_u16());
+                        let mut err = AwsError::from_sdk("HeadObject", e);
+                        if err.code.is_none() {
+                            err.code = match status {
+                                Some(403) => Some("AccessDenied".into()),
+                                Some(404) => Some("NotFound".into()),
+                                Some(412) => Some("PreconditionFailed".into()),
+                                _ => None,
+                            };
+                        }
+                        refused_or_failed(&named, err)
+                    })?;
                 let found_etag = head.e_tag.unwrap_or_default();
                 let part = Part {
                     bucket: manifest.bucket.clone(),
@@ -148,7 +170,7 @@ impl ManifestReader {
             }
         };
         Ok(ManifestReader {
-            s3: s3.clone(),
+            s3: clients.clone(),
             parts,
             format,
             at: Position { file: 0, offset: 0 },
@@ -184,12 +206,12 @@ impl ManifestReader {
             }
             let open = self.open.as_mut().expect("opened above");
             if let Some(text) = take_line(open, &part)? {
-                let named = match open.line {
+                let place = match open.line {
                     Some(n) => {
                         open.line = Some(n + 1);
-                        format!("{} line {}", part.named(), n + 1)
+                        format!("line {}", n + 1)
                     }
-                    None => format!("{} at byte {}", part.named(), self.at.offset),
+                    None => format!("at byte {}", self.at.offset),
                 };
                 self.at.offset += text.len() as u64;
                 let mut text = text;
@@ -199,7 +221,8 @@ impl ManifestReader {
                 return Ok(Some(Line {
                     text,
                     end: self.at,
-                    named,
+                    object: part.named(),
+                    place,
                 }));
             }
             if open.finished {
@@ -229,6 +252,8 @@ impl ManifestReader {
         let range = (!gzip && offset > 0).then(|| format!("bytes={offset}-"));
         let got = self
             .s3
+            .for_bucket(&part.bucket, None, None)
+            .await
             .get_object()
             .bucket(&part.bucket)
             .key(&part.key)
@@ -327,9 +352,9 @@ fn refused_or_failed(named: &str, err: AwsError) -> ManifestError {
     let code = err.code.as_deref().unwrap_or("");
     let refused = match code {
         "NoSuchKey" | "NotFound" => Some("does not exist"),
-        "AccessDenied" | "Forbidden" => {
-            Some("may not be read by this stack (see ManifestBucketName)")
-        }
+        "AccessDenied" | "Forbidden" => Some(
+            "may not be read by this stack (see ManifestBucketName and ManifestPrefix), or does not exist",
+        ),
         "NoSuchBucket" => Some("is in a bucket that does not exist"),
         "PreconditionFailed" => Some(
             "was replaced after the run started (its ETag changed); start a new execution to \

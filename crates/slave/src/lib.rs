@@ -32,7 +32,7 @@ use common::rules::outcomes::{FileState, Outcome};
 use common::rules::records::BatchView;
 use common::rules::run::PlannedMove;
 use common::store::SlaveRecords;
-use common::transfer::{CopyOutcome, Deleted, Mover};
+use common::transfer::{CopyOutcome, Deleted, Mover, S3Clients};
 use common::{
     AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
@@ -88,7 +88,7 @@ pub const ERROR_TYPES: &[&str] = &[
 common::diagnostic!(Error);
 
 pub struct Slave {
-    s3: aws_sdk_s3::Client,
+    s3: S3Clients,
     lambda: aws_sdk_lambda::Client,
     records: SlaveRecords,
     settings: SlaveSettings,
@@ -129,7 +129,7 @@ impl Slave {
 
     pub fn new(clients: &Clients, config: &Config, settings: SlaveSettings) -> Self {
         Slave {
-            s3: clients.s3.clone(),
+            s3: S3Clients::new(clients.s3.clone()),
             lambda: clients.lambda.clone(),
             records: SlaveRecords::new(Store::new(
                 clients.dynamodb.clone(),
@@ -173,7 +173,8 @@ impl Slave {
         let todo = batch.outcomes.open();
         let already_done = batch.outcomes.completed() as u64;
         let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
-        let mover = Mover::new(&self.s3, &self.settings, &self.records, run, deadlines);
+        let clients = self.s3.for_run(&spec).await;
+        let mover = Mover::new(&clients, &self.settings, &self.records, run, deadlines);
         let mut moved = self
             .move_files(
                 &Work {

@@ -74,6 +74,15 @@ pub struct MasterEvent {
     /// files this manifest names (each under the source prefix), instead of listing the
     /// source prefix.
     pub manifest: Option<Manifest>,
+    /// The 12-digit AWS accounts expected to own the source and destination buckets:
+    /// every request names them (`ExpectedBucketOwner`), and S3 refuses a request about a
+    /// bucket another account owns.
+    pub source_bucket_owner: Option<String>,
+    pub destination_bucket_owner: Option<String>,
+    /// The ETag the manifest must have: the input check reads the manifest and the
+    /// state machine passes its ETag on (see [`Pinned`]), so that the run reads the
+    /// manifest that was checked, and nothing put in its place since.
+    pub manifest_etag: Option<String>,
     /// The timing fields are read by the state machine (its Wait states and the activity
     /// task's timeout, with defaults there); master accepts them so that the whole
     /// execution input is checked in one place, and only checks they are whole seconds.
@@ -178,10 +187,26 @@ impl MasterEvent {
         {
             return Err(EventError(format!("kms_key_id: {key:?} {problem}")));
         }
+        for (field, owner) in [
+            ("source_bucket_owner", &self.source_bucket_owner),
+            ("destination_bucket_owner", &self.destination_bucket_owner),
+        ] {
+            if let Some(owner) = owner
+                && (owner.len() != 12 || !owner.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(EventError(format!(
+                    "{field}: {owner:?} is not an AWS account id (12 digits)"
+                )));
+            }
+        }
         if let Some(manifest) = &self.manifest {
             manifest
                 .check()
                 .map_err(|e| EventError(format!("manifest: {e}")))?;
+        } else if self.manifest_etag.is_some() {
+            return Err(EventError(
+                "manifest_etag: the run names no manifest".into(),
+            ));
         }
         let if_exists = match &self.if_destination_exists {
             None => IfExists::Overwrite,
@@ -197,7 +222,8 @@ impl MasterEvent {
                 .with_if_destination_exists(if_exists)
                 .with_keep_source_versions(self.keep_source_versions.unwrap_or(false))
                 .with_dry_run(self.dry_run.unwrap_or(false))
-                .with_manifest(self.manifest),
+                .with_manifest(self.manifest)
+                .with_owners(self.source_bucket_owner, self.destination_bucket_owner),
         ))
     }
 }
@@ -309,6 +335,17 @@ pub struct CheckOutput {
     /// The keys the run's manifest names, every line of it read and checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_keys: Option<u64>,
+    /// What the run must find as the check found it; the state machine merges it into
+    /// master's event.
+    pub pinned: Pinned,
+}
+
+/// What an input check read that the run must read the same: `{}`, or the manifest's
+/// ETag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pinned {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_etag: Option<String>,
 }
 
 /// What `master` answers.

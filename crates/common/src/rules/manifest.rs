@@ -11,13 +11,13 @@
 //!   are read in the order it names them, columns as its `fileSchema` says.
 //!
 //! A line names a key of the run's source bucket under its source prefix, or it is
-//! refused with its line number. A move takes each key's current object, so a line
+//! refused with its line number (an inventory's lines of keys outside the prefix are
+//! passed over: an inventory lists a whole bucket). A move takes each key's current object, so a line
 //! naming a version is refused too; in an inventory that lists versions, only lines of
 //! current objects count. Blank lines are passed over. A manifest or part whose name
 //! ends in `.gz` is read through gzip.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -268,6 +268,11 @@ pub fn parse_line(
         ));
     }
     if !key.starts_with(&source.prefix) {
+        // An inventory lists its whole bucket (or its own filter's prefix): its keys
+        // outside the run's prefix are simply not the run's.
+        if matches!(format, LineFormat::Inventory(_)) {
+            return Ok(None);
+        }
         return Err(format!(
             "names the key {:?}, which is not under the run's source prefix {:?}",
             shown(&key),
@@ -356,27 +361,73 @@ impl Position {
     }
 }
 
-/// The keys a manifest has named so far, to refuse a manifest that names one key twice:
-/// the second line's move would find its source gone and count the file again. Keys are
-/// kept as 128-bit hashes (16 bytes a line; two different keys share one with a
-/// probability of about 10^-25 in ten million lines) with the line that named each.
+/// The keys a manifest names, to refuse a manifest that names one key twice: the second
+/// line's move would find its source gone and count the file again. A first reading
+/// keeps one 64-bit hash per key (8 bytes a line: 80 MB for ten million lines, where a
+/// map of keys would take gigabytes); hashes that occur twice are only candidates, as
+/// two keys may share one, and a second reading compares the keys themselves
+/// ([`Repeats`]).
 #[derive(Debug, Default)]
-pub struct SeenKeys(HashMap<u128, u64>);
+pub struct KeyHashes(Vec<u64>);
 
-impl SeenKeys {
-    /// Notes `key` at `line`; the earlier line that named it, if one did.
-    pub fn first_seen(&mut self, key: &str, line: u64) -> Option<u64> {
-        let half = |seed: u64| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            seed.hash(&mut hasher);
-            key.hash(&mut hasher);
-            hasher.finish()
-        };
-        let hash = (u128::from(half(1)) << 64) | u128::from(half(2));
-        match self.0.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(earlier) => Some(*earlier.get()),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(line);
+/// The hash a key is kept as: FNV-1a, stable across processes and versions.
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl KeyHashes {
+    pub fn add(&mut self, key: &str) {
+        self.0.push(key_hash(key));
+    }
+
+    /// The hashes more than one key had, sorted; empty when every key is named once.
+    pub fn repeated(mut self) -> Vec<u64> {
+        self.0.sort_unstable();
+        let mut repeated: Vec<u64> = self
+            .0
+            .windows(2)
+            .filter(|pair| pair[0] == pair[1])
+            .map(|pair| pair[0])
+            .collect();
+        repeated.dedup();
+        repeated
+    }
+}
+
+/// The second reading: the keys whose hash is among the repeated ones, each with where
+/// it was first named, to find a key named twice.
+#[derive(Debug)]
+pub struct Repeats {
+    repeated: Vec<u64>,
+    first: HashMap<String, (String, String)>,
+}
+
+impl Repeats {
+    pub fn new(repeated: Vec<u64>) -> Self {
+        Repeats {
+            repeated,
+            first: HashMap::new(),
+        }
+    }
+
+    /// Notes `key`, named at `place` of `object`; where it was named first (object and
+    /// place), if it was before.
+    pub fn first_named(
+        &mut self,
+        key: &str,
+        object: &str,
+        place: &str,
+    ) -> Option<(String, String)> {
+        if self.repeated.binary_search(&key_hash(key)).is_err() {
+            return None;
+        }
+        match self.first.get(key) {
+            Some(first) => Some(first.clone()),
+            None => {
+                self.first
+                    .insert(key.to_string(), (object.to_string(), place.to_string()));
                 None
             }
         }
@@ -491,6 +542,10 @@ mod tests {
             read(&format, r#""bucket","raw/a.csv","v2","true","true","""#),
             Ok(None)
         );
+        assert_eq!(
+            read(&format, r#""bucket","logs/a.csv","v3","true","false","3""#),
+            Ok(None)
+        );
         let refused = read(&format, r#""bucket","raw/a.csv""#).unwrap_err();
         assert!(
             refused.contains("has 2 fields where the inventory's schema has 6"),
@@ -562,11 +617,30 @@ mod tests {
     }
 
     #[test]
-    fn a_key_named_twice_is_found_with_its_first_line() {
-        let mut seen = SeenKeys::default();
-        assert_eq!(seen.first_seen("raw/a.csv", 1), None);
-        assert_eq!(seen.first_seen("raw/b.csv", 2), None);
-        assert_eq!(seen.first_seen("raw/a.csv", 3), Some(1));
+    fn a_key_named_twice_is_found_where_it_was_first_named() {
+        let keys = ["raw/a.csv", "raw/b.csv", "raw/c.csv", "raw/a.csv"];
+        let mut hashes = KeyHashes::default();
+        for key in keys {
+            hashes.add(key);
+        }
+        let repeated = hashes.repeated();
+        assert_eq!(repeated, [key_hash("raw/a.csv")]);
+        let mut repeats = Repeats::new(repeated);
+        let found: Vec<Option<(String, String)>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| repeats.first_named(key, "m.csv", &format!("line {}", i + 1)))
+            .collect();
+        let first = Some(("m.csv".to_string(), "line 1".to_string()));
+        assert_eq!(found, [None, None, None, first]);
+        // Two keys that share a hash are not a key named twice.
+        let mut shared = Repeats::new(vec![key_hash("raw/x.csv"), key_hash("raw/y.csv")]);
+        assert_eq!(shared.first_named("raw/x.csv", "m.csv", "line 1"), None);
+        assert_eq!(shared.first_named("raw/y.csv", "m.csv", "line 2"), None);
+        let mut none = KeyHashes::default();
+        none.add("raw/a.csv");
+        none.add("raw/b.csv");
+        assert!(none.repeated().is_empty());
     }
 
     proptest! {

@@ -188,6 +188,12 @@ pub struct RunSpec {
     /// Where the run's files are named, instead of the listing of its source prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<Manifest>,
+    /// The accounts expected to own the source and destination buckets: every request
+    /// about a bucket names its owner, and S3 refuses it if another account owns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_owner: Option<String>,
 }
 
 fn is_overwrite(mode: &IfExists) -> bool {
@@ -216,6 +222,8 @@ impl RunSpec {
             keep_source_versions: false,
             dry_run: false,
             manifest: None,
+            source_owner: None,
+            destination_owner: None,
         })
     }
 
@@ -250,6 +258,19 @@ impl RunSpec {
     /// The same run, taking its files from `manifest` (`None`: from the listing).
     pub fn with_manifest(self, manifest: Option<Manifest>) -> Self {
         RunSpec { manifest, ..self }
+    }
+
+    /// The same run, expecting these accounts to own its source and destination buckets.
+    pub fn with_owners(
+        self,
+        source_owner: Option<String>,
+        destination_owner: Option<String>,
+    ) -> Self {
+        RunSpec {
+            source_owner,
+            destination_owner,
+            ..self
+        }
     }
 
     /// The same run, planned only (`dry_run`) or not.

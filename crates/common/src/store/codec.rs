@@ -99,6 +99,12 @@ pub(super) fn describe(spec: &RunSpec) -> String {
     if let Some(manifest) = &spec.manifest {
         described.push_str(&format!(", manifest {manifest}"));
     }
+    if let Some(owner) = &spec.source_owner {
+        described.push_str(&format!(", source owned by {owner}"));
+    }
+    if let Some(owner) = &spec.destination_owner {
+        described.push_str(&format!(", destination owned by {owner}"));
+    }
     if spec.if_destination_exists != IfExists::Overwrite {
         described.push_str(&format!(
             ", if_destination_exists {}",
@@ -165,6 +171,10 @@ pub(super) fn parse_run(run: &RunId, item: &Item) -> Result<RunRecord, StoreErro
                                     .map_err(|e| corrupt(format!("run item's manifest: {e}")))
                             })
                             .transpose()?,
+                    )
+                    .with_owners(
+                        get_s(item, "source_owner").map(String::from),
+                        get_s(item, "destination_owner").map(String::from),
                     ),
             )
         }

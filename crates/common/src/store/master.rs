@@ -53,7 +53,36 @@ impl MasterRecords {
                 .iter()
                 .map(|x| s(x.as_str()))
                 .collect();
-            let created = self
+            // Attributes a run has only when it names them.
+            let optional: Vec<(&str, AttributeValue)> = [
+                ("storage_class", spec.storage_class.as_deref().map(s)),
+                ("kms_key_id", spec.kms_key_id.as_deref().map(s)),
+                (
+                    "manifest",
+                    spec.manifest.as_ref().map(|manifest| {
+                        s(serde_json::to_string(manifest).expect("a manifest always serializes"))
+                    }),
+                ),
+                (
+                    "manifest_etag",
+                    spec.manifest
+                        .as_ref()
+                        .map(|_| s(manifest_etag.unwrap_or_default())),
+                ),
+                ("source_owner", spec.source_owner.as_deref().map(s)),
+                (
+                    "destination_owner",
+                    spec.destination_owner.as_deref().map(s),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
+            let set_optional: String = optional
+                .iter()
+                .map(|(name, _)| format!(", {name} = :{name}"))
+                .collect();
+            let mut created = self
                 .store
                 .client
                 .update_item()
@@ -64,22 +93,7 @@ impl MasterRecords {
                      destination_prefix = :dp, suffixes = :sx, selection = :sel, \
                      if_destination_exists = :ide, keep_source_versions = :ksv, dry_run = :dry, \
                      listing_complete = :f, selected = :zero, \
-                     created_at = :now, expires_at = :exp{}{}{}",
-                    if spec.storage_class.is_some() {
-                        ", storage_class = :stc"
-                    } else {
-                        ""
-                    },
-                    if spec.kms_key_id.is_some() {
-                        ", kms_key_id = :kms"
-                    } else {
-                        ""
-                    },
-                    if spec.manifest.is_some() {
-                        ", manifest = :man, manifest_etag = :mtag"
-                    } else {
-                        ""
-                    }
+                     created_at = :now, expires_at = :exp{set_optional}"
                 ))
                 .expression_attribute_values(":ide", s(spec.if_destination_exists.as_str()))
                 .expression_attribute_values(
@@ -98,25 +112,10 @@ impl MasterRecords {
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":now", s(now_rfc3339()))
                 .expression_attribute_values(":exp", self.store.expires_at());
-            let created = match &spec.storage_class {
-                Some(class) => created.expression_attribute_values(":stc", s(class)),
-                None => created,
-            };
-            let created = match &spec.kms_key_id {
-                Some(key) => created.expression_attribute_values(":kms", s(key)),
-                None => created,
-            };
-            let created = match &spec.manifest {
-                Some(manifest) => created
-                    .expression_attribute_values(
-                        ":man",
-                        s(serde_json::to_string(manifest).expect("a manifest always serializes")),
-                    )
-                    .expression_attribute_values(":mtag", s(manifest_etag.unwrap_or_default())),
-                None => created,
+            for (name, value) in optional {
+                created = created.expression_attribute_values(format!(":{name}"), value);
             }
-            .send()
-            .await;
+            let created = created.send().await;
             match created {
                 Ok(_) => {}
                 // Another master created it first: read it again and compare.

@@ -155,6 +155,7 @@ impl Mover<'_> {
             .build()
             .expect("objects are set");
         self.s3
+            .source
             .delete_objects()
             .bucket(bucket)
             .delete(delete)
@@ -165,6 +166,7 @@ impl Mover<'_> {
     async fn delete_object(&self, bucket: &str, file: &ListedFile) -> Result<Deleted, MoveFailure> {
         let sent = self
             .s3
+            .source
             .delete_object()
             .bucket(bucket)
             .key(&file.key)
@@ -233,6 +235,7 @@ impl Mover<'_> {
             Deadlines::none(),
             |(key, version)| async move {
                 self.s3
+                    .source
                     .delete_object()
                     .bucket(bucket)
                     .key(key)

@@ -4,10 +4,11 @@
 mod checksums;
 mod delete;
 mod multipart;
+mod regions;
 
 pub use delete::Deleted;
+pub use regions::{RunClients, S3Clients};
 
-use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption, StorageClass};
 
@@ -147,7 +148,7 @@ pub(super) struct Found {
 }
 
 pub struct Mover<'a> {
-    s3: &'a Client,
+    s3: &'a RunClients,
     settings: &'a SlaveSettings,
     records: &'a SlaveRecords,
     run: &'a RunId,
@@ -157,7 +158,7 @@ pub struct Mover<'a> {
 impl<'a> Mover<'a> {
     /// A mover for `run`'s files, which keeps its multipart copies' progress in `records`.
     pub fn new(
-        s3: &'a Client,
+        s3: &'a RunClients,
         settings: &'a SlaveSettings,
         records: &'a SlaveRecords,
         run: &'a RunId,
@@ -301,6 +302,7 @@ impl<'a> Mover<'a> {
         checksums: bool,
     ) -> Result<HeadObjectOutput, RefusedSource> {
         self.s3
+            .source
             .head_object()
             .bucket(&spec.source.bucket)
             .key(&file.key)
@@ -343,6 +345,7 @@ impl<'a> Mover<'a> {
             encryption_headers(spec, self.settings.read_source_encryption, source.as_ref());
         let sent = self
             .s3
+            .destination
             .copy_object()
             .bucket(&spec.destination.bucket)
             .key(&planned.destination_key)
@@ -479,6 +482,7 @@ impl<'a> Mover<'a> {
     ) -> Result<Option<Found>, MoveFailure> {
         let head = self
             .s3
+            .destination
             .head_object()
             .bucket(&spec.destination.bucket)
             .key(destination_key)

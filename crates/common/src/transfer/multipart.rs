@@ -83,6 +83,7 @@ impl Mover<'_> {
             }
             let request = self
                 .s3
+                .destination
                 .complete_multipart_upload()
                 .bucket(&spec.destination.bucket)
                 .key(destination_key)
@@ -186,6 +187,7 @@ impl Mover<'_> {
         };
         let tags = self
             .s3
+            .source
             .get_object_tagging()
             .bucket(&spec.source.bucket)
             .key(&file.key)
@@ -203,6 +205,7 @@ impl Mover<'_> {
             .join("&");
         let request = self
             .s3
+            .destination
             .create_multipart_upload()
             .bucket(&spec.destination.bucket)
             .key(destination_key)
@@ -306,6 +309,7 @@ impl Mover<'_> {
             self.deadlines,
             |(number, (start, end))| {
                 self.s3
+                    .destination
                     .upload_part_copy()
                     .bucket(&spec.destination.bucket)
                     .key(destination_key)
@@ -378,6 +382,7 @@ impl Mover<'_> {
         loop {
             let page = self
                 .s3
+                .destination
                 .list_parts()
                 .bucket(&spec.destination.bucket)
                 .key(destination_key)
@@ -476,6 +481,7 @@ impl Mover<'_> {
     async fn abort(&self, spec: &RunSpec, destination_key: &str, upload_id: &str) {
         let aborted = self
             .s3
+            .destination
             .abort_multipart_upload()
             .bucket(&spec.destination.bucket)
             .key(destination_key)
@@ -496,6 +502,7 @@ impl Mover<'_> {
     async fn abort_others(&self, spec: &RunSpec, destination_key: &str, except: Option<&str>) {
         let listed = self
             .s3
+            .destination
             .list_multipart_uploads()
             .bucket(&spec.destination.bucket)
             .prefix(destination_key)

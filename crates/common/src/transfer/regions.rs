@@ -1,0 +1,183 @@
+//! S3 clients by the bucket a request names: each request goes to its bucket's region,
+//! and carries the bucket owners the run expects.
+//!
+//! A bucket's region is asked for once per bucket and kept for the life of the process,
+//! with `HeadBucket` from the function's own region: S3 answers it with the bucket's
+//! region (`x-amz-bucket-region`) whatever the caller may do with the bucket, a 301 or a
+//! 403 included, so it needs no permission of its own. A request sent to another region
+//! would be refused (`301 PermanentRedirect`), and the SDK does not follow redirects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_s3::config::{ConfigBag, Intercept, Region, RuntimeComponents};
+use aws_sdk_s3::error::BoxError;
+
+use crate::rules::run::RunSpec;
+
+/// The header S3 answers a bucket's region in.
+const BUCKET_REGION: &str = "x-amz-bucket-region";
+
+/// The clients of one run: one for requests about its source bucket, one for requests
+/// about its destination bucket (copies included: a copy is sent to the destination's
+/// region, and S3 copies from a source in another region).
+#[derive(Debug, Clone)]
+pub struct RunClients {
+    pub source: Client,
+    pub destination: Client,
+}
+
+/// Clients by region and expected owners, made as buckets need them.
+#[derive(Debug, Clone)]
+pub struct S3Clients {
+    home: Client,
+    known: Arc<Mutex<Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    regions: HashMap<String, String>,
+    clients: HashMap<ClientKey, Client>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    region: String,
+    owner: Option<String>,
+    source_owner: Option<String>,
+}
+
+impl S3Clients {
+    /// Clients derived from `home`, the client of the function's own region.
+    pub fn new(home: Client) -> Self {
+        S3Clients {
+            home,
+            known: Arc::default(),
+        }
+    }
+
+    /// The client of the function's own region, with no expected owners.
+    pub fn home(&self) -> &Client {
+        &self.home
+    }
+
+    /// The run's clients for its source and destination buckets.
+    pub async fn for_run(&self, spec: &RunSpec) -> RunClients {
+        RunClients {
+            source: self
+                .for_bucket(&spec.source.bucket, spec.source_owner.as_deref(), None)
+                .await,
+            destination: self
+                .for_bucket(
+                    &spec.destination.bucket,
+                    spec.destination_owner.as_deref(),
+                    spec.source_owner.as_deref(),
+                )
+                .await,
+        }
+    }
+
+    /// A client for requests about `bucket`: in its region, and with `owner` (and, on
+    /// copies, `source_owner` for the copy's source) as the account the request expects
+    /// to own the bucket, so that S3 refuses it (403) if another account does.
+    pub async fn for_bucket(
+        &self,
+        bucket: &str,
+        owner: Option<&str>,
+        source_owner: Option<&str>,
+    ) -> Client {
+        let home_region = self.home.config().region().map(|r| r.as_ref().to_string());
+        let region = match self.region_of(bucket).await {
+            Some(region) => region,
+            None => home_region.clone().unwrap_or_default(),
+        };
+        if Some(&region) == home_region.as_ref() && owner.is_none() && source_owner.is_none() {
+            return self.home.clone();
+        }
+        let key = ClientKey {
+            region,
+            owner: owner.map(String::from),
+            source_owner: source_owner.map(String::from),
+        };
+        let mut known = self.known.lock().expect("no panic holds the lock");
+        known
+            .clients
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let mut config = self.home.config().to_builder();
+                if !key.region.is_empty() {
+                    config = config.region(Region::new(key.region.clone()));
+                }
+                if key.owner.is_some() || key.source_owner.is_some() {
+                    config = config.interceptor(ExpectedOwners {
+                        owner: key.owner.clone(),
+                        source_owner: key.source_owner.clone(),
+                    });
+                }
+                Client::from_conf(config.build())
+            })
+            .clone()
+    }
+
+    /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when the answer names none
+    /// (a server that does not say, or a request that did not get an answer), in which
+    /// case the function's own region is used and nothing is kept.
+    async fn region_of(&self, bucket: &str) -> Option<String> {
+        if let Some(region) = self
+            .known
+            .lock()
+            .expect("no panic holds the lock")
+            .regions
+            .get(bucket)
+        {
+            return Some(region.clone());
+        }
+        let region = match self.home.head_bucket().bucket(bucket).send().await {
+            Ok(answer) => answer.bucket_region().map(String::from),
+            Err(err) => err
+                .raw_response()
+                .and_then(|response| response.headers().get(BUCKET_REGION))
+                .map(String::from),
+        }?;
+        self.known
+            .lock()
+            .expect("no panic holds the lock")
+            .regions
+            .insert(bucket.to_string(), region.clone());
+        Some(region)
+    }
+}
+
+/// Adds the expected bucket owners to every request a client sends (before it is
+/// signed, so the headers are signed too).
+#[derive(Debug)]
+struct ExpectedOwners {
+    owner: Option<String>,
+    source_owner: Option<String>,
+}
+
+impl Intercept for ExpectedOwners {
+    fn name(&self) -> &'static str {
+        "ExpectedOwners"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _config: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let headers = context.request_mut().headers_mut();
+        if let Some(owner) = &self.owner {
+            headers.insert("x-amz-expected-bucket-owner", owner.clone());
+        }
+        if let Some(owner) = &self.source_owner
+            && headers.contains_key("x-amz-copy-source")
+        {
+            headers.insert("x-amz-source-expected-bucket-owner", owner.clone());
+        }
+        Ok(())
+    }
+}
