@@ -12,7 +12,7 @@
 //! it twice) and never leaves a recorded file without a slave.
 //!
 //! A run with a manifest reads its files from the manifest instead of the listing
-//! ([`manifest`]): positions in the manifest stand for listing positions, and each key
+//! (`manifest.rs`): positions in the manifest stand for listing positions, and each key
 //! is looked up as the listing would have found it.
 //!
 //! Before the execution does anything, the state machine asks master to check its input
