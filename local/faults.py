@@ -51,6 +51,7 @@ ANSWERS = {
     "InternalError": (500, "InternalError", "xml"),
     "ServiceUnavailable": (503, "ServiceUnavailable", "xml"),
     "AccessDenied": (403, "AccessDenied", "xml"),
+    "NotImplemented": (501, "NotImplemented", "xml"),
     "ThrottlingException": (400, "ThrottlingException", "json"),
     "ProvisionedThroughputExceededException": (400, "ProvisionedThroughputExceededException", "json"),
     "InternalServerError": (500, "InternalServerError", "json"),

@@ -420,6 +420,61 @@ async fn a_destination_that_does_not_hold_the_source_bytes_never_costs_the_sourc
 }
 
 #[tokio::test]
+async fn a_copy_in_parts_on_a_server_without_object_tagging_moves_its_file() {
+    // GIVEN a file above the stack's 6 MiB multipart threshold, and a server that answers
+    // every GetObjectTagging NotImplemented, as S3-compatible servers without tagging do
+    let stack = local_stack();
+    let bucket = bucket_with(stack, &[]).await;
+    let large: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+    put_bytes(stack, &bucket, "raw/untagged.csv", large.clone()).await;
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["GetObjectTagging"],
+                                 "answer": "NotImplemented"}]}),
+        )
+        .await;
+
+    // WHEN it is moved
+    let execution = stack.start("no-tagging", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    let injected = stack.injected();
+    stack.set_faults(&json!({}));
+
+    // THEN the answer meant "no tags to carry": the copy was made in parts, verified,
+    // and the source deleted
+    assert!(
+        injected.get("s3 NotImplemented").is_some_and(|n| *n >= 1),
+        "{injected:?}"
+    );
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let copied = stack
+        .s3()
+        .await
+        .get_object()
+        .bucket(&bucket)
+        .key("refined/untagged.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        copied.e_tag.as_deref().map(|e| e.ends_with("-2\"")),
+        Some(true)
+    );
+    assert_eq!(copied.body.collect().await.unwrap().into_bytes(), large);
+    assert_eq!(
+        contents(stack, &bucket)
+            .await
+            .into_keys()
+            .collect::<Vec<_>>(),
+        ["refined/untagged.csv"]
+    );
+}
+
+#[tokio::test]
 async fn a_multipart_copy_under_faults_is_whole_and_verified() {
     // GIVEN one file above the stack's 6 MiB multipart threshold, with tags
     let stack = local_stack();

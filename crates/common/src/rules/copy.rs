@@ -336,6 +336,13 @@ pub enum SourceRefusal {
     Fails(MoveFailure),
 }
 
+/// Whether a refused `GetObjectTagging` of the source only says the server keeps no tags
+/// at all: an S3-compatible server without object tagging answers `NotImplemented`, and
+/// its objects have no tags to carry to the copy. Any other refusal fails the file.
+pub fn has_no_tagging(err: &AwsError) -> bool {
+    err.code_is("NotImplemented")
+}
+
 /// What a refused copy (or `HeadObject`) of the source means. Every request on the
 /// source is conditional on the listed ETag: a refused condition is a source rewritten
 /// since it was listed. A `HeadObject` answer has no body, so its status 412 stands in
@@ -668,6 +675,19 @@ mod tests {
             None
         );
         assert!(STORAGE_CLASSES.contains(&"INTELLIGENT_TIERING"));
+    }
+
+    #[test]
+    fn a_server_without_tagging_has_no_tags_to_carry_but_a_refusal_fails() {
+        let refused = |code: &str| AwsError {
+            operation: "GetObjectTagging",
+            code: Some(code.into()),
+            message: code.into(),
+            transient: false,
+        };
+        assert!(has_no_tagging(&refused("NotImplemented")));
+        assert!(!has_no_tagging(&refused("AccessDenied")));
+        assert!(!has_no_tagging(&refused("NoSuchKey")));
     }
 
     #[test]

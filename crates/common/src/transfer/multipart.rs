@@ -12,8 +12,8 @@ use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
 use crate::rules::checksum::{Checksum, for_copy_in_parts};
 use crate::rules::copy::{
-    PartRefusal, SourceRefusal, bare, holds_listed_object, multipart_etag, part_ranges,
-    part_refusal, part_size,
+    PartRefusal, SourceRefusal, bare, has_no_tagging, holds_listed_object, multipart_etag,
+    part_ranges, part_refusal, part_size,
 };
 use crate::rules::failure::MoveFailure;
 use crate::rules::keys::{copy_source, decode_listed_key};
@@ -185,7 +185,7 @@ impl Mover<'_> {
                 };
             }
         };
-        let tags = self
+        let tags = match self
             .s3
             .source
             .get_object_tagging()
@@ -193,8 +193,17 @@ impl Mover<'_> {
             .key(&file.key)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("GetObjectTagging", e))?
-            .tag_set;
+        {
+            Ok(answer) => answer.tag_set,
+            Err(e) => {
+                let err = AwsError::from_sdk("GetObjectTagging", e);
+                if !has_no_tagging(&err) {
+                    return Err(err.into());
+                }
+                tracing::info!(bucket = %spec.source.bucket, "the server keeps no object tags; none to carry");
+                Vec::new()
+            }
+        };
         let in_parts = for_copy_in_parts(checksums::of_head(&head).full_object());
         let encryption =
             super::encryption_headers(spec, self.settings.read_source_encryption, Some(&head));
