@@ -3,7 +3,8 @@ server, in one run on one machine; the functions' cold starts and peak memory; a
 whole workflow on the local stack.
 
 Usage: python -m bench.run [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
-                           [--lambdas 8] [--no-functions] [--no-workflow]   (make bench)
+                           [--lambdas 8] [--no-functions] [--no-workflow]
+                           [--no-verification]                               (make bench)
        python -m bench.run --smoke [--profile debug]                        (make bench-smoke)
 
 The full run starts Garage (a production S3 server) on core 0, and moto for the status
@@ -18,11 +19,14 @@ Then it measures each function's cold start (process start to its first request 
 Lambda runtime API) and peak memory (master listing 1,000 files, slave moving them as
 one 1,000-file batch) under local Lambda (local/lambdas.py), and times the whole
 workflow on the local stack, state machine included, with the functions' S3 on Garage.
-Results go to bench/results/ (results.md, results.json, chart.png) with the machine's
-description.
+Last, it moves objects copied in parts (6 of 24 MiB, 8 MiB parts) on moto's S3, which
+copies bytes, twice: verified by the source's full-object checksum, and verified by size
+and ETag. Results go to bench/results/ (results.md, results.json, chart.png) with the
+machine's description.
 
 --smoke is what CI runs so the benchmark cannot rot: 200 objects on moto's S3, this
-project's mover and s5cmd only, one run each; results under .tools/bench-smoke/.
+project's mover and s5cmd only, one run each, and 2 objects copied in parts each way;
+results under .tools/bench-smoke/.
 """
 
 import argparse
@@ -479,6 +483,88 @@ def whole_workflow(bench, workdir):
         processes.stop()
 
 
+# ---------------------------------------------------------------- verification
+
+# Seeds, empties and checks the verification bench's bucket on moto, with boto3 from the
+# local stack's environment: `seed checksum|etag DIR` uploads each file whole, with a
+# CRC32 checksum S3 keeps as the object's full-object checksum or with none;
+# `empty`; `check` prints {"raw": n, "refined": {key: size}}.
+OBJECTS_SCRIPT = """
+import json, os, sys
+import boto3, botocore.config
+endpoint, bucket, command = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test",
+                  config=botocore.config.Config(request_checksum_calculation="when_required"))
+def keys(prefix):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+if command == "seed":
+    mode, source = sys.argv[4:6]
+    extra = {"ChecksumAlgorithm": "CRC32"} if mode == "checksum" else {}
+    for name in sorted(os.listdir(source)):
+        with open(os.path.join(source, name), "rb") as f:
+            s3.put_object(Bucket=bucket, Key="raw/" + name, Body=f.read(), **extra)
+elif command == "empty":
+    for key in keys(""):
+        s3.delete_object(Bucket=bucket, Key=key)
+elif command == "check":
+    print(json.dumps({"raw": len(keys("raw/")), "refined": keys("refined/")}))
+"""
+
+
+def verification(bench, moto, workdir, objects, runs):
+    """Copies in parts verified by the source's checksum against the same copies verified
+    by size and ETag: `objects` objects of 24 MiB (above a 16 MiB multipart threshold, in
+    8 MiB parts) on moto's S3, which copies bytes (Garage copies by reference and keeps no
+    full-object checksums), moved by this project's mover; median of `runs` runs each."""
+    source = os.path.join(workdir, f"parts-{objects}")
+    if not os.path.exists(source):
+        os.makedirs(source + ".partial", exist_ok=True)
+        for i in range(objects):
+            with open(os.path.join(source + ".partial", f"part-{i:03d}.bin"), "wb") as f:
+                f.write(os.urandom(24 * MIB))
+        os.rename(source + ".partial", source)
+    sizes = {f"refined/{name}": os.path.getsize(os.path.join(source, name)) for name in os.listdir(source)}
+    python = os.path.join(TOOLS, "venv", "bin", "python")
+
+    def objects_call(*args):
+        return subprocess.run([python, "-c", OBJECTS_SCRIPT, moto.endpoint, BUCKET, *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    env = dict(bench.env, AWS_ENDPOINT_URL_S3=moto.endpoint, AWS_ENDPOINT_URL_DYNAMODB=moto.endpoint,
+               **moto.credentials(), TABLE_NAME=f"bench-parts-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET,
+               SUFFIXES=".bin", S3_FORCE_PATH_STYLE="true", SLAVE_FUNCTION="slave",
+               MULTIPART_THRESHOLD_BYTES=str(16 * MIB), MULTIPART_PART_SIZE_BYTES=str(8 * MIB))
+    results = {"objects": objects, "object_mib": 24, "part_mib": 8, "server": moto.version()}
+    for mode in ("checksum", "etag"):
+        measured = []
+        for run in range(runs):
+            objects_call("empty")
+            objects_call("seed", mode, source)
+            started = time.perf_counter()
+            done = subprocess.run(pinned(MOVER_CPU, [binary(bench.profile, "xtask"), "bench-move",
+                                                     f"parts-{mode}-{run}", str(bench.lambdas)]),
+                                  env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"copies in parts ({mode}) failed: {done.stderr[-1000:]}")
+            moved = json.loads(done.stdout.strip().splitlines()[-1])
+            check = json.loads(objects_call("check"))
+            if check["raw"] or check["refined"] != sizes:
+                raise RuntimeError(f"copies in parts ({mode}): {check['raw']} left at the source, "
+                                   f"{len(check['refined'])} of {objects} at the destination")
+            verified = moved["by_checksum"]
+            if verified != (objects if mode == "checksum" else 0):
+                raise RuntimeError(f"copies in parts ({mode}): {verified} of {objects} verified by checksum")
+            log(f"copies in parts verified by {mode}, run {run + 1}: {seconds:.2f} s")
+            measured.append(seconds)
+        seconds = statistics.median(measured)
+        results[mode] = {"seconds": seconds, "runs": measured, "objects_per_second": objects / seconds,
+                         "mib_per_second": objects * 24 / seconds}
+    return results
+
+
 # ---------------------------------------------------------------- report
 
 def machine():
@@ -543,6 +629,17 @@ def report(results, out_dir, chart):
                 what = f"{p['batch_files']}-file batch" if "batch_files" in p else "listing 1,000 files"
                 peak = f"{p['peak_mb']:.1f} MB ({what})"
             lines.append(f"| {name} | {p['cold_start_ms']:.1f} ms | {peak} |")
+    if results.get("verification"):
+        v = results["verification"]
+        lines += ["", f"Copies in parts, verified by the source's checksum or by size and ETag: "
+                      f"{v['objects']} objects of {v['object_mib']} MiB in {v['part_mib']} MiB parts on "
+                      f"{v['server']} (which copies bytes), moved by this project's mover; median of "
+                      f"{len(v['checksum']['runs'])} runs.", "",
+                  "| verified by | seconds (median) | objects/s | MiB/s |", "|---|---|---|---|"]
+        for mode, label in (("checksum", "the source's CRC32 (full object)"), ("etag", "size and ETag")):
+            m = v[mode]
+            lines.append(f"| {label} | {m['seconds']:.2f} | {m['objects_per_second']:.2f} | "
+                         f"{m['mib_per_second']:.1f} |")
     if results.get("workflow") and ours:
         w = results["workflow"]
         bare = ours["seconds"]
@@ -582,6 +679,7 @@ def main():
     parser.add_argument("--profile", default="release", choices=["release", "debug"])
     parser.add_argument("--no-functions", action="store_true")
     parser.add_argument("--no-workflow", action="store_true")
+    parser.add_argument("--no-verification", action="store_true")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     movers = args.movers.split(",")
@@ -611,6 +709,11 @@ def main():
         }
         results["functions"] = None if args.no_functions else functions_profile(bench, workdir, 5)
         results["workflow"] = None if args.no_workflow else whole_workflow(bench, workdir)
+        if not args.no_verification:
+            if not args.smoke:
+                table.create_bucket()
+            results["verification"] = verification(bench, table, workdir, 2 if args.smoke else 6,
+                                                   1 if args.smoke else args.runs)
     finally:
         processes.stop()
     report(results, workdir if args.smoke else os.path.join(ROOT, "bench", "results"), chart=not args.smoke)

@@ -6,7 +6,8 @@
 //!
 //! Settings come from the environment, as for the functions (`TABLE_NAME`,
 //! `SOURCE_BUCKET`, `BATCH_SIZE`, `MOVE_CONCURRENCY`, the SDK's endpoint variables, …).
-//! It prints one JSON line: files, seconds, invocations, completed, failed.
+//! It prints one JSON line: files, seconds, invocations, completed, failed, and
+//! by_checksum (the files whose copies were verified by the source's checksum).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub struct Moved {
     pub invocations: u64,
     pub completed: u64,
     pub failed: u64,
+    pub by_checksum: u64,
 }
 
 /// `template` declares the status table, created if it does not exist yet.
@@ -76,7 +78,18 @@ pub async fn bench_move(
     }
     let seconds = started.elapsed().as_secs_f64();
     workers.abort();
+    let run = common::RunId::parse(run_id).map_err(|e| Problem(e.to_string()))?;
+    let by_checksum = common::store::StatusRecords::new(common::Store::new(
+        clients.dynamodb.clone(),
+        &config.table_name,
+        config.run_ttl,
+    ))
+    .run_view(&run)
+    .await
+    .map_err(|e| Problem(format!("status table: {e}")))?
+    .map_or(0, |view| view.progress.by_checksum);
     Ok(Moved {
+        by_checksum,
         files: selected,
         seconds,
         invocations,

@@ -223,6 +223,7 @@ fn bench_move(run: &str, lambdas: &str) -> Result<(), Problem> {
         serde_json::json!({
             "files": moved.files, "seconds": moved.seconds, "invocations": moved.invocations,
             "completed": moved.completed, "failed": moved.failed,
+            "by_checksum": moved.by_checksum,
         })
     );
     if moved.completed != moved.files {
