@@ -176,7 +176,10 @@ class Strict:
         bucket, _, key = path.lstrip("/").partition("/")
         headers = {k: v for k, v in request.headers.items()}
         operation = s3_operation(request.method, path, request.query, headers)
-        if bucket and operation not in ANY_REGION_OPERATIONS:
+        # A bucket's own settings (PUT ?versioning, say) are not CreateBucket, whatever
+        # the request's operation name here.
+        any_region = operation in ANY_REGION_OPERATIONS and not request.query
+        if bucket and not any_region:
             self.check_region(request, bucket)
             self.check_expected_owners(request)
         if operation in OBJECT_OPERATIONS and len(key.encode()) > MAX_KEY_BYTES:

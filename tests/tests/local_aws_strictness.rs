@@ -543,7 +543,8 @@ async fn a_request_for_a_bucket_of_another_region_is_redirected_to_that_region()
     // AND the region routing the functions use finds the bucket's region from home
     let routed = common::transfer::S3Clients::new(home.clone())
         .for_bucket(&bucket, None, None)
-        .await;
+        .await
+        .unwrap();
     assert_eq!(code(&put(&routed).await), "ok");
 }
 

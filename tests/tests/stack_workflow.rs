@@ -752,7 +752,7 @@ async fn a_manifest_replaced_after_the_input_check_ends_the_run_and_moves_nothin
     );
     let cause = described.cause.clone().unwrap();
     assert!(
-        cause.contains("manifests/pinned.csv was replaced after the run started"),
+        cause.contains("manifests/pinned.csv is no longer the object the run reads"),
         "{cause}"
     );
     let mut expected = before;

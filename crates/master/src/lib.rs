@@ -90,6 +90,8 @@ pub enum Error {
     },
     #[error("reading the manifest failed: {0}")]
     ManifestReading(AwsError),
+    #[error("finding a bucket's region failed: {0}")]
+    BucketRegion(AwsError),
     #[error("status table: {0}")]
     Store(#[from] StoreError),
     #[error("invoking the slave function failed: {0}")]
@@ -104,7 +106,9 @@ impl Error {
             Error::InvalidEvent(_) | Error::Store(StoreError::SpecMismatch { .. }) => {
                 "InvalidEvent"
             }
-            Error::Listing { .. } | Error::ManifestReading(_) => "ListingFailed",
+            Error::Listing { .. } | Error::ManifestReading(_) | Error::BucketRegion(_) => {
+                "ListingFailed"
+            }
             Error::ListingRefused { .. } => "ListingRefused",
             Error::Store(StoreError::ProgressConflict { .. }) => "ListingConflict",
             Error::Store(e) => e.error_type(),
@@ -154,6 +158,8 @@ struct Page {
     /// Where the page ends: its last key or line, selected or not; `None` for a page
     /// with nothing in it.
     through: Option<String>,
+    /// Keys looked up one by one to make the page (a manifest's); 0 for a listing.
+    looked_up: u64,
 }
 
 /// Where the next page comes from.
@@ -213,7 +219,7 @@ impl Master {
         // the input check read (and the run recorded when it started). A run id used
         // again with another spec is left to `start_run` to refuse by name.
         let mut reader = None;
-        if let Some(manifest) = &spec.manifest {
+        if spec.manifest.is_some() {
             let existing = self.records.run(&run).await?;
             let reads = existing.as_ref().is_none_or(|r| {
                 !r.listing_complete && r.spec.as_ref().is_none_or(|have| *have == spec)
@@ -223,9 +229,7 @@ impl Master {
                     .as_ref()
                     .and_then(|r| r.manifest_etag.clone())
                     .or(checked_etag);
-                reader = Some(
-                    ManifestReader::open(&self.s3, manifest, &spec.source, etag.as_deref()).await?,
-                );
+                reader = Some(ManifestReader::open(&self.s3, &spec, etag.as_deref()).await?);
             }
         }
         let record = self
@@ -286,7 +290,7 @@ impl Master {
                 started: false,
             },
         };
-        let clients = self.s3.for_run(&spec).await;
+        let clients = self.s3.for_run(&spec).await.map_err(Error::BucketRegion)?;
         let mut page = self.next_page(&spec, &clients, &mut pages).await?;
         while let Some(current) = page {
             // The next page is read while this one is recorded and handed out.
@@ -369,6 +373,7 @@ impl Master {
         let Some(through) = through else {
             return Ok(None);
         };
+        let looked_up = named.len() as u64;
         let found = self
             .look_up(
                 &clients.source,
@@ -395,6 +400,7 @@ impl Master {
             selected,
             positions,
             through: Some(through),
+            looked_up,
         }))
     }
 
@@ -408,7 +414,7 @@ impl Master {
         event.check_timing(self.config.task_heartbeat, self.config.run_ttl)?;
         let pinned = event.manifest_etag.clone();
         let (run, spec) = event.resolve(&self.config.defaults)?;
-        let clients = self.s3.for_run(&spec).await;
+        let clients = self.s3.for_run(&spec).await.map_err(Error::BucketRegion)?;
         for (field, location, client) in [
             ("source", &spec.source, &clients.source),
             ("destination", &spec.destination, &clients.destination),
@@ -458,8 +464,7 @@ impl Master {
         spec: &RunSpec,
         etag: Option<&str>,
     ) -> Result<(u64, String), Error> {
-        let manifest = spec.manifest.as_ref().expect("the run has a manifest");
-        let mut reader = ManifestReader::open(&self.s3, manifest, &spec.source, etag).await?;
+        let mut reader = ManifestReader::open(&self.s3, spec, etag).await?;
         let mut hashes = KeyHashes::default();
         let mut keys = 0u64;
         while let Some(line) = reader.next_line().await? {
@@ -470,8 +475,7 @@ impl Master {
         }
         let repeated = hashes.repeated();
         if !repeated.is_empty() {
-            let mut again =
-                ManifestReader::open(&self.s3, manifest, &spec.source, Some(&reader.etag)).await?;
+            let mut again = ManifestReader::open(&self.s3, spec, Some(&reader.etag)).await?;
             let mut repeats = Repeats::new(repeated);
             while let Some(line) = again.next_line().await? {
                 let Some(key) = manifest_key(&again, &line, &spec.source)? else {
@@ -551,6 +555,7 @@ impl Master {
                 selected,
                 positions,
                 through,
+                looked_up: 0,
             },
             next_token,
         ))
@@ -575,6 +580,7 @@ impl Master {
             .destinations(&clients.destination, spec, &page.selected)
             .await?;
         let mut next = plan.clone();
+        next.key_lookups += page.looked_up;
         for (file, found) in page.selected.iter().zip(&destinations) {
             next.add(spec, file, found.as_ref().map(|(s, e)| (*s, e.as_str())));
         }

@@ -11,7 +11,7 @@ use common::rules::manifest::{
     InventoryReport, LineFormat, MAX_INVENTORY_MANIFEST_BYTES, MAX_LINE_BYTES, Manifest,
     ManifestFormat, Position,
 };
-use common::rules::run::Location;
+use common::rules::run::RunSpec;
 use common::transfer::S3Clients;
 use flate2::write::MultiGzDecoder;
 
@@ -34,6 +34,8 @@ struct Part {
     size: Option<u64>,
     /// The ETag it must still have.
     if_match: Option<String>,
+    /// The account expected to own its bucket, where the run names one.
+    owner: Option<String>,
 }
 
 impl Part {
@@ -84,17 +86,25 @@ impl Line {
 }
 
 impl ManifestReader {
-    /// Opens `manifest` for reading its files' lines: a `csv` or `jsonl` manifest is
-    /// looked up (`HeadObject`), an inventory's `manifest.json` read and parsed. With
-    /// `etag`, the manifest must still be that object.
+    /// Opens the manifest of `spec`'s run for reading its files' lines: a `csv` or
+    /// `jsonl` manifest is looked up (`HeadObject`), an inventory's `manifest.json` read
+    /// and parsed. With `etag`, the manifest must still be that object. A manifest in the
+    /// run's source or destination bucket is read expecting that bucket's owner.
     pub async fn open(
         clients: &S3Clients,
-        manifest: &Manifest,
-        source: &Location,
+        spec: &RunSpec,
         etag: Option<&str>,
     ) -> Result<Self, ManifestError> {
+        let (manifest, source) = (
+            spec.manifest.as_ref().expect("the run has a manifest"),
+            &spec.source,
+        );
         let named = manifest.to_string();
-        let s3 = clients.for_bucket(&manifest.bucket, None, None).await;
+        let owner = S3Clients::owner_of(spec, &manifest.bucket).map(String::from);
+        let s3 = clients
+            .for_bucket(&manifest.bucket, owner.as_deref(), None)
+            .await
+            .map_err(ManifestError::Failed)?;
         let (parts, format, found_etag) = match LineFormat::of(manifest.format) {
             Some(format) => {
                 let head = s3
@@ -124,6 +134,7 @@ impl ManifestReader {
                     key: manifest.key.clone(),
                     size: head.content_length.map(|n| n.max(0) as u64),
                     if_match: Some(found_etag.clone()),
+                    owner: owner.clone(),
                 };
                 (vec![part], format, found_etag)
             }
@@ -164,6 +175,7 @@ impl ManifestReader {
                         key: key.clone(),
                         size: None,
                         if_match: None,
+                        owner: S3Clients::owner_of(spec, &report.files_bucket).map(String::from),
                     })
                     .collect();
                 (parts, LineFormat::Inventory(report.columns), found_etag)
@@ -252,8 +264,9 @@ impl ManifestReader {
         let range = (!gzip && offset > 0).then(|| format!("bytes={offset}-"));
         let got = self
             .s3
-            .for_bucket(&part.bucket, None, None)
+            .for_bucket(&part.bucket, part.owner.as_deref(), None)
             .await
+            .map_err(ManifestError::Failed)?
             .get_object()
             .bucket(&part.bucket)
             .key(&part.key)
@@ -357,8 +370,9 @@ fn refused_or_failed(named: &str, err: AwsError) -> ManifestError {
         ),
         "NoSuchBucket" => Some("is in a bucket that does not exist"),
         "PreconditionFailed" => Some(
-            "was replaced after the run started (its ETag changed); start a new execution to \
-             read the new manifest",
+            "is no longer the object the run reads (its ETag is not manifest_etag, the one the \
+             input check read or the input gave): it was replaced; start a new execution to read \
+             the new manifest",
         ),
         _ => None,
     };

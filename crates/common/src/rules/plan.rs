@@ -48,6 +48,13 @@ pub struct Plan {
     /// (`if_destination_exists: overwrite`); counted among the files that would move.
     #[serde(default)]
     pub would_overwrite: u64,
+    /// Keys a manifest names, each looked up with one listing request by the real run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_lookups: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a file whose destination holds another object would fail
@@ -116,12 +123,14 @@ impl Plan {
 
     /// What the real run would cost at list prices, in US dollars: a `CopyObject` per
     /// file (or the requests of a copy in parts), a `DeleteObjects` per batch, a listing
-    /// request per 1,000 keys, and the status table and Lambda time per file. Storage
-    /// and data transfer (none within a region) are not included.
+    /// request per 1,000 keys (and one per key a manifest names), and the status table
+    /// and Lambda time per file. Storage and data transfer (none within a region) are
+    /// not included.
     pub fn estimated_cost_usd(&self) -> f64 {
         let requests = self.files
             + self.files.div_ceil(FILES_PER_BATCH)
             + self.files.div_ceil(1000)
+            + self.key_lookups
             + self.part_requests;
         let usd = requests as f64 * COPY_REQUEST_USD + self.files as f64 * BOOKKEEPING_PER_FILE_USD;
         (usd * 100.0).round() / 100.0
@@ -244,6 +253,13 @@ mod tests {
             ..Plan::default()
         };
         assert_eq!(large.estimated_cost_usd(), 10.0);
+        // a manifest's keys: each looked up with one listing request
+        let named = Plan {
+            files: 1_000_000,
+            key_lookups: 1_000_000,
+            ..Plan::default()
+        };
+        assert_eq!(named.estimated_cost_usd(), 10.23);
         assert_eq!(Plan::default().estimated_cost_usd(), 0.0);
     }
 }

@@ -15,10 +15,13 @@ use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::{ConfigBag, Intercept, Region, RuntimeComponents};
 use aws_sdk_s3::error::BoxError;
 
+use crate::error::AwsError;
 use crate::rules::run::RunSpec;
 
 /// The header S3 answers a bucket's region in.
 const BUCKET_REGION: &str = "x-amz-bucket-region";
+/// How long a function waits for a bucket's region before it gives up for now.
+const REGION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The clients of one run: one for requests about its source bucket, one for requests
 /// about its destination bucket (copies included: a copy is sent to the destination's
@@ -64,37 +67,51 @@ impl S3Clients {
     }
 
     /// The run's clients for its source and destination buckets.
-    pub async fn for_run(&self, spec: &RunSpec) -> RunClients {
-        RunClients {
+    pub async fn for_run(&self, spec: &RunSpec) -> Result<RunClients, AwsError> {
+        Ok(RunClients {
             source: self
                 .for_bucket(&spec.source.bucket, spec.source_owner.as_deref(), None)
-                .await,
+                .await?,
             destination: self
                 .for_bucket(
                     &spec.destination.bucket,
                     spec.destination_owner.as_deref(),
                     spec.source_owner.as_deref(),
                 )
-                .await,
+                .await?,
+        })
+    }
+
+    /// The expected owner of `bucket` in `spec`'s run: the source's or the destination's
+    /// when it is one of them.
+    pub fn owner_of<'a>(spec: &'a RunSpec, bucket: &str) -> Option<&'a str> {
+        if bucket == spec.source.bucket {
+            spec.source_owner.as_deref()
+        } else if bucket == spec.destination.bucket {
+            spec.destination_owner.as_deref()
+        } else {
+            None
         }
     }
 
     /// A client for requests about `bucket`: in its region, and with `owner` (and, on
     /// copies, `source_owner` for the copy's source) as the account the request expects
-    /// to own the bucket, so that S3 refuses it (403) if another account does.
+    /// to own the bucket, so that S3 refuses it (403) if another account does. An error
+    /// is transient: S3 did not say where the bucket is, and a request sent elsewhere
+    /// would be refused for good.
     pub async fn for_bucket(
         &self,
         bucket: &str,
         owner: Option<&str>,
         source_owner: Option<&str>,
-    ) -> Client {
+    ) -> Result<Client, AwsError> {
         let home_region = self.home.config().region().map(|r| r.as_ref().to_string());
-        let region = match self.region_of(bucket).await {
+        let region = match self.region_of(bucket).await? {
             Some(region) => region,
             None => home_region.clone().unwrap_or_default(),
         };
         if Some(&region) == home_region.as_ref() && owner.is_none() && source_owner.is_none() {
-            return self.home.clone();
+            return Ok(self.home.clone());
         }
         let key = ClientKey {
             region,
@@ -102,7 +119,7 @@ impl S3Clients {
             source_owner: source_owner.map(String::from),
         };
         let mut known = self.known.lock().expect("no panic holds the lock");
-        known
+        Ok(known
             .clients
             .entry(key.clone())
             .or_insert_with(|| {
@@ -118,13 +135,14 @@ impl S3Clients {
                 }
                 Client::from_conf(config.build())
             })
-            .clone()
+            .clone())
     }
 
-    /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when the answer names none
-    /// (a server that does not say, or a request that did not get an answer), in which
-    /// case the function's own region is used and nothing is kept.
-    async fn region_of(&self, bucket: &str) -> Option<String> {
+    /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when an answer names none
+    /// (a server that does not say, or a bucket that is not there), in which case the
+    /// function's own region is used and nothing is kept; an error when there was no
+    /// answer to go by (a timeout, throttling, a server error).
+    async fn region_of(&self, bucket: &str) -> Result<Option<String>, AwsError> {
         if let Some(region) = self
             .known
             .lock()
@@ -132,21 +150,43 @@ impl S3Clients {
             .regions
             .get(bucket)
         {
-            return Some(region.clone());
+            return Ok(Some(region.clone()));
         }
-        let region = match self.home.head_bucket().bucket(bucket).send().await {
+        let asked = tokio::time::timeout(
+            REGION_TIMEOUT,
+            self.home.head_bucket().bucket(bucket).send(),
+        )
+        .await
+        .map_err(|_| AwsError {
+            operation: "HeadBucket",
+            code: None,
+            message: format!("S3 did not say within {REGION_TIMEOUT:?} where bucket {bucket} is"),
+            transient: true,
+        })?;
+        let region = match asked {
             Ok(answer) => answer.bucket_region().map(String::from),
-            Err(err) => err
-                .raw_response()
-                .and_then(|response| response.headers().get(BUCKET_REGION))
-                .map(String::from),
-        }?;
-        self.known
-            .lock()
-            .expect("no panic holds the lock")
-            .regions
-            .insert(bucket.to_string(), region.clone());
-        Some(region)
+            Err(err) => {
+                let named = err
+                    .raw_response()
+                    .and_then(|response| response.headers().get(BUCKET_REGION))
+                    .map(String::from);
+                if named.is_none() {
+                    let err = AwsError::from_sdk("HeadBucket", err);
+                    if err.transient {
+                        return Err(err);
+                    }
+                }
+                named
+            }
+        };
+        if let Some(region) = &region {
+            self.known
+                .lock()
+                .expect("no panic holds the lock")
+                .regions
+                .insert(bucket.to_string(), region.clone());
+        }
+        Ok(region)
     }
 }
 
