@@ -1,8 +1,10 @@
-//! Batches and objects too large for one slave invocation, on the local stack through the
-//! real state machine. The slaves here start no new copy 10 s into an invocation
-//! (`HANDOFF_MARGIN_MS` against their 900 s timeout), and the front slows their copies,
-//! so a batch takes several invocations: each records what it finished and hands the
-//! rest on, and a multipart copy keeps its upload and finished parts across them.
+//! Batches, objects and manifests too large for one invocation, on the local stack
+//! through the real state machine. The slaves here start no new copy 10 s into an
+//! invocation (`HANDOFF_MARGIN_MS` against their 900 s timeout), and the front slows
+//! their copies, so a batch takes several invocations: each records what it finished and
+//! hands the rest on, and a multipart copy keeps its upload and finished parts across
+//! them. Master here keeps all its 900 s in hand (`DEADLINE_MARGIN_MS`), so each call
+//! reads one page and returns a continuation.
 //!
 //! Faults apply to the whole stack, so the tests take turns.
 
@@ -13,7 +15,7 @@ use aws_sdk_sfn::types::ExecutionStatus;
 use common::RunId;
 use common::rules::outcomes::FileState;
 use integration_tests::stack::{
-    LocalStack, bucket_with, contents, input, keys, moved_and_kept, output, records,
+    LocalStack, bucket_with, contents, input, keys, moved_and_kept, output, put_bytes, records,
 };
 use serde_json::{Value, json};
 
@@ -26,6 +28,7 @@ fn local_stack() -> &'static LocalStack {
             // One batch for a whole run, two parts of an object at once.
             ("BATCH_SIZE", "1000"),
             ("PART_CONCURRENCY", "2"),
+            ("DEADLINE_MARGIN_MS", "900000"),
         ])
     })
 }
@@ -188,4 +191,87 @@ async fn a_multipart_copy_that_outlasts_an_invocation_resumes_with_its_parts_and
         .unwrap()
         .progress;
     assert_eq!((progress.completed, progress.failed), (4, 0));
+}
+
+#[tokio::test]
+async fn an_s3_inventory_of_3000_lines_is_read_across_master_calls_and_moves_its_current_objects() {
+    // GIVEN 2,100 files and an S3 Inventory report of them in two gzip files: 3,221 lines
+    // with lines of noncurrent versions, delete markers and keys of another prefix
+    let stack = local_stack();
+    let files = keys("raw/inv/f-", 2100);
+    let bucket = bucket_with(stack, &files).await;
+    let line = |key: &str, latest: bool, marker: bool| {
+        format!("\"{bucket}\",\"{key}\",\"v\",\"{latest}\",\"{marker}\",\"1\"")
+    };
+    let mut lines = Vec::new();
+    for (i, key) in files.iter().enumerate() {
+        if i % 2 == 0 {
+            lines.push(line(key, false, false));
+        }
+        if i % 20 == 0 {
+            lines.push(line(&format!("raw/inv/deleted-{i}.csv"), true, true));
+            lines.push(line(&format!("logs/{i}.log"), true, false));
+        }
+        lines.push(line(key, true, false));
+    }
+    assert_eq!(lines.len(), 3360);
+    let second = lines.split_off(1600);
+    let mut parts = Vec::new();
+    for (i, part) in [lines, second].iter().enumerate() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for line in part {
+            writeln!(gz, "{line}").unwrap();
+        }
+        let key = format!("manifests/inv/data/{i}.csv.gz");
+        put_bytes(stack, &bucket, &key, gz.finish().unwrap()).await;
+        parts.push(json!({"key": key, "size": 1, "MD5checksum": "unchecked"}));
+    }
+    let report = json!({
+        "sourceBucket": bucket, "destinationBucket": format!("arn:aws:s3:::{bucket}"),
+        "version": "2016-11-30", "fileFormat": "CSV",
+        "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size", "files": parts,
+    });
+    let manifest = "manifests/inv/2026-11-28T00-00Z/manifest.json";
+    put_bytes(stack, &bucket, manifest, report.to_string().into_bytes()).await;
+    let before = contents(stack, &bucket).await;
+
+    // WHEN an execution moves what it names
+    let execution = stack
+        .start(
+            "inventory",
+            &input(
+                &bucket,
+                json!({"manifest": {"bucket": bucket, "key": manifest, "format": "s3-inventory"}}),
+            ),
+        )
+        .await;
+    let described = stack.finished(&execution).await;
+
+    // THEN master read it in three calls, every current object moved once, and the
+    // reports themselves stayed
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    let summary = output(&described);
+    assert_eq!(
+        (summary["files"].clone(), summary["completed"].clone()),
+        (json!(2100), json!(2100))
+    );
+    let master_calls = stack
+        .history(&execution)
+        .await
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .filter(|d| d.name() == "Master")
+        .count();
+    assert_eq!(master_calls, 3);
+    let mut expected = before.clone();
+    for key in &files {
+        let etag = expected.remove(key).unwrap();
+        expected.insert(key.replacen("raw/", "refined/", 1), etag);
+    }
+    assert_eq!(contents(stack, &bucket).await, expected);
 }
