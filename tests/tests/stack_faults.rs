@@ -475,6 +475,42 @@ async fn a_copy_in_parts_on_a_server_without_object_tagging_moves_its_file() {
 }
 
 #[tokio::test]
+async fn a_slave_that_is_not_told_where_its_bucket_is_moves_its_files_in_its_own_region() {
+    // GIVEN files, and a server that answers the slaves' HeadBucket 503 every time
+    let stack = local_stack();
+    let files = keys("raw/where-", 6);
+    let bucket = bucket_with(stack, &files).await;
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["HeadBucket"],
+                                 "callers": ["slave"], "answer": "ServiceUnavailable"}]}),
+        )
+        .await;
+
+    // WHEN they are moved
+    let execution = stack.start("no-region", &input(&bucket, json!({}))).await;
+    let described = stack.finished(&execution).await;
+    let injected = stack.injected();
+    stack.set_faults(&json!({}));
+
+    // THEN the slave asked, then addressed the bucket in its own region, where it is:
+    // every file moved and none waits unrecorded
+    assert!(
+        injected
+            .get("s3 ServiceUnavailable")
+            .is_some_and(|n| *n >= u64::from(common::transfer::SETTLE_ATTEMPTS)),
+        "{injected:?}"
+    );
+    assert_eq!(
+        described.status,
+        ExecutionStatus::Succeeded,
+        "{described:?}"
+    );
+    assert_eq!(output(&described)["completed"], json!(6));
+    assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
+}
+
+#[tokio::test]
 async fn a_multipart_copy_under_faults_is_whole_and_verified() {
     // GIVEN one file above the stack's 6 MiB multipart threshold, with tags
     let stack = local_stack();

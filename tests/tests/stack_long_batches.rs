@@ -195,7 +195,7 @@ async fn a_multipart_copy_that_outlasts_an_invocation_resumes_with_its_parts_and
 
 #[tokio::test]
 async fn an_s3_inventory_of_3000_lines_is_read_across_master_calls_and_moves_its_current_objects() {
-    // GIVEN 2,100 files and an S3 Inventory report of them in two gzip files: 3,221 lines
+    // GIVEN 2,100 files and an S3 Inventory report of them in two gzip files: 3,360 lines,
     // with lines of noncurrent versions, delete markers and keys of another prefix
     let stack = local_stack();
     let files = keys("raw/inv/f-", 2100);

@@ -1,3 +1,8 @@
+// The handler's future nests the listing's and the manifest's pages, each joined with
+// the next page's read: computing its layout in a release build goes deeper than the
+// default limit of 128 queries.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
 
 #[tokio::main]

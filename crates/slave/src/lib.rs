@@ -62,8 +62,6 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("handing the rest of the batch to a new invocation failed: {0}")]
     Handoff(AwsError),
-    #[error("finding a bucket's region failed: {0}")]
-    BucketRegion(AwsError),
 }
 
 impl Error {
@@ -74,7 +72,6 @@ impl Error {
             Error::InvalidEvent(_) => "InvalidEvent",
             Error::Store(e) => e.error_type(),
             Error::Handoff(_) => "HandoffFailed",
-            Error::BucketRegion(_) => "BucketRegionFailed",
         }
     }
 }
@@ -86,7 +83,6 @@ pub const ERROR_TYPES: &[&str] = &[
     "StatusTableError",
     "StatusTableRefused",
     "HandoffFailed",
-    "BucketRegionFailed",
 ];
 
 common::diagnostic!(Error);
@@ -177,7 +173,7 @@ impl Slave {
         let todo = batch.outcomes.open();
         let already_done = batch.outcomes.completed() as u64;
         let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
-        let clients = self.s3.for_run(&spec).await.map_err(Error::BucketRegion)?;
+        let clients = self.s3.for_run_settled(&spec).await;
         let mover = Mover::new(&clients, &self.settings, &self.records, run, deadlines);
         let mut moved = self
             .move_files(
@@ -543,8 +539,7 @@ mod tests {
                 transient: true,
                 ..aws.clone()
             })),
-            Error::Handoff(aws.clone()),
-            Error::BucketRegion(aws),
+            Error::Handoff(aws),
         ];
         let seen: std::collections::BTreeSet<_> = samples.iter().map(Error::error_type).collect();
         let listed: std::collections::BTreeSet<_> = ERROR_TYPES.iter().copied().collect();

@@ -22,6 +22,8 @@ use crate::rules::run::RunSpec;
 const BUCKET_REGION: &str = "x-amz-bucket-region";
 /// How long a function waits for a bucket's region before it gives up for now.
 const REGION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a slave asks where its buckets are before it settles for its own region.
+pub const SETTLE_ATTEMPTS: u32 = 3;
 
 /// The clients of one run: one for requests about its source bucket, one for requests
 /// about its destination bucket (copies included: a copy is sent to the destination's
@@ -66,6 +68,36 @@ impl S3Clients {
         &self.home
     }
 
+    /// The run's clients for a slave, which must record every file's fate: where S3
+    /// still does not say where a bucket is after [`SETTLE_ATTEMPTS`] tries, the bucket is
+    /// addressed in the function's own region. That is right for a bucket there (the
+    /// common case); one elsewhere answers `301 PermanentRedirect`, and its files fail
+    /// with that reason, sources kept, instead of waiting, unrecorded, for the run's
+    /// timeout.
+    pub async fn for_run_settled(&self, spec: &RunSpec) -> RunClients {
+        for attempt in 0..SETTLE_ATTEMPTS {
+            match self.for_run(spec).await {
+                Ok(clients) => return clients,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "where a bucket is, S3 did not say");
+                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                }
+            }
+        }
+        let home = |bucket: &str, owner, source_owner| {
+            let region = self.known_region(bucket).or_else(|| self.home_region());
+            self.client_in(region.unwrap_or_default(), owner, source_owner)
+        };
+        RunClients {
+            source: home(&spec.source.bucket, spec.source_owner.as_deref(), None),
+            destination: home(
+                &spec.destination.bucket,
+                spec.destination_owner.as_deref(),
+                spec.source_owner.as_deref(),
+            ),
+        }
+    }
+
     /// The run's clients for its source and destination buckets.
     pub async fn for_run(&self, spec: &RunSpec) -> Result<RunClients, AwsError> {
         Ok(RunClients {
@@ -105,13 +137,31 @@ impl S3Clients {
         owner: Option<&str>,
         source_owner: Option<&str>,
     ) -> Result<Client, AwsError> {
-        let home_region = self.home.config().region().map(|r| r.as_ref().to_string());
         let region = match self.region_of(bucket).await? {
             Some(region) => region,
-            None => home_region.clone().unwrap_or_default(),
+            None => self.home_region().unwrap_or_default(),
         };
-        if Some(&region) == home_region.as_ref() && owner.is_none() && source_owner.is_none() {
-            return Ok(self.home.clone());
+        Ok(self.client_in(region, owner, source_owner))
+    }
+
+    fn home_region(&self) -> Option<String> {
+        self.home.config().region().map(|r| r.as_ref().to_string())
+    }
+
+    fn known_region(&self, bucket: &str) -> Option<String> {
+        self.known
+            .lock()
+            .expect("no panic holds the lock")
+            .regions
+            .get(bucket)
+            .cloned()
+    }
+
+    /// The client for `region` with these expected owners, made once.
+    fn client_in(&self, region: String, owner: Option<&str>, source_owner: Option<&str>) -> Client {
+        if Some(&region) == self.home_region().as_ref() && owner.is_none() && source_owner.is_none()
+        {
+            return self.home.clone();
         }
         let key = ClientKey {
             region,
@@ -119,7 +169,7 @@ impl S3Clients {
             source_owner: source_owner.map(String::from),
         };
         let mut known = self.known.lock().expect("no panic holds the lock");
-        Ok(known
+        known
             .clients
             .entry(key.clone())
             .or_insert_with(|| {
@@ -135,7 +185,7 @@ impl S3Clients {
                 }
                 Client::from_conf(config.build())
             })
-            .clone())
+            .clone()
     }
 
     /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when an answer names none
@@ -143,14 +193,8 @@ impl S3Clients {
     /// function's own region is used and nothing is kept; an error when there was no
     /// answer to go by (a timeout, throttling, a server error).
     async fn region_of(&self, bucket: &str) -> Result<Option<String>, AwsError> {
-        if let Some(region) = self
-            .known
-            .lock()
-            .expect("no panic holds the lock")
-            .regions
-            .get(bucket)
-        {
-            return Ok(Some(region.clone()));
+        if let Some(region) = self.known_region(bucket) {
+            return Ok(Some(region));
         }
         let asked = tokio::time::timeout(
             REGION_TIMEOUT,
