@@ -43,7 +43,8 @@ pub struct S3Clients {
 
 #[derive(Debug, Default)]
 struct Known {
-    regions: HashMap<String, String>,
+    /// Each bucket's region as S3 answered, `None` where a definite answer named none.
+    regions: HashMap<String, Option<String>>,
     clients: HashMap<ClientKey, Client>,
 }
 
@@ -85,7 +86,10 @@ impl S3Clients {
             }
         }
         let home = |bucket: &str, owner, source_owner| {
-            let region = self.known_region(bucket).or_else(|| self.home_region());
+            let region = self
+                .answered(bucket)
+                .flatten()
+                .or_else(|| self.home_region());
             self.client_in(region.unwrap_or_default(), owner, source_owner)
         };
         RunClients {
@@ -148,7 +152,8 @@ impl S3Clients {
         self.home.config().region().map(|r| r.as_ref().to_string())
     }
 
-    fn known_region(&self, bucket: &str) -> Option<String> {
+    /// What S3 answered about `bucket`'s region, if it was asked before.
+    fn answered(&self, bucket: &str) -> Option<Option<String>> {
         self.known
             .lock()
             .expect("no panic holds the lock")
@@ -188,13 +193,14 @@ impl S3Clients {
             .clone()
     }
 
-    /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when an answer names none
-    /// (a server that does not say, or a bucket that is not there), in which case the
-    /// function's own region is used and nothing is kept; an error when there was no
-    /// answer to go by (a timeout, throttling, a server error).
+    /// `bucket`'s region, as S3 answers `HeadBucket`, asked once per bucket; `None` when
+    /// the answer names none (a server that does not say, such as many S3-compatible
+    /// ones, or a bucket that is not there), in which case the function's own region is
+    /// used; an error when there was no answer to go by (a timeout, throttling, a server
+    /// error), which is not kept.
     async fn region_of(&self, bucket: &str) -> Result<Option<String>, AwsError> {
-        if let Some(region) = self.known_region(bucket) {
-            return Ok(Some(region));
+        if let Some(answered) = self.answered(bucket) {
+            return Ok(answered);
         }
         let asked = tokio::time::timeout(
             REGION_TIMEOUT,
@@ -223,13 +229,11 @@ impl S3Clients {
                 named
             }
         };
-        if let Some(region) = &region {
-            self.known
-                .lock()
-                .expect("no panic holds the lock")
-                .regions
-                .insert(bucket.to_string(), region.clone());
-        }
+        self.known
+            .lock()
+            .expect("no panic holds the lock")
+            .regions
+            .insert(bucket.to_string(), region.clone());
         Ok(region)
     }
 }
