@@ -475,11 +475,12 @@ async fn a_copy_in_parts_on_a_server_without_object_tagging_moves_its_file() {
 }
 
 #[tokio::test]
-async fn a_slave_that_is_not_told_where_its_bucket_is_moves_its_files_in_its_own_region() {
+async fn files_whose_bucket_s3_never_locates_fail_by_that_reason_and_stay_where_they_are() {
     // GIVEN files, and a server that answers the slaves' HeadBucket 503 every time
     let stack = local_stack();
     let files = keys("raw/where-", 6);
     let bucket = bucket_with(stack, &files).await;
+    let before = contents(stack, &bucket).await;
     let _turn = stack
         .turn(
             json!({"rules": [{"service": "s3", "operations": ["HeadBucket"],
@@ -490,24 +491,38 @@ async fn a_slave_that_is_not_told_where_its_bucket_is_moves_its_files_in_its_own
     // WHEN they are moved
     let execution = stack.start("no-region", &input(&bucket, json!({}))).await;
     let described = stack.finished(&execution).await;
-    let injected = stack.injected();
+    let calls = stack.injected();
     stack.set_faults(&json!({}));
 
-    // THEN the slave asked, then addressed the bucket in its own region, where it is:
-    // every file moved and none waits unrecorded
+    // THEN no request was sent to a region S3 did not name: the batch was handed on
+    // until invocations in a row got no answer, and then each file failed by that
+    // reason, its source untouched and nothing copied
     assert!(
-        injected
-            .get("s3 ServiceUnavailable")
-            .is_some_and(|n| *n >= u64::from(common::transfer::SETTLE_ATTEMPTS)),
-        "{injected:?}"
+        calls.get("s3 ServiceUnavailable").is_some_and(|n| *n >= 4),
+        "{calls:?}"
     );
     assert_eq!(
-        described.status,
-        ExecutionStatus::Succeeded,
+        described.error.as_deref(),
+        Some("TransferFailed"),
         "{described:?}"
     );
-    assert_eq!(output(&described)["completed"], json!(6));
-    assert_eq!(contents(stack, &bucket).await, moved_and_kept(&files, &[]));
+    let failed = records(stack)
+        .await
+        .failed_files(&RunId::parse("no-region").unwrap(), 100)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 6);
+    for (key, reason) in &failed {
+        assert!(
+            reason.starts_with("S3 did not say where the run's bucket is in 4 invocations"),
+            "{key}: {reason}"
+        );
+        assert!(
+            reason.contains("the source was left in place (HeadBucket: HTTP 503)"),
+            "{key}: {reason}"
+        );
+    }
+    assert_eq!(contents(stack, &bucket).await, before);
 }
 
 #[tokio::test]

@@ -173,7 +173,14 @@ impl Slave {
         let todo = batch.outcomes.open();
         let already_done = batch.outcomes.completed() as u64;
         let deadlines = Deadlines::before(deadline, self.settings.handoff_margin, HARD_MARGIN);
-        let clients = self.s3.for_run_settled(&spec).await;
+        let clients = match self.s3.for_run(&spec).await {
+            Ok(clients) => clients,
+            Err(problem) => {
+                return self
+                    .without_region(&event, &batch, todo, already_done, problem)
+                    .await;
+            }
+        };
         let mover = Mover::new(&clients, &self.settings, &self.records, run, deadlines);
         let mut moved = self
             .move_files(
@@ -254,6 +261,64 @@ impl Slave {
               failed = output.failed, skipped = output.skipped, already_done = output.already_done, bytes = output.bytes,
               handed_on = output.handed_on, "batch done");
         Ok(output)
+    }
+
+    /// A batch one of whose buckets S3 did not say where it is (after the SDK's own
+    /// retries): nothing is asked of S3 for its files, since a request sent to another
+    /// region than the bucket's is refused. The batch is handed on, and when invocations
+    /// in a row got no answer ([`stalled_for_good`]) its open files fail with the reason,
+    /// sources left in place, so that each file's fate is recorded rather than left to the
+    /// run's timeout.
+    async fn without_region(
+        &self,
+        event: &SlaveEvent,
+        batch: &BatchView,
+        todo: Vec<usize>,
+        already_done: u64,
+        problem: AwsError,
+    ) -> Result<SlaveOutput, Error> {
+        let run = &event.run_id;
+        warn!(run_id = %run, batch = %batch.id, error = %problem, "S3 did not say where a bucket is");
+        let stalls = handoff_stalls(false, !todo.is_empty(), event.handed_on);
+        if todo.is_empty() {
+            return Ok(SlaveOutput {
+                already_done,
+                ..SlaveOutput::default()
+            });
+        }
+        if stalled_for_good(stalls) {
+            let reason = format!(
+                "S3 did not say where the run's bucket is in {stalls} invocations of the slave \
+                 in a row; the source was left in place ({problem})"
+            );
+            let outcomes: Vec<(usize, Outcome)> = todo
+                .into_iter()
+                .map(|i| {
+                    (
+                        i,
+                        Outcome::Failed {
+                            reason: reason.clone(),
+                        },
+                    )
+                })
+                .collect();
+            let delta = self.records.record_outcomes(run, batch, &outcomes).await?;
+            return Ok(SlaveOutput {
+                failed: delta.failed.max(0) as u64,
+                already_done,
+                ..SlaveOutput::default()
+            });
+        }
+        self.hand_off(&SlaveEvent {
+            handed_on: Some(stalls),
+            ..event.clone()
+        })
+        .await?;
+        Ok(SlaveOutput {
+            already_done,
+            handed_on: todo.len() as u64,
+            ..SlaveOutput::default()
+        })
     }
 
     /// Copies and verifies the files at positions `todo`, records the copies whose ETag

@@ -7,7 +7,7 @@ mod multipart;
 mod regions;
 
 pub use delete::Deleted;
-pub use regions::{RunClients, S3Clients, SETTLE_ATTEMPTS};
+pub use regions::{RunClients, S3Clients};
 
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption, StorageClass};

@@ -22,8 +22,6 @@ use crate::rules::run::RunSpec;
 const BUCKET_REGION: &str = "x-amz-bucket-region";
 /// How long a function waits for a bucket's region before it gives up for now.
 const REGION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often a slave asks where its buckets are before it settles for its own region.
-pub const SETTLE_ATTEMPTS: u32 = 3;
 
 /// The clients of one run: one for requests about its source bucket, one for requests
 /// about its destination bucket (copies included: a copy is sent to the destination's
@@ -67,39 +65,6 @@ impl S3Clients {
     /// The client of the function's own region, with no expected owners.
     pub fn home(&self) -> &Client {
         &self.home
-    }
-
-    /// The run's clients for a slave, which must record every file's fate: where S3
-    /// still does not say where a bucket is after [`SETTLE_ATTEMPTS`] tries, the bucket is
-    /// addressed in the function's own region. That is right for a bucket there (the
-    /// common case); one elsewhere answers `301 PermanentRedirect`, and its files fail
-    /// with that reason, sources kept, instead of waiting, unrecorded, for the run's
-    /// timeout.
-    pub async fn for_run_settled(&self, spec: &RunSpec) -> RunClients {
-        for attempt in 0..SETTLE_ATTEMPTS {
-            match self.for_run(spec).await {
-                Ok(clients) => return clients,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "where a bucket is, S3 did not say");
-                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
-                }
-            }
-        }
-        let home = |bucket: &str, owner, source_owner| {
-            let region = self
-                .answered(bucket)
-                .flatten()
-                .or_else(|| self.home_region());
-            self.client_in(region.unwrap_or_default(), owner, source_owner)
-        };
-        RunClients {
-            source: home(&spec.source.bucket, spec.source_owner.as_deref(), None),
-            destination: home(
-                &spec.destination.bucket,
-                spec.destination_owner.as_deref(),
-                spec.source_owner.as_deref(),
-            ),
-        }
     }
 
     /// The run's clients for its source and destination buckets.
@@ -193,11 +158,10 @@ impl S3Clients {
             .clone()
     }
 
-    /// `bucket`'s region, as S3 answers `HeadBucket`, asked once per bucket; `None` when
-    /// the answer names none (a server that does not say, such as many S3-compatible
-    /// ones, or a bucket that is not there), in which case the function's own region is
-    /// used; an error when there was no answer to go by (a timeout, throttling, a server
-    /// error), which is not kept.
+    /// `bucket`'s region, as S3 answers `HeadBucket`; `None` when the answer names none
+    /// (a server that does not say, such as many S3-compatible ones, or a bucket that is
+    /// not there), in which case the function's own region is used; an error when there
+    /// was no answer to go by (a timeout, throttling, a server error).
     async fn region_of(&self, bucket: &str) -> Result<Option<String>, AwsError> {
         if let Some(answered) = self.answered(bucket) {
             return Ok(answered);
@@ -213,27 +177,38 @@ impl S3Clients {
             message: format!("S3 did not say within {REGION_TIMEOUT:?} where bucket {bucket} is"),
             transient: true,
         })?;
-        let region = match asked {
-            Ok(answer) => answer.bucket_region().map(String::from),
+        // Kept: a region S3 named, or a success that names none (a server that does not
+        // say). Not kept: an error that names none (a bucket not there yet may be created
+        // in another region), nor one with no answer at all, which is an error here.
+        let (region, keep) = match asked {
+            Ok(answer) => (answer.bucket_region().map(String::from), true),
             Err(err) => {
                 let named = err
                     .raw_response()
                     .and_then(|response| response.headers().get(BUCKET_REGION))
                     .map(String::from);
                 if named.is_none() {
-                    let err = AwsError::from_sdk("HeadBucket", err);
+                    // A HEAD answer has no body: its status is all that says why.
+                    let status = err.raw_response().map(|r| r.status().as_u16());
+                    let mut err = AwsError::from_sdk("HeadBucket", err);
+                    if let (None, Some(status)) = (&err.code, status) {
+                        err.message = format!("HTTP {status}");
+                    }
                     if err.transient {
                         return Err(err);
                     }
                 }
-                named
+                let keep = named.is_some();
+                (named, keep)
             }
         };
-        self.known
-            .lock()
-            .expect("no panic holds the lock")
-            .regions
-            .insert(bucket.to_string(), region.clone());
+        if keep {
+            self.known
+                .lock()
+                .expect("no panic holds the lock")
+                .regions
+                .insert(bucket.to_string(), region.clone());
+        }
         Ok(region)
     }
 }
