@@ -494,9 +494,9 @@ async fn files_whose_bucket_s3_never_locates_fail_by_that_reason_and_stay_where_
     let calls = stack.injected();
     stack.set_faults(&json!({}));
 
-    // THEN no request was sent to a region S3 did not name: the batch was handed on
-    // until invocations in a row got no answer, and then each file failed by that
-    // reason, its source untouched and nothing copied
+    // THEN no request was sent to a region S3 did not name: the batch was handed on,
+    // with pauses, until invocations in a row got no answer, and then each file failed
+    // by that reason, its source untouched and nothing copied
     assert!(
         calls.get("s3 ServiceUnavailable").is_some_and(|n| *n >= 4),
         "{calls:?}"
@@ -518,7 +518,7 @@ async fn files_whose_bucket_s3_never_locates_fail_by_that_reason_and_stay_where_
             "{key}: {reason}"
         );
         assert!(
-            reason.contains("the source was left in place (HeadBucket: HTTP 503)"),
+            reason.contains("so the file was not tried; check the source and the destination (HeadBucket: HTTP 503)"),
             "{key}: {reason}"
         );
     }

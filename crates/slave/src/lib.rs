@@ -289,7 +289,8 @@ impl Slave {
         if stalled_for_good(stalls) {
             let reason = format!(
                 "S3 did not say where the run's bucket is in {stalls} invocations of the slave \
-                 in a row; the source was left in place ({problem})"
+                 in a row, so the file was not tried; check the source and the destination \
+                 ({problem})"
             );
             let outcomes: Vec<(usize, Outcome)> = todo
                 .into_iter()
@@ -309,6 +310,9 @@ impl Slave {
                 ..SlaveOutput::default()
             });
         }
+        // A pause, longer each time, so that a short spell of throttling passes before the
+        // invocations in a row are used up (2, 4, then 8 s).
+        tokio::time::sleep(Duration::from_secs(1 << stalls.min(3))).await;
         self.hand_off(&SlaveEvent {
             handed_on: Some(stalls),
             ..event.clone()

@@ -1,10 +1,11 @@
 //! S3 clients by the bucket a request names: each request goes to its bucket's region,
 //! and carries the bucket owners the run expects.
 //!
-//! A bucket's region is asked for once per bucket and kept for the life of the process,
-//! with `HeadBucket` from the function's own region: S3 answers it with the bucket's
-//! region (`x-amz-bucket-region`) whatever the caller may do with the bucket, a 301 or a
-//! 403 included, so it needs no permission of its own. A request sent to another region
+//! A bucket's region is asked for with `HeadBucket` from the function's own region, and
+//! a region S3 names (or a success that names none) is kept for the life of the
+//! process: S3 answers it with the bucket's region (`x-amz-bucket-region`) whatever the
+//! caller may do with the bucket, a 301 or a 403 included, so it needs no permission of
+//! its own. A request sent to another region
 //! would be refused (`301 PermanentRedirect`), and the SDK does not follow redirects.
 
 use std::collections::HashMap;
