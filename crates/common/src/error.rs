@@ -41,6 +41,30 @@ impl AwsError {
             transient,
         }
     }
+
+    /// What a HEAD request's error says. Its answer has no body, so where the SDK names
+    /// no code the status stands for one (403 `AccessDenied`, 404 `NotFound`, 412
+    /// `PreconditionFailed`), and the message is the status rather than the SDK's dump.
+    pub fn from_head<E>(
+        operation: &'static str,
+        err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let mut error = Self::from_sdk(operation, err);
+        if let (None, Some(status)) = (&error.code, status) {
+            error.code = match status {
+                403 => Some("AccessDenied".into()),
+                404 => Some("NotFound".into()),
+                412 => Some("PreconditionFailed".into()),
+                _ => None,
+            };
+            error.message = format!("HTTP {status}");
+        }
+        error
+    }
 }
 
 /// One `impl From<$error> for lambda_runtime::Diagnostic` per function crate, so that

@@ -114,20 +114,7 @@ impl ManifestReader {
                     .set_if_match(etag.map(String::from))
                     .send()
                     .await
-                    .map_err(|e| {
-                        // A HEAD answer has no body: its status is all that says why.
-                        let status = e.raw_response().map(|r| r.status().as_u16());
-                        let mut err = AwsError::from_sdk("HeadObject", e);
-                        if err.code.is_none() {
-                            err.code = match status {
-                                Some(403) => Some("AccessDenied".into()),
-                                Some(404) => Some("NotFound".into()),
-                                Some(412) => Some("PreconditionFailed".into()),
-                                _ => None,
-                            };
-                        }
-                        refused_or_failed(&named, err)
-                    })?;
+                    .map_err(|e| refused_or_failed(&named, AwsError::from_head("HeadObject", e)))?;
                 let found_etag = head.e_tag.unwrap_or_default();
                 let part = Part {
                     bucket: manifest.bucket.clone(),

@@ -189,12 +189,7 @@ impl S3Clients {
                     .and_then(|response| response.headers().get(BUCKET_REGION))
                     .map(String::from);
                 if named.is_none() {
-                    // A HEAD answer has no body: its status is all that says why.
-                    let status = err.raw_response().map(|r| r.status().as_u16());
-                    let mut err = AwsError::from_sdk("HeadBucket", err);
-                    if let (None, Some(status)) = (&err.code, status) {
-                        err.message = format!("HTTP {status}");
-                    }
+                    let err = AwsError::from_head("HeadBucket", err);
                     if err.transient {
                         return Err(err);
                     }
