@@ -561,7 +561,11 @@ async fn a_request_that_expects_another_bucket_owner_is_refused() {
             .send()
     };
     assert_eq!(code(&head(xtask::local::ACCOUNT).await), "ok");
-    assert!(head("111122223333").await.is_err());
+    let refused = head("111122223333").await.unwrap_err();
+    assert_eq!(
+        refused.raw_response().map(|r| r.status().as_u16()),
+        Some(403)
+    );
     let copy = |owner: &str| {
         s3.copy_object()
             .bucket(&f.bucket)

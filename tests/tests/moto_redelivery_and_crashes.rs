@@ -579,3 +579,53 @@ async fn master_reads_an_inventory_across_calls_and_moves_exactly_its_current_ob
     let objects = f.objects().await;
     assert_eq!(objects["refined/inv/1234.csv"], body_of("raw/inv/1234.csv"));
 }
+
+#[tokio::test]
+async fn master_resumes_a_plain_csv_manifest_where_it_stopped_and_fails_only_selected_missing_keys()
+{
+    // GIVEN 2,100 files and a plain (not gzip) CSV manifest naming them, a key with no
+    // object that the run's patterns take, and one they do not
+    let keys: Vec<String> = (0..2100).map(|i| format!("raw/csv/{i:04}.csv")).collect();
+    let f = Fixture::new().await;
+    f.put_many(&keys).await;
+    let mut manifest: String = keys.iter().map(|k| format!("{},{k}\n", f.bucket)).collect();
+    manifest.push_str(&format!("{},raw/csv/gone.csv\n", f.bucket));
+    manifest.push_str(&format!("{},raw/elsewhere/gone.csv", f.bucket));
+    f.put("manifests/plain.csv", manifest).await;
+    let event = json!({"run_id": "plain", "include": ["csv/**"], "manifest": {
+        "bucket": f.bucket, "key": "manifests/plain.csv", "format": "csv"}});
+
+    // WHEN master is called with a deadline already past until the manifest is read,
+    // each call resuming the object from the byte after its last line
+    let past = Some(std::time::SystemTime::now());
+    let mut calls = 0;
+    loop {
+        let out = f.master().handle(event.clone(), past).await.unwrap();
+        calls += 1;
+        f.deliver_all(4).await;
+        if out.listing_complete {
+            assert_eq!(out.selected, 2101);
+            break;
+        }
+    }
+
+    // THEN three calls read it, every line once: each file moved with its bytes, the
+    // selected missing key failed as not found, the other one not recorded at all
+    assert_eq!(calls, 3);
+    let progress = f.progress("plain").await;
+    assert_eq!(
+        (progress.selected, progress.completed, progress.failed),
+        (2101, 2100, 1)
+    );
+    let files = f.files("plain").await;
+    assert_eq!(files.len(), 2101);
+    assert_eq!(files["raw/csv/gone.csv"].state, FileState::Failed);
+    assert!(!files.contains_key("raw/elsewhere/gone.csv"));
+    assert!(f.keys("raw/").await.is_empty());
+    let objects = f.objects().await;
+    assert_eq!(
+        objects.keys().filter(|k| k.starts_with("refined/")).count(),
+        2100
+    );
+    assert_eq!(objects["refined/csv/2099.csv"], body_of("raw/csv/2099.csv"));
+}

@@ -518,7 +518,10 @@ async fn files_whose_bucket_s3_never_locates_fail_by_that_reason_and_stay_where_
             "{key}: {reason}"
         );
         assert!(
-            reason.contains("so the file was not tried; check the source and the destination (HeadBucket: HTTP 503)"),
+            reason.contains(
+                "so these did not try the file; check the source and the destination, as an \
+                 earlier one may have moved it (HeadBucket: HTTP 503)"
+            ),
             "{key}: {reason}"
         );
     }

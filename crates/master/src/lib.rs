@@ -284,6 +284,15 @@ impl Master {
                 }
                 Pages::Manifest(Box::new(reader))
             }
+            // A run with a manifest never lists its prefix: that would take every file
+            // under it, not the ones named.
+            None if spec.manifest.is_some() => {
+                return Err(StoreError::Corrupt {
+                    run: run.clone(),
+                    problem: "the run reads a manifest that was not opened".into(),
+                }
+                .into());
+            }
             None => Pages::Listing {
                 start_after: resume.list_after,
                 token: None,
@@ -384,6 +393,9 @@ impl Master {
         let (mut selected, mut positions) = (Vec::new(), Vec::new());
         for ((key, position), object) in named.into_iter().zip(found) {
             let file = match object {
+                // A key with no object is the run's to fail only if its name alone says
+                // the run would take it.
+                None if !spec.selects_key(&key) => continue,
                 None => ListedFile::not_found(key),
                 Some(object) => {
                     let (file, last_modified) = listed_file(key, object);

@@ -289,8 +289,8 @@ impl Slave {
         if stalled_for_good(stalls) {
             let reason = format!(
                 "S3 did not say where the run's bucket is in {stalls} invocations of the slave \
-                 in a row, so the file was not tried; check the source and the destination \
-                 ({problem})"
+                 in a row, so these did not try the file; check the source and the \
+                 destination, as an earlier one may have moved it ({problem})"
             );
             let outcomes: Vec<(usize, Outcome)> = todo
                 .into_iter()

@@ -94,7 +94,8 @@ impl<'de> Deserialize<'de> for ListedFile {
     }
 }
 
-/// The name of a batch: its first key. It names the batch in slave events, in the
+/// The name of a batch: its first file's position (its key in a listing, its line's
+/// position in a manifest). It names the batch in slave events, in the
 /// status table's sort keys and in what slaves read, and it orders batches as their
 /// files were listed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,11 +103,6 @@ impl<'de> Deserialize<'de> for ListedFile {
 pub struct BatchId(String);
 
 impl BatchId {
-    /// The id of the batch whose first file is `first`.
-    pub fn of(first: &ListedFile) -> Self {
-        BatchId(first.key.clone())
-    }
-
     /// The id as recorded: a sort key read back from the table.
     pub fn recorded(raw: impl Into<String>) -> Self {
         BatchId(raw.into())

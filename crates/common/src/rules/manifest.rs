@@ -110,11 +110,10 @@ pub struct InventoryColumns {
     count: usize,
 }
 
-/// What an inventory report's `manifest.json` says: the bucket it lists, where its
-/// files are, and their columns.
+/// What an inventory report's `manifest.json` says (once its listed bucket is found to be
+/// the run's source bucket): where its files are, and their columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InventoryReport {
-    pub source_bucket: String,
     /// The bucket holding its files: the `destinationBucket` the report names.
     pub files_bucket: String,
     pub files: Vec<String>,
@@ -172,7 +171,6 @@ impl InventoryReport {
         Location::new(&files_bucket, "")
             .map_err(|e| format!("names its files' bucket badly: {e}"))?;
         Ok(InventoryReport {
-            source_bucket: manifest.source_bucket,
             files_bucket,
             files: manifest.files.into_iter().map(|f| f.key).collect(),
             columns: InventoryColumns {

@@ -316,9 +316,27 @@ impl RunSpec {
     /// marker, ending with one of the suffixes (compared on the end of the key, exactly),
     /// and admitted by the run's selection ([`Selection::admits`]).
     pub fn selects(&self, key: &str, size: u64, last_modified: Option<Timestamp>) -> bool {
-        let Some(relative_key) = key.strip_prefix(&self.source.prefix) else {
-            return false;
-        };
+        self.named_key(key).is_some_and(|relative_key| {
+            self.selection.admits(Listed {
+                relative_key,
+                size,
+                last_modified,
+            })
+        })
+    }
+
+    /// Whether the run takes `key` whatever its object's size and time: the part of
+    /// [`RunSpec::selects`] a key alone can answer, for a key a manifest names that has
+    /// no object.
+    pub fn selects_key(&self, key: &str) -> bool {
+        self.named_key(key)
+            .is_some_and(|relative_key| self.selection.admits_key(relative_key))
+    }
+
+    /// The key relative to the source prefix, when it is under it, not a folder marker,
+    /// and ends with one of the suffixes.
+    fn named_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let relative_key = key.strip_prefix(&self.source.prefix)?;
         // With a prefix that does not end in '/' (`raw`), patterns still start at the
         // folder's first name (`2026/**`), not at the slash.
         let relative_key = if self.source.prefix.ends_with('/') || self.source.prefix.is_empty() {
@@ -326,17 +344,12 @@ impl RunSpec {
         } else {
             relative_key.strip_prefix('/').unwrap_or(relative_key)
         };
-        !key.ends_with('/')
-            && self
-                .suffixes
-                .as_slice()
-                .iter()
-                .any(|s| key.ends_with(s.as_str()))
-            && self.selection.admits(Listed {
-                relative_key,
-                size,
-                last_modified,
-            })
+        let suffixed = self
+            .suffixes
+            .as_slice()
+            .iter()
+            .any(|s| key.ends_with(s.as_str()));
+        (!key.ends_with('/') && suffixed).then_some(relative_key)
     }
 
     /// Where `key` goes: the destination prefix followed by the part of the key after

@@ -284,6 +284,13 @@ impl Selection {
         *self == Selection::default()
     }
 
+    /// Whether the patterns take this key (relative to the source prefix): one of
+    /// `include`, if any, and none of `exclude`.
+    pub fn admits_key(&self, relative_key: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| g.matches(relative_key)))
+            && !self.exclude.iter().any(|g| g.matches(relative_key))
+    }
+
     /// Whether the run takes this object. An object whose modification time is unknown
     /// is not taken when the run limits modification times.
     pub fn admits(&self, object: Listed<'_>) -> bool {
@@ -291,8 +298,7 @@ impl Selection {
             |limit: Option<Timestamp>, within: fn(Timestamp, Timestamp) -> bool| {
                 limit.is_none_or(|limit| object.last_modified.is_some_and(|t| within(t, limit)))
             };
-        (self.include.is_empty() || self.include.iter().any(|g| g.matches(object.relative_key)))
-            && !self.exclude.iter().any(|g| g.matches(object.relative_key))
+        self.admits_key(object.relative_key)
             && self.min_size.is_none_or(|min| object.size >= min)
             && self.max_size.is_none_or(|max| object.size <= max)
             && time_known_within(self.modified_after, |t, after| t >= after)

@@ -63,11 +63,6 @@ impl S3Clients {
         }
     }
 
-    /// The client of the function's own region, with no expected owners.
-    pub fn home(&self) -> &Client {
-        &self.home
-    }
-
     /// The run's clients for its source and destination buckets.
     pub async fn for_run(&self, spec: &RunSpec) -> Result<RunClients, AwsError> {
         Ok(RunClients {
