@@ -292,9 +292,11 @@ def tamper_part_copy(forward, call, path, headers):
     return 200, [("Content-Type", "application/xml")], body.encode()
 
 
-def tamper_copy(forward, call, grow):
+def tamper_copy(forward, call, headers, grow):
     """Instead of copying, writes bytes that differ from the source's at the destination
-    and answers as CopyObject would, with the ETag of what was written."""
+    and answers as CopyObject would, with the ETag of what was written and, when the copy
+    names a checksum algorithm (`x-amz-checksum-algorithm`), the checksum S3 computes of
+    what was written with it."""
     # moto reads the caller from the credential scope and checks no signature.
     auth = {"Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/"
                              "aws4_request, SignedHeaders=host, Signature=0"}
@@ -305,10 +307,18 @@ def tamper_copy(forward, call, grow):
     data = bytes([data[0] ^ 0xFF]) + data[1:] if data else b"x"
     if grow:
         data += b"!"
+    algorithm = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-algorithm", "")
+    asked = {"x-amz-sdk-checksum-algorithm": algorithm.upper()} if algorithm else {}
     path = "/" + urllib.parse.quote(f"{call.bucket}/{call.key}")
-    status, headers, _ = forward("PUT", path, {**auth, "Content-Length": str(len(data))}, data)
-    etag = dict((k.lower(), v) for k, v in headers).get("etag", '""')
+    status, answered, _ = forward(
+        "PUT", path, {**auth, **asked, "Content-Length": str(len(data))}, data)
+    answered = dict((k.lower(), v) for k, v in answered)
+    etag = answered.get("etag", '""')
+    checksum = answered.get(f"x-amz-checksum-{algorithm.lower()}") if algorithm else None
+    element = f"Checksum{algorithm.upper()}"
+    reported = f"<{element}>{checksum}</{element}>" if checksum else ""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     body = (f'<?xml version="1.0" encoding="UTF-8"?><CopyObjectResult>'
-            f"<LastModified>{stamp}</LastModified><ETag>{etag}</ETag></CopyObjectResult>")
+            f"<LastModified>{stamp}</LastModified><ETag>{etag}</ETag>{reported}"
+            "</CopyObjectResult>")
     return 200, [("Content-Type", "application/xml")], body.encode()

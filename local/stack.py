@@ -162,7 +162,7 @@ class Front(BaseHTTPRequestHandler):
             if answer in ("tamper", "tamper-size") and call.operation == "CopyObject":
                 tampered = faults.tamper_copy(
                     lambda *request: self.forward(self.moto_port, *request),
-                    call, grow=answer == "tamper-size",
+                    call, headers, grow=answer == "tamper-size",
                 )
                 if tampered is not None:
                     return self.respond(*tampered)

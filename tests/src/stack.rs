@@ -20,6 +20,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::StorageClass;
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
+use common::RunId;
+use common::rules::progress::RunProgress;
 use common::store::{StatusRecords, Store};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
@@ -424,6 +426,17 @@ pub async fn table(stack: &LocalStack) -> Store {
 /// The runs as status and the command line read them.
 pub async fn records(stack: &LocalStack) -> StatusRecords {
     StatusRecords::new(table(stack).await)
+}
+
+/// The progress the status table records for `run`, which must exist.
+pub async fn run_progress(stack: &LocalStack, run: &str) -> RunProgress {
+    records(stack)
+        .await
+        .run_view(&RunId::parse(run).unwrap())
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the status table has no run {run:?}"))
+        .progress
 }
 
 /// What the bucket must hold once `moved` went from raw/ to refined/ and `kept` stayed.

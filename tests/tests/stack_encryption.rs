@@ -1,16 +1,15 @@
 //! Encryption on the local stack through the real state machine, with the slave set as
 //! the template sets it where the stack lists KMS keys (`READ_SOURCE_ENCRYPTION`): each
-//! whole copy reads its source's encryption first and is made with it. The keys are made
-//! in the local stack's KMS.
+//! whole copy reads its source's encryption and checksum first and is made with them. The
+//! keys are made in the local stack's KMS.
 
 use std::sync::OnceLock;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::RunId;
 use integration_tests::body_of;
-use integration_tests::stack::{LocalStack, bucket_with, contents, input, records};
+use integration_tests::stack::{LocalStack, bucket_with, contents, input, run_progress};
 use serde_json::json;
 
 fn local_stack() -> &'static LocalStack {
@@ -117,18 +116,19 @@ async fn copies_keep_their_source_encryption_unless_the_run_names_a_kms_key() {
             );
         }
     }
-    // AND each run counts its three files moved, none failed
+    // AND each run counts its three files moved, none failed, each verified by its
+    // source's CRC32: the whole copies were made with it, so S3 computed theirs, and the
+    // copy in parts was completed against it
     for run in ["kms-kept", "kms-rekeyed"] {
-        let progress = records(stack)
-            .await
-            .run_view(&RunId::parse(run).unwrap())
-            .await
-            .unwrap()
-            .unwrap()
-            .progress;
+        let progress = run_progress(stack, run).await;
         assert_eq!(
-            (progress.selected, progress.completed, progress.failed),
-            (3, 3, 0),
+            (
+                progress.selected,
+                progress.completed,
+                progress.failed,
+                progress.by_checksum
+            ),
+            (3, 3, 0, 3),
             "{run}"
         );
     }
@@ -144,4 +144,107 @@ async fn copies_keep_their_source_encryption_unless_the_run_names_a_kms_key() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn whole_copies_of_kms_objects_are_verified_by_their_source_checksum_and_a_wrong_one_keeps_its_source()
+ {
+    // GIVEN files encrypted with a KMS key, whose ETags are no MD5 of their bytes, each
+    // with the checksum its writer chose (CRC32, CRC32C, SHA-256); and one more whose
+    // copy comes out with other bytes of the same size
+    let stack = local_stack();
+    let key = stack.create_kms_key();
+    let bucket = bucket_with(stack, &[]).await;
+    let s3 = stack.s3().await;
+    use aws_sdk_s3::types::ChecksumAlgorithm as Algorithm;
+    let files = [
+        ("raw/crc32.csv", Algorithm::Crc32),
+        ("raw/crc32c.csv", Algorithm::Crc32C),
+        ("raw/sha256.csv", Algorithm::Sha256),
+        ("raw/tampered.csv", Algorithm::Crc32),
+    ];
+    for (name, algorithm) in &files {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(*name)
+            .body(ByteStream::from(body_of(name)))
+            .checksum_algorithm(algorithm.clone())
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let _turn = stack
+        .turn(
+            json!({"rules": [{"service": "s3", "operations": ["CopyObject"],
+                                "key_contains": "tampered", "answer": "tamper"}]}),
+        )
+        .await;
+
+    // WHEN they are moved
+    let execution = stack
+        .start("kms-checksums", &input(&bucket, json!({})))
+        .await;
+    let described = stack.finished(&execution).await;
+    stack.set_faults(&json!({}));
+
+    // THEN the wrong copy failed by its checksum, with its source kept as it was
+    assert_eq!(described.status, ExecutionStatus::Failed, "{described:?}");
+    let cause = described.cause.unwrap_or_default();
+    assert!(cause.starts_with("1 of 4 files failed to move:"), "{cause}");
+    assert!(
+        cause.contains("raw/tampered.csv: the destination")
+            && cause.contains("does not hold the listed bytes: its CRC32 checksum is"),
+        "{cause}"
+    );
+    let kept = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("raw/tampered.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.body.collect().await.unwrap().to_vec(),
+        body_of("raw/tampered.csv")
+    );
+    let now = contents(stack, &bucket).await;
+    // AND the others moved with their bytes, still under the key, each copy carrying its
+    // source's algorithm
+    for (name, algorithm) in &files[..3] {
+        let destination = name.replacen("raw/", "refined/", 1);
+        assert!(!now.contains_key(*name), "{name}");
+        let copied = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(&destination)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(copied.ssekms_key_id(), Some(key.as_str()), "{name}");
+        let reported = match algorithm {
+            Algorithm::Crc32 => copied.checksum_crc32(),
+            Algorithm::Crc32C => copied.checksum_crc32_c(),
+            _ => copied.checksum_sha256(),
+        };
+        assert!(reported.is_some(), "{destination}");
+        assert_eq!(
+            copied.body.collect().await.unwrap().to_vec(),
+            body_of(name),
+            "{name}"
+        );
+    }
+    // AND the run counts the three as verified by checksum
+    let progress = run_progress(stack, "kms-checksums").await;
+    assert_eq!(
+        (
+            progress.selected,
+            progress.completed,
+            progress.failed,
+            progress.by_checksum
+        ),
+        (4, 3, 1, 3)
+    );
 }

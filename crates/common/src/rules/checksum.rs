@@ -7,7 +7,8 @@
 //! `COMPOSITE` checksum, a checksum of the parts' checksums (its value ends `-<parts>`),
 //! which says nothing about a copy cut into other parts. An ETag is an MD5 of the bytes
 //! only for objects written in one piece without SSE-KMS or SSE-C; a full-object checksum
-//! verifies the others by content too.
+//! verifies the others by content too, where S3 computes the copy's: a whole copy made
+//! naming the algorithm, or a copy in parts completed naming the value.
 
 use std::fmt;
 
@@ -139,13 +140,13 @@ pub enum Verification {
     Checksum,
 }
 
-/// What the destination's checksums say of a copy in parts made and completed with the
-/// source's full-object checksum `source`: `Ok(Verification::Checksum)` when the
-/// destination reports the same algorithm with the same value, `Ok(Verification::Etag)`
-/// when it reports no full-object checksum of that algorithm (an S3-compatible store
-/// that keeps none, or made a composite one of the parts: the size and ETag checks stand
-/// alone), and `Err` when the value differs, which means the destination does not hold
-/// the source's bytes.
+/// What the destination's checksums (as a whole copy made naming `source`'s algorithm
+/// reports them, or `HeadObject` of a copy in parts completed with `source`) say of the
+/// copy: `Ok(Verification::Checksum)` when the destination reports the same algorithm
+/// with the same value, `Ok(Verification::Etag)` when it reports no full-object checksum
+/// of that algorithm (an S3-compatible store that keeps none, or made a composite one of
+/// the parts: the size and ETag checks stand alone), and `Err` when the value differs,
+/// which means the destination does not hold the source's bytes.
 pub fn check_checksum(
     destination_key: &str,
     source: &Checksum,

@@ -230,6 +230,21 @@ pub fn might_copy_in_parts(size: u64, threshold: u64) -> bool {
     size >= threshold || size > MAX_SINGLE_COPY
 }
 
+/// Whether a whole copy first reads its source's `HeadObject`, checksums included: when
+/// the copy keeps the source's KMS key (`keeps_source_kms_key`: a stack that keeps SSE-KMS
+/// keys, a run that names none), which only that answer names; and when the copy's ETag
+/// cannot prove it, so that the source's full-object checksum does instead: a listed
+/// ETag that is no MD5 of the bytes (a source written in parts), or a copy encrypted
+/// with the run's KMS key, whose ETag is none either. Otherwise the copy reporting the
+/// listed MD5 proves it at no further request.
+pub fn whole_copy_reads_source(
+    listed_etag: &str,
+    run_names_kms_key: bool,
+    keeps_source_kms_key: bool,
+) -> bool {
+    keeps_source_kms_key || run_names_kms_key || !is_content_md5(listed_etag)
+}
+
 /// What a finished copy's ETag says before anything more is asked of S3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyCheck {
@@ -584,6 +599,18 @@ mod tests {
         assert!(holds_copy("k", 10, other, 10, other).is_ok());
         assert!(holds_copy("k", 10, other, 9, other).is_err());
         assert!(holds_copy("k", 10, other, 10, md5).is_err());
+    }
+
+    #[test]
+    fn a_whole_copy_reads_its_source_only_when_its_etag_cannot_prove_it_or_a_key_is_kept() {
+        let md5 = "\"9b2cf535f27731c974343645a3985328\"";
+        // an MD5 listed, nothing encrypted by key: the copy's ETag proves it
+        assert!(!whole_copy_reads_source(md5, false, false));
+        // a source written in parts, or a copy under the run's KMS key: its checksum does
+        assert!(whole_copy_reads_source("\"abc-2\"", false, false));
+        assert!(whole_copy_reads_source(md5, true, false));
+        // the source's KMS key is kept: only its HeadObject names it
+        assert!(whole_copy_reads_source(md5, false, true));
     }
 
     #[test]

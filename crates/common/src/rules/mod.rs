@@ -14,7 +14,7 @@
 //! | how is a file copied, and when is the copy verified? | [`copy::copy_method`], [`copy::check_copy`], [`copy::holds_copy`] |
 //! | what does a refused copy or delete mean for the source? | [`copy::source_refusal`], [`copy::part_refusal`], [`copy::delete_refusal`] |
 //! | what is a copy encrypted with? | [`encryption::requested`] |
-//! | which checksum proves a copy, and does it? | [`checksum::Reported::full_object`], [`checksum::check_checksum`] |
+//! | which checksum proves a copy, and does it? when does a whole copy read its source first? | [`checksum::Reported::full_object`], [`checksum::check_checksum`], [`copy::whole_copy_reads_source`] |
 //! | does a file whose source is gone count as moved? | [`copy::holds_listed_object`] |
 //! | where does a resumed master call continue? | [`records::RunRecord::resume`] |
 //! | when does a batch's failed marker change; what does a cancelled write mean? | [`table::marker_change`], [`table::cancellation`] |

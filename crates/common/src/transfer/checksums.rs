@@ -2,7 +2,7 @@
 
 use aws_sdk_s3::operation::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::types::{self, ChecksumType, CompletedPart};
+use aws_sdk_s3::types::{self, ChecksumType, CompletedPart, CopyObjectResult};
 
 use crate::rules::checksum::{Checksum, ChecksumAlgorithm, Reported};
 
@@ -37,6 +37,18 @@ pub(super) fn of_head(head: &HeadObjectOutput) -> Reported {
         head.checksum_sha256(),
         head.checksum_sha1(),
         head.checksum_type(),
+    )
+}
+
+/// The checksums a `CopyObject` reports of the object it wrote.
+pub(super) fn of_copy(result: &CopyObjectResult) -> Reported {
+    reported(
+        result.checksum_crc64_nvme(),
+        result.checksum_crc32_c(),
+        result.checksum_crc32(),
+        result.checksum_sha256(),
+        result.checksum_sha1(),
+        result.checksum_type(),
     )
 }
 

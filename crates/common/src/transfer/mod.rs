@@ -5,12 +5,16 @@ mod checksums;
 mod delete;
 mod multipart;
 mod regions;
+#[cfg(test)]
+mod tests;
 
 pub use delete::Deleted;
 pub use regions::{RunClients, S3Clients};
 
-use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::head_object::{HeadObjectError, HeadObjectOutput};
+use aws_sdk_s3::types::{ChecksumMode, CopyObjectResult, ServerSideEncryption, StorageClass};
 
 use crate::config::SlaveSettings;
 use crate::deadline::{Deadlines, bounded};
@@ -20,7 +24,7 @@ use crate::rules::checksum::{Checksum, Reported, Verification, check_checksum};
 use crate::rules::copy::{
     CopyCheck, CopyMethod, Refused, SourceRefusal, check_copy, copy_differs, copy_method,
     destination_class, encryption_keeps_md5, gone_without_copy, holds_copy, holds_listed_object,
-    might_copy_in_parts, refused_copy, source_changed, source_refusal,
+    might_copy_in_parts, refused_copy, source_changed, source_refusal, whole_copy_reads_source,
 };
 use crate::rules::encryption::{Encryption, requested};
 use crate::rules::failure::MoveFailure;
@@ -126,11 +130,8 @@ enum Copied {
         etag_is_md5: bool,
         /// The source version copied, when the source bucket keeps versions.
         source_version: Option<String>,
-        /// The source's full-object checksum that S3 computed the copy's against before
-        /// it would complete it: a copy in parts made with the source's CRC. A whole
-        /// copy has none: `CopyObject` carries the source's checksum value over to the
-        /// copy instead of computing it from the copied bytes, so it proves nothing.
-        checked_against: Option<Checksum>,
+        /// What proves the copy's content beyond its ETag.
+        proof: ChecksumProof,
     },
     SourceMissing,
     Unfinished {
@@ -138,6 +139,37 @@ enum Copied {
     },
     /// A copy conditional on the destination not existing was refused.
     DestinationTaken,
+}
+
+/// What proves a copy's content beyond its ETag: the source's full-object checksum,
+/// which S3 computed the copy's from the bytes it wrote.
+enum ChecksumProof {
+    /// Nothing: size and ETag judge the copy.
+    None,
+    /// A whole copy made with the source's checksum algorithm reported the source's
+    /// value. Only a copy that names the algorithm has S3 compute it: without one,
+    /// `CopyObject` carries the source's value over, which would prove nothing.
+    Reported,
+    /// A copy in parts completed against the source's full-object CRC, which S3 computed
+    /// from the copied parts before it would complete; the destination must report it.
+    AtDestination(Checksum),
+}
+
+impl ChecksumProof {
+    fn at_destination(checksum: Option<Checksum>) -> Self {
+        checksum.map_or(ChecksumProof::None, ChecksumProof::AtDestination)
+    }
+}
+
+/// Whether a `HeadObject` was refused access (403), as one with checksum mode is on an
+/// SSE-KMS object by a role without kms:Decrypt of its key.
+fn refused_access(
+    head: &Result<HeadObjectOutput, SdkError<HeadObjectError, HttpResponse>>,
+) -> bool {
+    head.as_ref()
+        .err()
+        .and_then(|err| err.raw_response())
+        .is_some_and(|r| r.status().as_u16() == 403)
 }
 
 /// A destination object as `HeadObject` shows it.
@@ -205,7 +237,7 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version, checked_against) = match copied {
+        let (etag, etag_is_md5, source_version, proof) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -215,8 +247,20 @@ impl<'a> Mover<'a> {
                 etag,
                 etag_is_md5,
                 source_version,
-                checked_against,
-            } => (etag, etag_is_md5, source_version, checked_against),
+                proof,
+            } => (etag, etag_is_md5, source_version, proof),
+        };
+        let checked_against = match proof {
+            // S3 reported the source's checksum of the bytes it wrote.
+            ChecksumProof::Reported => {
+                return Ok(CopyOutcome::Verified {
+                    etag,
+                    source_version,
+                    verification: Verification::Checksum,
+                });
+            }
+            ChecksumProof::AtDestination(checksum) => Some(checksum),
+            ChecksumProof::None => None,
         };
         let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
             // The copy's ETag is the listed MD5 of the bytes.
@@ -301,7 +345,8 @@ impl<'a> Mover<'a> {
         file: &ListedFile,
         checksums: bool,
     ) -> Result<HeadObjectOutput, RefusedSource> {
-        self.s3
+        let head = self
+            .s3
             .source
             .head_object()
             .bucket(&spec.source.bucket)
@@ -309,15 +354,21 @@ impl<'a> Mover<'a> {
             .if_match(&file.etag)
             .set_checksum_mode(checksums.then_some(ChecksumMode::Enabled))
             .send()
-            .await
-            .map_err(|e| {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let error = AwsError::from_sdk("HeadObject", e);
-                RefusedSource {
-                    refusal: source_refusal(error.clone(), status, file),
-                    error,
-                }
-            })
+            .await;
+        // Checksum mode on an SSE-KMS object also needs kms:Decrypt of its key: refused,
+        // the object is asked for again without its checksums, and the copy itself then
+        // says what it is refused, as it would without checksums.
+        if checksums && refused_access(&head) {
+            return Box::pin(self.head_listed_source(spec, file, false)).await;
+        }
+        head.map_err(|e| {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let error = AwsError::from_sdk("HeadObject", e);
+            RefusedSource {
+                refusal: source_refusal(error.clone(), status, file),
+                error,
+            }
+        })
     }
 
     async fn copy_whole(
@@ -326,10 +377,15 @@ impl<'a> Mover<'a> {
         planned: &PlannedMove,
     ) -> Result<Copied, MoveFailure> {
         let file = &planned.file;
-        // The source's encryption, where the stack keeps SSE-KMS keys and the run names
-        // none: read first, so that the one copy is made with it.
-        let source = if spec.kms_key_id.is_none() && self.settings.read_source_encryption {
-            match self.head_listed_source(spec, file, false).await {
+        // The source's encryption and checksum, read first where the copy needs them
+        // ([`whole_copy_reads_source`]), so that the one copy is made with them.
+        let reads_source = whole_copy_reads_source(
+            &file.etag,
+            spec.kms_key_id.is_some(),
+            spec.kms_key_id.is_none() && self.settings.read_source_encryption,
+        );
+        let source = if reads_source {
+            match self.head_listed_source(spec, file, true).await {
                 Ok(head) => Some(head),
                 Err(refused) => {
                     return match refused.refusal {
@@ -343,6 +399,9 @@ impl<'a> Mover<'a> {
         };
         let encryption =
             encryption_headers(spec, self.settings.read_source_encryption, source.as_ref());
+        let source_checksum = source
+            .as_ref()
+            .and_then(|head| checksums::of_head(head).full_object());
         let sent = self
             .s3
             .destination
@@ -356,6 +415,11 @@ impl<'a> Mover<'a> {
             .set_ssekms_key_id(encryption.kms_key_id)
             .set_bucket_key_enabled(encryption.bucket_key_enabled)
             .set_if_none_match(if_none_match(spec))
+            .set_checksum_algorithm(
+                source_checksum
+                    .as_ref()
+                    .map(|c| checksums::sdk_algorithm(c.algorithm)),
+            )
             .send()
             .await;
         match sent {
@@ -364,15 +428,26 @@ impl<'a> Mover<'a> {
                     out.server_side_encryption.as_ref().map(|s| s.as_str()),
                     out.sse_customer_algorithm.is_some(),
                 );
-                let etag = out
+                let result = out
                     .copy_object_result
-                    .and_then(|r| r.e_tag)
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| CopyObjectResult::builder().build());
+                // A store that reports no checksum of the copy leaves it to size and ETag.
+                let proof = match &source_checksum {
+                    Some(source) => match check_checksum(
+                        &planned.destination_key,
+                        source,
+                        &checksums::of_copy(&result),
+                    )? {
+                        Verification::Checksum => ChecksumProof::Reported,
+                        Verification::Etag => ChecksumProof::None,
+                    },
+                    None => ChecksumProof::None,
+                };
                 Ok(Copied::Done {
-                    etag,
+                    etag: result.e_tag.unwrap_or_default(),
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
-                    checked_against: None,
+                    proof,
                 })
             }
             Err(err) => {
@@ -492,10 +567,7 @@ impl<'a> Mover<'a> {
         // Checksum mode on an SSE-KMS object also needs kms:Decrypt, which a role that
         // only writes with the destination key lacks: without the checksum, size and
         // ETag still judge the copy.
-        if checksums
-            && let Err(err) = &head
-            && err.raw_response().map(|r| r.status().as_u16()) == Some(403)
-        {
+        if checksums && refused_access(&head) {
             return Box::pin(self.head_found(spec, destination_key, false)).await;
         }
         match head {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::types::{ChecksumType, CompletedMultipartUpload, CompletedPart, EncodingType};
 
-use super::{Copied, Mover, checksums};
+use super::{ChecksumProof, Copied, Mover, checksums};
 use crate::deadline::bounded;
 use crate::error::AwsError;
 use crate::rules::batch::ListedFile;
@@ -104,7 +104,7 @@ impl Mover<'_> {
                     return Ok(Copied::Done {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
-                        checked_against: upload.source_checksum.as_ref().cloned(),
+                        proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
                         source_version: upload.source_version,
                     });
                 }
@@ -125,7 +125,7 @@ impl Mover<'_> {
                         return Ok(Copied::Done {
                             etag: expected.clone(),
                             etag_is_md5: false,
-                            checked_against: upload.source_checksum.as_ref().cloned(),
+                            proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
                             source_version: upload.source_version,
                         });
                     }
@@ -451,7 +451,7 @@ impl Mover<'_> {
                     etag: expected.clone(),
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
-                    checked_against: upload.source_checksum.as_ref().cloned(),
+                    proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
                 }));
             }
         }
