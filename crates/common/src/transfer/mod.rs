@@ -132,6 +132,9 @@ enum Copied {
         source_version: Option<String>,
         /// What proves the copy's content beyond its ETag.
         proof: ChecksumProof,
+        /// Whether the source's ETag is the MD5 of its bytes, when its `HeadObject` was
+        /// read before the copy (see [`encryption_keeps_md5`]).
+        source_etag_is_md5: Option<bool>,
     },
     SourceMissing,
     Unfinished {
@@ -146,9 +149,10 @@ enum Copied {
 enum ChecksumProof {
     /// Nothing: size and ETag judge the copy.
     None,
-    /// A whole copy made with the source's checksum algorithm reported the source's
-    /// value. Only a copy that names the algorithm has S3 compute it: without one,
-    /// `CopyObject` carries the source's value over, which would prove nothing.
+    /// A whole copy made naming the source's checksum algorithm reported the source's
+    /// value for the copy. AWS documents that a copy naming it has S3 compute the
+    /// checksum; a store that carries the source's value over would report it too, so
+    /// the destination's size and ETag are still checked.
     Reported,
     /// A copy in parts completed against the source's full-object CRC, which S3 computed
     /// from the copied parts before it would complete; the destination must report it.
@@ -170,6 +174,14 @@ fn refused_access(
         .err()
         .and_then(|err| err.raw_response())
         .is_some_and(|r| r.status().as_u16() == 403)
+}
+
+/// Whether the object `head` shows has the MD5 of its bytes as ETag ([`encryption_keeps_md5`]).
+fn has_md5_etag(head: &HeadObjectOutput) -> bool {
+    encryption_keeps_md5(
+        head.server_side_encryption.as_ref().map(|s| s.as_str()),
+        head.sse_customer_algorithm.is_some(),
+    )
 }
 
 /// A destination object as `HeadObject` shows it.
@@ -237,7 +249,7 @@ impl<'a> Mover<'a> {
             CopyMethod::Whole => self.copy_whole(spec, planned).await?,
             CopyMethod::InParts => self.copy_in_parts(spec, planned).await?,
         };
-        let (etag, etag_is_md5, source_version, proof) = match copied {
+        let (etag, etag_is_md5, source_version, proof, source_etag_is_md5) = match copied {
             Copied::Unfinished { progressed } => return Ok(CopyOutcome::Unfinished { progressed }),
             Copied::SourceMissing => return Ok(CopyOutcome::SourceGone),
             Copied::DestinationTaken => {
@@ -248,36 +260,34 @@ impl<'a> Mover<'a> {
                 etag_is_md5,
                 source_version,
                 proof,
-            } => (etag, etag_is_md5, source_version, proof),
+                source_etag_is_md5,
+            } => (etag, etag_is_md5, source_version, proof, source_etag_is_md5),
         };
-        let checked_against = match proof {
-            // S3 reported the source's checksum of the bytes it wrote.
-            ChecksumProof::Reported => {
-                return Ok(CopyOutcome::Verified {
-                    etag,
-                    source_version,
-                    verification: Verification::Checksum,
-                });
-            }
-            ChecksumProof::AtDestination(checksum) => Some(checksum),
-            ChecksumProof::None => None,
-        };
+        // The ETag first: an MD5 of the bytes S3 wrote that differs from the listed one
+        // fails the copy whatever its checksum says.
         let verification = match check_copy(&file.etag, &etag, etag_is_md5) {
             // The copy's ETag is the listed MD5 of the bytes.
             CopyCheck::Verified => Verification::Etag,
             CopyCheck::DiffersUnlessSourceEncrypted
-                if self.source_etag_is_md5(spec, file).await? =>
+                if match source_etag_is_md5 {
+                    Some(known) => known,
+                    None => self.source_etag_is_md5(spec, file).await?,
+                } =>
             {
                 return Err(copy_differs(destination_key, &etag, &file.etag));
             }
             CopyCheck::DiffersUnlessSourceEncrypted | CopyCheck::CheckDestination => {
+                let at_destination = matches!(proof, ChecksumProof::AtDestination(_));
                 let found = self
-                    .head_destination(spec, destination_key, checked_against.is_some())
+                    .head_destination(spec, destination_key, at_destination)
                     .await?;
                 holds_copy(destination_key, file.size, &etag, found.size, &found.etag)?;
-                match &checked_against {
-                    Some(checksum) => check_checksum(destination_key, checksum, &found.checksums)?,
-                    None => Verification::Etag,
+                match &proof {
+                    ChecksumProof::Reported => Verification::Checksum,
+                    ChecksumProof::AtDestination(checksum) => {
+                        check_checksum(destination_key, checksum, &found.checksums)?
+                    }
+                    ChecksumProof::None => Verification::Etag,
                 }
             }
         };
@@ -330,10 +340,7 @@ impl<'a> Mover<'a> {
                     SourceRefusal::Gone => refused.error.into(),
                 }
             })?;
-        Ok(encryption_keeps_md5(
-            head.server_side_encryption.as_ref().map(|s| s.as_str()),
-            head.sse_customer_algorithm.is_some(),
-        ))
+        Ok(has_md5_etag(&head))
     }
 
     /// The listed version of the source, as `HeadObject` shows it with its checksums:
@@ -448,6 +455,7 @@ impl<'a> Mover<'a> {
                     etag_is_md5,
                     source_version: out.copy_source_version_id,
                     proof,
+                    source_etag_is_md5: source.as_ref().map(has_md5_etag),
                 })
             }
             Err(err) => {

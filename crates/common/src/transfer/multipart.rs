@@ -105,6 +105,7 @@ impl Mover<'_> {
                         etag: out.e_tag.unwrap_or_default(),
                         etag_is_md5: false,
                         proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
+                        source_etag_is_md5: None,
                         source_version: upload.source_version,
                     });
                 }
@@ -126,6 +127,7 @@ impl Mover<'_> {
                             etag: expected.clone(),
                             etag_is_md5: false,
                             proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
+                            source_etag_is_md5: None,
                             source_version: upload.source_version,
                         });
                     }
@@ -452,6 +454,7 @@ impl Mover<'_> {
                     etag_is_md5: false,
                     source_version: upload.source_version.clone(),
                     proof: ChecksumProof::at_destination(upload.source_checksum.clone()),
+                    source_etag_is_md5: None,
                 }));
             }
         }

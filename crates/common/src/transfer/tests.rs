@@ -22,12 +22,16 @@ const OTHER_CRC: &str = "AAAAAAAAAAI=";
 const COPY_ETAG: &str = "\"0cc175b9c0f1b6a831c399e269772661\"";
 
 /// A file of 10 bytes uploaded in parts: its ETag is no MD5 of its bytes.
-fn planned() -> PlannedMove {
+const IN_PARTS: &str = "\"9b2cf535f27731c974343645a3985328-2\"";
+/// A file of 10 bytes uploaded whole, unencrypted: its ETag is the MD5 of its bytes.
+const WHOLE: &str = "\"9b2cf535f27731c974343645a3985328\"";
+
+fn planned(listed_etag: &str) -> PlannedMove {
     PlannedMove {
         file: ListedFile {
             key: "raw/a.csv".into(),
             size: 10,
-            etag: "\"9b2cf535f27731c974343645a3985328-2\"".into(),
+            etag: listed_etag.into(),
             storage_class: None,
         },
         destination_key: "refined/a.csv".into(),
@@ -61,13 +65,18 @@ fn source_with_checksum() -> Rule {
 
 /// A `CopyObject` that must name CRC64NVME, answering with `reported` as the copy's.
 fn copy_reporting(reported: Option<&'static str>) -> Rule {
+    copy_answering(COPY_ETAG, reported)
+}
+
+/// A `CopyObject` that must name CRC64NVME, answering with `etag` and `reported`.
+fn copy_answering(etag: &'static str, reported: Option<&'static str>) -> Rule {
     mock!(Client::copy_object)
         .match_requests(|r| r.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme))
         .then_output(move || {
             CopyObjectOutput::builder()
                 .copy_object_result(
                     CopyObjectResult::builder()
-                        .e_tag(COPY_ETAG)
+                        .e_tag(etag)
                         .set_checksum_crc64_nvme(reported.map(String::from))
                         .build(),
                 )
@@ -86,9 +95,19 @@ fn destination_head() -> Rule {
         })
 }
 
-/// Copies the file with a slave in a stack that keeps no KMS keys, S3 answering by
-/// `rules` in order; every rule must have been used.
+/// Copies the file uploaded in parts with a slave in a stack that keeps no KMS keys, S3
+/// answering by `rules` in order; every rule must have been used once.
 async fn copy(rules: &[Rule]) -> Result<CopyOutcome, MoveFailure> {
+    copy_as(false, IN_PARTS, rules).await
+}
+
+/// Copies a file listed with `listed_etag`, in a stack that keeps KMS keys
+/// (`read_source_encryption`) or not.
+async fn copy_as(
+    read_source_encryption: bool,
+    listed_etag: &str,
+    rules: &[Rule],
+) -> Result<CopyOutcome, MoveFailure> {
     let s3 = mock_client!(aws_sdk_s3, RuleMode::Sequential, rules, |c| c
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled()));
     let dynamodb = mock_client!(aws_sdk_dynamodb, []);
@@ -103,12 +122,14 @@ async fn copy(rules: &[Rule]) -> Result<CopyOutcome, MoveFailure> {
         multipart_threshold: 1024,
         part_size: 5 * 1024 * 1024,
         part_concurrency: 1,
-        read_source_encryption: false,
+        read_source_encryption,
     };
     let records = SlaveRecords::new(Store::new(dynamodb, "table", Duration::from_secs(60)));
     let run = RunId::parse("r").unwrap();
     let mover = Mover::new(&clients, &settings, &records, &run, Deadlines::none());
-    let outcome = mover.copy_verified(&spec(), &planned(), None).await;
+    let outcome = mover
+        .copy_verified(&spec(), &planned(listed_etag), None)
+        .await;
     for rule in rules {
         assert_eq!(rule.num_calls(), 1, "a rule was not used once");
     }
@@ -130,8 +151,14 @@ fn assert_verified_by_etag(outcome: Result<CopyOutcome, MoveFailure>) {
 
 #[tokio::test]
 async fn a_whole_copy_whose_etag_proves_nothing_is_proven_by_the_checksum_s3_computed() {
-    // the source's HEAD replaces the destination's: no request more than by ETag
-    let outcome = copy(&[source_with_checksum(), copy_reporting(Some(CRC))]).await;
+    // the destination's size and ETag are checked too: a store that carries the
+    // source's checksum over to a copy reports it whatever it wrote
+    let outcome = copy(&[
+        source_with_checksum(),
+        copy_reporting(Some(CRC)),
+        destination_head(),
+    ])
+    .await;
     assert_eq!(
         outcome.unwrap(),
         CopyOutcome::Verified {
@@ -187,4 +214,36 @@ async fn a_source_whose_checksum_is_refused_is_copied_and_checked_without_it() {
                 .build()
         });
     assert_verified_by_etag(copy(&[refused, plain, copied, destination_head()]).await);
+}
+
+#[tokio::test]
+async fn an_unencrypted_copy_whose_md5_differs_fails_whatever_its_checksum_says() {
+    // a stack that keeps KMS keys reads every source first; this one is unencrypted,
+    // so the copy's ETag is the MD5 of the bytes S3 wrote, and it is not the listed one
+    let failure = copy_as(
+        true,
+        WHOLE,
+        &[source_with_checksum(), copy_answering(COPY_ETAG, Some(CRC))],
+    )
+    .await
+    .unwrap_err();
+    assert!(!failure.transient);
+    assert!(
+        failure
+            .reason
+            .contains("does not hold the listed bytes: its MD5 is"),
+        "{}",
+        failure.reason
+    );
+}
+
+#[tokio::test]
+async fn an_unencrypted_copy_reporting_the_listed_md5_is_verified_by_it() {
+    let outcome = copy_as(
+        true,
+        WHOLE,
+        &[source_with_checksum(), copy_answering(WHOLE, Some(CRC))],
+    )
+    .await;
+    assert_verified_by_etag(outcome);
 }
