@@ -32,7 +32,7 @@ XTASK := $(TARGET_DIR)/debug/xtask
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help tools build binaries release test check lint security sam-build diagram demo bench bench-smoke local-up local-down fmt clean
+.PHONY: help tools build binaries release test check lint security sam-build diagram demo bench bench-scale bench-smoke local-up local-down fmt clean
 
 N ?= 300
 
@@ -47,6 +47,7 @@ help:
 	@echo "make sam-build  sam build, then check each function's bootstrap"
 	@echo "make bench      this project's move against s5cmd, rclone and the AWS CLI on Garage,"
 	@echo "                cold starts, peak memory and the whole workflow (bench/results/)"
+	@echo "make bench-scale the whole workflow at 10,000, 100,000 and 1,000,000 files (not in CI)"
 	@echo "make diagram    regenerate the state machine diagram in README.md"
 	@echo "make local-up   start the local stack in the background (writes .local/env)"
 	@echo "make local-down stop it"
@@ -137,13 +138,21 @@ bench: tools $(BENCH_STAMP) $(RCLONE) $(GARAGE)
 	cargo build --locked --release --bins
 	$(BENCH_VENV)/bin/python -m bench.run
 
+# The whole workflow at 10,000, 100,000 and 1,000,000 files on the local stack, with S3
+# on Garage (bench/results/scale.*); about 40 minutes, most of it seeding.
+bench-scale: tools $(BENCH_STAMP) $(GARAGE)
+	cargo build --locked --release --bins
+	$(BENCH_VENV)/bin/python -m bench.scale
+
 # A small benchmark on moto's S3 (this project's move and s5cmd, 200 objects), so the
 # benchmark cannot rot; make test runs it with the debug build it already has.
 bench-smoke: tools $(BENCH_STAMP) binaries
 	$(BENCH_VENV)/bin/python -m bench.run --smoke --profile debug
 
-demo: tools
-	cargo xtask demo $(N)
+# Built as `make test` builds, with cargo's progress shown: a first `make demo` compiles
+# what `make test` needs, once.
+demo: tools binaries
+	$(XTASK) demo $(N)
 
 # The whole workflow on this machine: moto, the functions under local Lambda, and a
 # front on port 4566 (and [::1]:9000, for `cargo lambda invoke`) that answers as AWS does.

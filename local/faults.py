@@ -201,6 +201,8 @@ class Faults:
             self.dice = random.Random(config.get("seed"))
             self.record = bool(config.get("record_calls"))
             self.calls = {}
+            # When the last call of each kind was decided (time.time()).
+            self.last_at = {}
             self.duplicated = set(config.get("duplicate_events", []))
             self.injected = {}
             # How many times each rule has answered, by its position.
@@ -227,6 +229,7 @@ class Faults:
             if self.record:
                 fields = tuple(sorted(call.as_dict().items()))
                 self.calls[fields] = self.calls.get(fields, 0) + 1
+                self.last_at[fields] = time.time()
             latency, answer = 0.0, None
             for position, rule in enumerate(self.rules):
                 if not self.matches(rule, call):
@@ -255,7 +258,8 @@ class Faults:
 
     def recorded(self):
         with self.lock:
-            return [dict(fields, count=n) for fields, n in self.calls.items()]
+            return [dict(fields, count=n, last_at=self.last_at[fields])
+                    for fields, n in self.calls.items()]
 
 
 def error_answer(answer, call):

@@ -373,14 +373,16 @@ def main():
     try:
         if not args.no_build:
             log("building the functions")
+            # As `make binaries` (or `make release`) builds, so that one set of features is
+            # compiled whatever starts first.
             subprocess.run(
-                ["cargo", "build", "--locked", *(f"--bin={b}" for b in (*FUNCTIONS, "xtask")),
-                 *(["--release"] if args.release else [])],
+                ["cargo", "build", "--workspace", "--locked", "--bins",
+                 *(["--release"] if args.release else ["--tests"])],
                 cwd=ROOT, check=True,
             )
         missing = [b for b in (*FUNCTIONS, "xtask") if not os.path.exists(os.path.join(bin_dir, b))]
         if missing:
-            raise RuntimeError(f"{', '.join(missing)} not built in {bin_dir}")
+            raise RuntimeError(f"{', '.join(missing)} not built in {bin_dir} (`make binaries` builds them)")
 
         endpoint = f"http://127.0.0.1:{args.port}"
         moto_port = free_port()
