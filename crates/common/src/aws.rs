@@ -17,15 +17,15 @@ pub fn app_name(function: &'static str) -> AppName {
     AppName::new(format!("s3-transfer-flow-{function}")).expect("function names are plain words")
 }
 
+/// The configuration every client of a function is built from. A function builds only
+/// the clients it uses, so its binary links no other client's code.
 #[derive(Clone, Debug)]
-pub struct Clients {
-    pub s3: aws_sdk_s3::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub sfn: aws_sdk_sfn::Client,
-    pub lambda: aws_sdk_lambda::Client,
+pub struct Aws {
+    sdk: SdkConfig,
+    s3_force_path_style: bool,
 }
 
-impl Clients {
+impl Aws {
     /// Loads credentials, region and endpoints the SDK's usual way. Every request's user
     /// agent ends in `app/s3-transfer-flow-<function>`, so CloudTrail (and the local
     /// stack's front) can tell which function made a call.
@@ -42,22 +42,66 @@ impl Clients {
         Self::from_sdk_config(&sdk, config.s3_force_path_style)
     }
 
-    /// Builds every client from one shared configuration; tests pass their own.
+    /// From a configuration the caller made; tests pass their own.
     pub fn from_sdk_config(sdk: &SdkConfig, s3_force_path_style: bool) -> Self {
-        let s3 = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(s3_force_path_style)
-            .build();
-        let sfn_timeouts = TimeoutConfig::builder()
+        Aws {
+            sdk: sdk.clone(),
+            s3_force_path_style,
+        }
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk)
+                .force_path_style(self.s3_force_path_style)
+                .build(),
+        )
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    pub fn sfn(&self) -> aws_sdk_sfn::Client {
+        let timeouts = TimeoutConfig::builder()
             .read_timeout(ACTIVITY_POLL_READ_TIMEOUT)
             .build();
-        let sfn = aws_sdk_sfn::config::Builder::from(sdk)
-            .timeout_config(sfn_timeouts)
-            .build();
+        aws_sdk_sfn::Client::from_conf(
+            aws_sdk_sfn::config::Builder::from(&self.sdk)
+                .timeout_config(timeouts)
+                .build(),
+        )
+    }
+
+    pub fn lambda(&self) -> aws_sdk_lambda::Client {
+        aws_sdk_lambda::Client::new(&self.sdk)
+    }
+}
+
+/// Every client, for code that drives several functions at once (the tests, the bench).
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub s3: aws_sdk_s3::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sfn: aws_sdk_sfn::Client,
+    pub lambda: aws_sdk_lambda::Client,
+}
+
+impl Clients {
+    pub async fn from_env(config: &Config, function: &'static str) -> Self {
+        Self::of(&Aws::from_env(config, function).await)
+    }
+
+    pub fn from_sdk_config(sdk: &SdkConfig, s3_force_path_style: bool) -> Self {
+        Self::of(&Aws::from_sdk_config(sdk, s3_force_path_style))
+    }
+
+    fn of(aws: &Aws) -> Self {
         Clients {
-            s3: aws_sdk_s3::Client::from_conf(s3),
-            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
-            sfn: aws_sdk_sfn::Client::from_conf(sfn),
-            lambda: aws_sdk_lambda::Client::new(sdk),
+            s3: aws.s3(),
+            dynamodb: aws.dynamodb(),
+            sfn: aws.sfn(),
+            lambda: aws.lambda(),
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod rules;
 pub mod store;
 pub mod transfer;
 
-pub use aws::Clients;
+pub use aws::{Aws, Clients};
 pub use config::{Config, ConfigError, MasterSettings, SlaveSettings, StatusSettings};
 pub use error::AwsError;
 pub use rules::run::{EventError, RunId, RunSpec};

@@ -40,7 +40,7 @@ use common::rules::select::Timestamp;
 use common::store::MasterRecords;
 use common::transfer::{RunClients, S3Clients};
 use common::{
-    AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
+    Aws, AwsError, Clients, Config, ConfigError, EventError, MasterSettings, RunId, RunSpec, Store,
     StoreError,
 };
 use futures::{StreamExt, TryStreamExt, stream};
@@ -184,19 +184,38 @@ impl Master {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = MasterSettings::from_env()?;
-        let clients = Clients::from_env(&config, "master").await;
-        Ok(Self::new(&clients, config, settings))
+        let aws = Aws::from_env(&config, "master").await;
+        Ok(Self::with_clients(
+            aws.s3(),
+            aws.lambda(),
+            aws.dynamodb(),
+            config,
+            settings,
+        ))
     }
 
     pub fn new(clients: &Clients, config: Config, settings: MasterSettings) -> Self {
+        Self::with_clients(
+            clients.s3.clone(),
+            clients.lambda.clone(),
+            clients.dynamodb.clone(),
+            config,
+            settings,
+        )
+    }
+
+    /// Built from only the clients master uses, so that its binary links no other.
+    fn with_clients(
+        s3: aws_sdk_s3::Client,
+        lambda: aws_sdk_lambda::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        config: Config,
+        settings: MasterSettings,
+    ) -> Self {
         Master {
-            s3: S3Clients::new(clients.s3.clone()),
-            lambda: clients.lambda.clone(),
-            records: MasterRecords::new(Store::new(
-                clients.dynamodb.clone(),
-                &config.table_name,
-                config.run_ttl,
-            )),
+            s3: S3Clients::new(s3),
+            lambda,
+            records: MasterRecords::new(Store::new(dynamodb, &config.table_name, config.run_ttl)),
             config,
             settings,
         }

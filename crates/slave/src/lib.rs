@@ -34,7 +34,7 @@ use common::rules::run::PlannedMove;
 use common::store::SlaveRecords;
 use common::transfer::{CopyOutcome, Deleted, Mover, S3Clients};
 use common::{
-    AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
+    Aws, AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, SlaveSettings, Store,
     StoreError,
 };
 use lambda_runtime::LambdaEvent;
@@ -123,19 +123,38 @@ impl Slave {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = SlaveSettings::from_env()?;
-        let clients = Clients::from_env(&config, "slave").await;
-        Ok(Self::new(&clients, &config, settings))
+        let aws = Aws::from_env(&config, "slave").await;
+        Ok(Self::with_clients(
+            aws.s3(),
+            aws.lambda(),
+            aws.dynamodb(),
+            &config,
+            settings,
+        ))
     }
 
     pub fn new(clients: &Clients, config: &Config, settings: SlaveSettings) -> Self {
+        Self::with_clients(
+            clients.s3.clone(),
+            clients.lambda.clone(),
+            clients.dynamodb.clone(),
+            config,
+            settings,
+        )
+    }
+
+    /// Built from only the clients slave uses, so that its binary links no other.
+    fn with_clients(
+        s3: aws_sdk_s3::Client,
+        lambda: aws_sdk_lambda::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        config: &Config,
+        settings: SlaveSettings,
+    ) -> Self {
         Slave {
-            s3: S3Clients::new(clients.s3.clone()),
-            lambda: clients.lambda.clone(),
-            records: SlaveRecords::new(Store::new(
-                clients.dynamodb.clone(),
-                &config.table_name,
-                config.run_ttl,
-            )),
+            s3: S3Clients::new(s3),
+            lambda,
+            records: SlaveRecords::new(Store::new(dynamodb, &config.table_name, config.run_ttl)),
             settings,
         }
     }

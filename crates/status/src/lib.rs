@@ -27,7 +27,7 @@ use common::rules::progress::{RunProgress, Verdict, failure_cause, may_wait};
 use common::rules::records::{Delivered, RunRecord, RunView};
 use common::store::StatusRecords;
 use common::{
-    AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, StatusSettings, Store,
+    Aws, AwsError, Clients, Config, ConfigError, EventError, RunId, RunSpec, StatusSettings, Store,
     StoreError,
 };
 use lambda_runtime::LambdaEvent;
@@ -135,18 +135,34 @@ impl Status {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
         let settings = StatusSettings::from_env()?;
-        let clients = Clients::from_env(&config, "status").await;
-        Ok(Self::new(&clients, &config, settings))
+        let aws = Aws::from_env(&config, "status").await;
+        Ok(Self::with_clients(
+            aws.sfn(),
+            aws.dynamodb(),
+            &config,
+            settings,
+        ))
     }
 
     pub fn new(clients: &Clients, config: &Config, settings: StatusSettings) -> Self {
+        Self::with_clients(
+            clients.sfn.clone(),
+            clients.dynamodb.clone(),
+            config,
+            settings,
+        )
+    }
+
+    /// Built from only the clients status uses, so that its binary links no other.
+    fn with_clients(
+        sfn: aws_sdk_sfn::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        config: &Config,
+        settings: StatusSettings,
+    ) -> Self {
         Status {
-            sfn: clients.sfn.clone(),
-            records: StatusRecords::new(Store::new(
-                clients.dynamodb.clone(),
-                &config.table_name,
-                config.run_ttl,
-            )),
+            sfn,
+            records: StatusRecords::new(Store::new(dynamodb, &config.table_name, config.run_ttl)),
             settings,
             heartbeat_every: config.task_heartbeat / 3,
         }
