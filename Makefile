@@ -139,7 +139,7 @@ bench: tools $(BENCH_STAMP) $(RCLONE) $(GARAGE)
 	$(BENCH_VENV)/bin/python -m bench.run
 
 # The whole workflow at 10,000, 100,000 and 1,000,000 files on the local stack, with S3
-# on Garage (bench/results/scale.*); about 40 minutes, most of it seeding.
+# on Garage (bench/results/scale.*); about 15 minutes, 4 of them seeding.
 bench-scale: tools $(BENCH_STAMP) $(GARAGE)
 	cargo build --locked --release --bins
 	$(BENCH_VENV)/bin/python -m bench.scale

@@ -37,7 +37,6 @@ SIZES = (10_000, 100_000, 1_000_000)
 FUNCTIONS = ("master", "slave", "status")
 # Lambda's longest timeout, which the template gives master.
 MASTER_TIMEOUT_SECONDS = 900
-HISTORY_LIMIT = 25_000
 VENV_PYTHON = os.path.join(TOOLS, "venv", "bin", "python")
 
 # Reads what the execution and the status table say, with boto3 from the local stack's
@@ -114,9 +113,9 @@ def seed(garage, env, workdir, files):
     log(f"seeded {files} objects in {time.perf_counter() - started:.0f} s")
 
 
-def peak_memory_mb(profile):
-    """The largest peak resident memory (VmHWM) among the running instances of each
-    function, in MB."""
+def peak_memory_mb(profile, stack_pid):
+    """The largest peak resident memory (VmHWM) among the instances of each function
+    that this stack's local Lambda (process `stack_pid`) keeps warm, in MB."""
     binaries = {os.path.realpath(binary(profile, name)): name for name in FUNCTIONS}
     peaks = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -127,9 +126,13 @@ def peak_memory_mb(profile):
             status = open(f"/proc/{pid}/status").read()
         except OSError:
             continue
+        parent = re.search(r"PPid:\s+(\d+)", status)
         match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        if match:
+        if match and parent and int(parent.group(1)) == stack_pid:
             peaks[name] = max(peaks.get(name, 0.0), int(match.group(1)) / 1024)
+    missing = set(FUNCTIONS) - set(peaks)
+    if missing:
+        raise RuntimeError(f"no running instance of {sorted(missing)} under the local stack")
     return peaks
 
 
@@ -146,7 +149,7 @@ def calls_summary(front, files):
         if (caller, call.get("service"), call.get("operation")) == ("slave", "dynamodb", "TransactWriteItems"):
             last_outcome = max(last_outcome or 0, call["last_at"])
         if (caller, call.get("service"), call.get("operation")) == ("status", "states", "SendTaskSuccess"):
-            completed = call["last_at"]
+            completed = max(completed or 0, call["last_at"])
     return {
         "dynamodb_requests_per_file": sum(by_function.values()) / files,
         "dynamodb_requests_by_function": by_function,
@@ -200,7 +203,7 @@ def run_size(garage, workdir, files, profile, master_seconds):
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"run-transfer: {done.stdout[-1500:]} {done.stderr[-1500:]}")
-        memory = peak_memory_mb(profile)
+        memory = peak_memory_mb(profile, stack.pid)
         arn = re.search(r"execution (\S+)", done.stdout).group(1)
         probe = json.loads(subprocess.run([VENV_PYTHON, "-c", PROBE_SCRIPT, arn, env["TABLE_NAME"]],
                                           env=env, capture_output=True, text=True, check=True).stdout)

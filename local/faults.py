@@ -29,7 +29,8 @@ with `PUT /_local/faults`:
                                         # same size as the part
     "duplicate_events": ["slave"],      # optional: deliver each Event invocation twice
     "record_calls": true                # optional: keep (caller, service, operation,
-  }                                     # resource) for `GET /_local/calls`
+  }                                     # resource) for `GET /_local/calls`, each kind
+                                        # with its count and when it was last made
 
 `GET /_local/faults` answers how many of each fault were injected since then.
 """

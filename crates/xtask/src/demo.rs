@@ -86,6 +86,17 @@ pub async fn demo(root: &Path, n: usize) -> Result<bool, Problem> {
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
         .ok_or_else(|| Problem("cannot tell where this program was built".into()))?;
+    let missing: Vec<&str> = ["master", "slave", "status"]
+        .into_iter()
+        .filter(|function| !built.join(function).exists())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Problem(format!(
+            "{} not built in {}: run `make demo`, which builds them first",
+            missing.join(", "),
+            built.display()
+        )));
+    }
     let stack = RunningStack::start(
         root,
         &root.join(".local/demo"),
