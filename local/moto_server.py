@@ -28,6 +28,7 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from moto.stepfunctions.parser.api import (
+    ActivityDoesNotExist,
     ActivityTimedOutEventDetails,
     ExecutionStatus,
     HistoryEventType,
@@ -50,6 +51,7 @@ from moto.stepfunctions.parser.asl.eval.callback.callback import (
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.backend import activity as parser_activity
+from moto.stepfunctions.parser.backend.activity import ActivityTask
 from moto.stepfunctions.parser import models as parser_models
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions.responses import StepFunctionResponse
@@ -356,17 +358,33 @@ class TaskTimedOut(AWSError):
         super().__init__("Task Timed Out: 'Provided task does not exist anymore'")
 
 
-def close_answered_tasks() -> None:
-    """A task token takes one answer, as on AWS: see TaskTokens."""
-    add_activity_task = CallbackPoolManager.add_activity_task
+def queue_tasks_once_answerable() -> None:
+    """An activity task is queued only once its execution can take the answer.
 
-    def add(self, callback_id, activity_arn, activity_input):
-        endpoint = add_activity_task(self, callback_id, activity_arn, activity_input)
+    moto queues the task first and registers the execution's endpoint for it after, so
+    a worker already waiting in GetActivityTask could take the task in between, find
+    no endpoint, and drop it as belonging to an ended execution: the execution then
+    waits for a task nobody holds. Here the endpoint is registered and the token opened
+    (see TaskTokens) before the task is queued.
+    """
+
+    def add_activity_task(self, callback_id, activity_arn, activity_input):
+        if callback_id in self._pool:
+            raise ValueError("Duplicate callback token id value.")
+        activity = self._activity_store.get(activity_arn)
+        if activity is None:
+            raise ActivityDoesNotExist(f"Activity Does Not Exist: {activity_arn}")
+        endpoint = ActivityCallbackEndpoint(callback_id=callback_id, activity_input=activity_input)
+        self._pool[callback_id] = endpoint
         TASK_TOKENS.opened(callback_id)
+        activity.add_task(ActivityTask(task_token=callback_id, task_input=activity_input))
         return endpoint
 
-    CallbackPoolManager.add_activity_task = add
+    CallbackPoolManager.add_activity_task = add_activity_task
 
+
+def close_answered_tasks() -> None:
+    """A task token takes one answer, as on AWS: see TaskTokens."""
     eval_execution = StateTaskActivity._eval_execution
 
     def run_task(self, env):
@@ -448,6 +466,7 @@ def main() -> None:
     name_list_parts_result()
     kms_etags_are_not_md5s()
     reverse_history_on_request()
+    queue_tasks_once_answerable()
     close_answered_tasks()
     name_heartbeat_timeouts()
     server = serve(port)
