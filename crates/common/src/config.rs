@@ -84,8 +84,9 @@ pub struct StatusSettings {
     /// to finish before it answers `TransferIncomplete`; the function's timeout must
     /// cover this wait and one activity poll.
     pub run_wait: Duration,
-    /// `STATUS_CHECK_INTERVAL_MS`, default 1000: how often a waiting call reads the
-    /// run's counters again.
+    /// `STATUS_CHECK_INTERVAL_MS`, default 1000: the longest pause before a waiting call
+    /// reads the run's counters again (`rules::progress::next_check` shortens it while
+    /// files are finishing).
     pub check_interval: Duration,
 }
 

@@ -1,9 +1,10 @@
 //! `status`: decides from a run's counters whether it is finished, and if so completes
 //! the run's activity task: task success with the run summary, or task failure naming
-//! the files that failed. While the run is not finished it reads the counters again
-//! every `STATUS_CHECK_INTERVAL_MS`, for up to `STATUS_WAIT_SECONDS`, so that the
-//! execution ends within about one interval of the last file instead of at the state
-//! machine's next retry.
+//! the files that failed. While the run is not finished it reads the counters again,
+//! for up to `STATUS_WAIT_SECONDS`: about when the files still moving should be done at
+//! the rate they are finishing, at most every `STATUS_CHECK_INTERVAL_MS`, so that the
+//! execution ends shortly after the last file instead of at the state machine's next
+//! retry.
 //!
 //! The activity task's token is never lost. `GetActivityTask` hands out whichever
 //! execution's task comes next, once: every token status receives, its own run's or
@@ -23,7 +24,7 @@ use common::crash::crash_point;
 use common::lambda::remaining;
 use common::rules::activity::{ActivityState, may_poll, run_deadline};
 use common::rules::events::{RunSummary, StatusEvent, parse_event};
-use common::rules::progress::{RunProgress, Verdict, failure_cause, may_wait};
+use common::rules::progress::{RunProgress, Verdict, failure_cause, may_wait, next_check};
 use common::rules::records::{Delivered, RunRecord, RunView};
 use common::store::StatusRecords;
 use common::{
@@ -217,7 +218,8 @@ impl Status {
     }
 
     /// The run once every selected file has an outcome. While it has not, its counters
-    /// are read again every check interval, as long as this call may still wait (and
+    /// are read again after a pause (`next_check`: about when the files still moving
+    /// should be done, at most the check interval), as long as this call may still wait (and
     /// then poll for the activity task before its deadline), and the run's tokens are
     /// kept alive; after that the answer is `TransferIncomplete`, which the state machine
     /// retries, or `RunTimedOut` once the run is past its own deadline.
@@ -229,8 +231,12 @@ impl Status {
     ) -> Result<(RunSpec, RunRecord, RunProgress), Error> {
         let started = Instant::now();
         let mut heartbeaten: Option<Instant> = None;
+        // What the last read found still moving, and when.
+        let mut earlier: Option<(u64, Instant)> = None;
         loop {
             let view = self.records.run_view(run).await?;
+            let read_at = Instant::now();
+            let mut still_moving = None;
             let (tokens, detail) = match view.map(|v| (v.record.spec.clone(), v)) {
                 Some((Some(spec), RunView { record, progress })) => match progress.verdict() {
                     Verdict::Succeeded | Verdict::Failed => return Ok((spec, record, progress)),
@@ -242,13 +248,13 @@ impl Status {
                             progress.completed + progress.failed + progress.skipped
                         ),
                     ),
-                    Verdict::Moving { remaining } => (
-                        record.task_tokens,
-                        format!(
-                            "{remaining} of {} files are still moving",
-                            progress.selected
-                        ),
-                    ),
+                    Verdict::Moving { remaining: moving } => {
+                        still_moving = Some(moving);
+                        (
+                            record.task_tokens,
+                            format!("{moving} of {} files are still moving", progress.selected),
+                        )
+                    }
                 },
                 Some((None, RunView { record, .. })) => (
                     record.task_tokens,
@@ -267,7 +273,12 @@ impl Status {
                     detail,
                 });
             }
-            let interval = self.settings.check_interval;
+            let interval = next_check(
+                self.settings.check_interval,
+                still_moving,
+                earlier.map(|(before, at)| (before, read_at.duration_since(at))),
+            );
+            earlier = still_moving.map(|moving| (moving, read_at));
             if !may_wait(
                 started.elapsed(),
                 interval,

@@ -57,6 +57,38 @@ impl RunProgress {
     }
 }
 
+/// The shortest pause between two reads of a run's counters: near a run's end, a
+/// waiting status call reads them at most ten times a second.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a waiting status call pauses before it reads the run's counters again.
+///
+/// `remaining` is how many selected files the last read found without an outcome
+/// (`None` while master is still listing); `earlier` is what the read before it found
+/// and how long before. Files finishing at the rate seen between the two reads would
+/// all be done after `remaining / rate`: the call reads again then, so the run ends
+/// within a short pause of its last file rather than up to a whole `interval` after it.
+/// The first read of a moving run is followed by a short one, to see the rate; a run
+/// that is listing, or in which no file finished between the reads (a straggler, a
+/// large object), is read again after `interval`.
+pub fn next_check(
+    interval: Duration,
+    remaining: Option<u64>,
+    earlier: Option<(u64, Duration)>,
+) -> Duration {
+    let shortest = MIN_CHECK_INTERVAL.min(interval);
+    let Some(remaining) = remaining else {
+        return interval;
+    };
+    match earlier {
+        None => shortest,
+        Some((before, apart)) if before > remaining => apart
+            .mul_f64(remaining as f64 / (before - remaining) as f64)
+            .clamp(shortest, interval),
+        Some(_) => interval,
+    }
+}
+
 /// Whether a status call may wait one more check `interval` for an unfinished run: the
 /// wait stays within `run_wait`, and after it the call still has time (`left` before its
 /// deadline) for one poll of the activity task and its margin (`poll_and_margin`). A
@@ -175,6 +207,47 @@ mod tests {
             "no time to poll after"
         );
         assert!(!may_wait(s(0), s(1), s(45), None, poll), "no deadline");
+    }
+
+    #[test]
+    fn a_moving_run_is_read_again_about_when_its_last_file_should_be_done() {
+        let ms = Duration::from_millis;
+        let interval = ms(1000);
+        assert_eq!(
+            next_check(interval, None, Some((10, ms(500)))),
+            interval,
+            "still listing"
+        );
+        assert_eq!(
+            next_check(interval, Some(500), None),
+            MIN_CHECK_INTERVAL,
+            "a first read is followed by a short one, to see the rate"
+        );
+        assert_eq!(
+            next_check(interval, Some(300), Some((500, ms(100)))),
+            ms(150),
+            "200 files in 100 ms: the last 300 in 150 ms"
+        );
+        assert_eq!(
+            next_check(interval, Some(10), Some((500, ms(100)))),
+            MIN_CHECK_INTERVAL,
+            "never shorter than the shortest pause"
+        );
+        assert_eq!(
+            next_check(interval, Some(9_000), Some((9_100, ms(100)))),
+            interval,
+            "never longer than the interval"
+        );
+        assert_eq!(
+            next_check(interval, Some(3), Some((3, ms(100)))),
+            interval,
+            "nothing finished between the reads: a straggler"
+        );
+        assert_eq!(
+            next_check(ms(50), Some(500), None),
+            ms(50),
+            "an interval set shorter than the shortest pause is kept"
+        );
     }
 
     #[test]
