@@ -1,5 +1,6 @@
 """Benchmarks: this project's move against s5cmd, rclone and the AWS CLI on one S3
-server, in one run on one machine; the functions' cold starts and peak memory; and the
+server, beside a bare copy of the same objects (s5cmd cp: one CopyObject each, nothing
+deleted), in one run on one machine; the functions' cold starts and peak memory; and the
 whole workflow on the local stack.
 
 Usage: python -m bench.run [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
@@ -11,14 +12,16 @@ The full run starts Garage (a production S3 server) on core 0, and moto for the 
 table's DynamoDB on core 1, where each mover runs too. For every mover, `--runs` times:
 empty the bucket, seed the same data set under raw/, move it to refined/, check that
 every object arrived with its bytes (by ETag) and none is left, and read from Garage's
-metrics how many S3 requests the move sent. This project's mover is `xtask bench-move`:
+metrics how many S3 requests the move sent, and from /proc how much CPU the server and the
+mover used. This project's mover is `xtask bench-move`:
 master's and slave's own code, driving a whole run's batches as the Lambdas would,
 status table included.
 
 Then it measures each function's cold start (process start to its first request to the
 Lambda runtime API) and peak memory (master listing 1,000 files, slave moving them as
 one 1,000-file batch) under local Lambda (local/lambdas.py), and times the whole
-workflow on the local stack, state machine included, with the functions' S3 on Garage.
+workflow on the local stack (bench/stack.py), state machine included, with the functions'
+S3 on Garage: when each part of the run happened and the CPU each process used.
 Last, it moves objects copied in parts (6 of 24 MiB, 8 MiB parts) on moto's S3, which
 copies bytes, twice: verified by the source's full-object checksum, and verified by size
 and ETag. Results go to bench/results/ (results.md, results.json, chart.png) with the
@@ -35,6 +38,7 @@ import os
 import platform
 import queue
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -56,7 +60,9 @@ REGION = "us-east-1"
 KIB = 1024
 MIB = 1024 * KIB
 SERVER_CPU, MOVER_CPU = "0", "1"
-MOVERS = ("s3-transfer-flow", "s5cmd", "rclone", "aws s3 mv")
+MOVERS = ("s3-transfer-flow", "s5cmd", "rclone", "aws s3 mv", "bare copy (s5cmd cp)")
+# Copies every object and deletes nothing: the floor a move is measured against.
+BARE_COPY = "bare copy (s5cmd cp)"
 
 
 def log(message):
@@ -77,6 +83,15 @@ def tool(name):
         if os.path.exists(path):
             return path
     raise RuntimeError(f"{name} is not installed under .tools (run `make bench`)")
+
+
+def process_cpu_seconds(pid):
+    """User and system CPU seconds of a process, all its threads; None once it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Processes:
@@ -137,8 +152,8 @@ metrics_token = "{self.metrics_token}"
 admin_token = "{secrets.token_hex(16)}"
 """)
         self.binary = tool("garage")
-        processes.start(pinned(SERVER_CPU, [self.binary, "-c", self.config, "server"]),
-                        os.path.join(self.dir, "garage.log"))
+        self.pid = processes.start(pinned(SERVER_CPU, [self.binary, "-c", self.config, "server"]),
+                                   os.path.join(self.dir, "garage.log")).pid
         wait_for_port(self.s3_port, 60)
         wait_for_port(self.admin_port, 60)
         node = self.cli("node", "id", "-q").split("@")[0]
@@ -187,9 +202,9 @@ class Moto:
     def __init__(self, processes, workdir, cpu):
         self.core = cpu
         self.port = free_port()
-        processes.start(pinned(cpu, [os.path.join(TOOLS, "venv", "bin", "python"),
-                                     "-m", "local.moto_server", str(self.port)]),
-                        os.path.join(workdir, "moto.log"))
+        self.pid = processes.start(pinned(cpu, [os.path.join(TOOLS, "venv", "bin", "python"),
+                                                "-m", "local.moto_server", str(self.port)]),
+                                   os.path.join(workdir, "moto.log")).pid
         wait_for_port(self.port, 60)
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
@@ -271,8 +286,13 @@ class Bench:
         elif seeded != self.expected:
             raise RuntimeError("the data set changed between runs")
 
-    def check_moved(self, name):
+    def check_moved(self, name, copy_only=False):
         moved, left = self.listing("refined/"), self.listing("raw/")
+        if copy_only:
+            if moved != self.expected or left != self.expected:
+                raise RuntimeError(f"{name}: {len(moved)} objects copied of {len(self.expected)}, "
+                                   f"{len(left)} left at the source")
+            return
         if left or moved != self.expected:
             missing = len(set(self.expected) - set(moved))
             raise RuntimeError(f"{name}: {len(left)} objects left at the source, {missing} missing "
@@ -297,35 +317,49 @@ class Bench:
             "aws s3 mv": (lambda run: [tool("aws"), "--endpoint-url", self.s3.endpoint, "s3", "mv",
                                        "--recursive", "--only-show-errors", f"s3://{BUCKET}/raw/",
                                        f"s3://{BUCKET}/refined/"], self.env),
+            BARE_COPY: (lambda run: [tool("s5cmd"), "--endpoint-url", self.s3.endpoint, "cp",
+                                     f"s3://{BUCKET}/raw/*", f"s3://{BUCKET}/refined/"], self.env),
         }
         return {name: everything[name] for name in which}
 
     def measure(self, name, command, env, run):
         self.reseed()
         before = self.s3.requests()
+        server_before = process_cpu_seconds(self.s3.pid)
+        mover_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(pinned(MOVER_CPU, command(run)), env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
+        mover_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_cpu = process_cpu_seconds(self.s3.pid) - server_before
         after = self.s3.requests()
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed: {done.stderr[-1000:]}")
-        self.check_moved(name)
+        self.check_moved(name, copy_only=name == BARE_COPY)
+        mover_cpu = (mover_after.ru_utime + mover_after.ru_stime
+                     - mover_before.ru_utime - mover_before.ru_stime)
         requests = None
         if before is not None:
             requests = {k: after.get(k, 0) - before.get(k, 0) for k in after
                         if after.get(k, 0) != before.get(k, 0)}
-        log(f"{name} run {run + 1}: {seconds:.2f} s, {self.objects / seconds:.0f} objects/s"
+        log(f"{name} run {run + 1}: {seconds:.2f} s, {self.objects / seconds:.0f} objects/s, "
+            f"server CPU {server_cpu:.2f} s, mover CPU {mover_cpu:.2f} s"
             + (f", {sum(requests.values()) / self.objects:.3f} requests/object {requests}"
                if requests else ""))
-        return {"seconds": seconds, "requests": requests}
+        return {"seconds": seconds, "requests": requests, "server_cpu_seconds": server_cpu,
+                "mover_cpu_seconds": mover_cpu}
 
     def median_of(self, name, command, env, runs):
         measured = [self.measure(name, command, env, run) for run in range(runs)]
         seconds = statistics.median(m["seconds"] for m in measured)
         counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
+        # The run whose time is the median: its server and mover CPU go with it.
+        middle = min(measured, key=lambda m: abs(m["seconds"] - seconds))
         return {
             "seconds": seconds,
             "runs": [m["seconds"] for m in measured],
+            "server_busy": middle["server_cpu_seconds"] / middle["seconds"],
+            "mover_busy": middle["mover_cpu_seconds"] / middle["seconds"],
             "objects_per_second": self.objects / seconds,
             "requests_per_object": statistics.median(counted) / self.objects if counted else None,
             "requests": measured[0]["requests"],
@@ -433,54 +467,33 @@ def functions_profile(bench, workdir, runs):
 def whole_workflow(bench, workdir):
     """The data set through the state machine on the local stack (moto for DynamoDB,
     Step Functions and the front; local Lambda for the functions), with the functions'
-    S3 on the same server as the movers. Returns the execution's own duration and the
-    time `run-transfer` took, start to exit."""
+    S3 on the same server as the movers. Returns the execution's own duration, the time
+    `run-transfer` took, start to exit, when each part of the run happened, and the CPU
+    seconds each process used during it."""
+    from bench.stack import BenchStack, timeline  # bench.stack imports this module
+
     processes = Processes()
-    state = os.path.join(workdir, "stack")
-    shutil.rmtree(state, ignore_errors=True)
-    s3 = bench.s3
-    options = ["--function-env", f"AWS_ENDPOINT_URL_S3={s3.endpoint}"]
-    for name, value in s3.credentials().items():
-        options += ["--function-env", f"{name}={value}"]
     try:
-        stack = processes.start(
-            pinned(MOVER_CPU, [os.path.join(TOOLS, "venv", "bin", "python"), "-m", "local.stack", "run", state,
-                               "--port", str(free_port()), "--lambda-port", str(free_port()),
-                               "--bucket", BUCKET, "--stack", "bench", "--no-build",
-                               "--bin-dir", os.path.join(TARGET, bench.profile), *options]),
-            os.path.join(workdir, "stack.log"))
-        deadline = time.monotonic() + 300
-        while not os.path.exists(os.path.join(state, "ready")):
-            if stack.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the local stack did not start: {open(os.path.join(workdir, 'stack.log')).read()[-2000:]}")
-            time.sleep(0.2)
-        env = dict(os.environ)
-        for line in open(os.path.join(state, "env")):
-            if line.startswith("export "):
-                name, _, value = line[len("export "):].strip().partition("=")
-                env[name] = value.strip("'")
-        env.pop("AWS_CA_BUNDLE", None)
+        stack = BenchStack(processes, os.path.join(workdir, "stack"), bench.s3, bench.profile, "bench")
         bench.reseed()
-        started = time.perf_counter()
-        done = subprocess.run(pinned(MOVER_CPU, [binary(bench.profile, "run-transfer"), "--name", "bench-workflow",
-                                                 "--input", '{"wait_before_master_seconds": 0, '
-                                                            '"wait_before_status_seconds": 0}']),
-                              env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"run-transfer: {done.stdout[-1500:]} {done.stderr[-1500:]}")
-        bench.check_moved("the whole workflow")
-        arn = re.search(r"execution (\S+)", done.stdout).group(1)
-        described = subprocess.run(
-            [os.path.join(TOOLS, "venv", "bin", "python"), "-c",
-             "import boto3, sys, json; d = boto3.client('stepfunctions').describe_execution(executionArn=sys.argv[1]);"
-             "print((d['stopDate'] - d['startDate']).total_seconds())", arn],
-            env=env, capture_output=True, text=True, check=True)
-        execution = float(described.stdout)
-        log(f"whole workflow on the local stack: execution {execution:.2f} s, run-transfer {wall:.2f} s")
-        return {"execution_seconds": execution, "run_transfer_seconds": wall}
+        stack_before, server_before = stack.cpu_seconds(), process_cpu_seconds(bench.s3.pid)
+        arn, wall = stack.run("bench-workflow", {"wait_before_master_seconds": 0,
+                                                 "wait_before_status_seconds": 0})
+        stack_after, server_after = stack.cpu_seconds(), process_cpu_seconds(bench.s3.pid)
+        probe = stack.probe(arn)
+        calls = stack.calls()
     finally:
         processes.stop()
+    bench.check_moved("the whole workflow")
+    if probe["status"] != "SUCCEEDED":
+        raise RuntimeError(f"the whole workflow: execution {probe['status']}")
+    cpu = {name: seconds - stack_before.get(name, 0.0) for name, seconds in stack_after.items()}
+    cpu[bench.s3.version()] = server_after - server_before
+    times = timeline(probe, calls)
+    log(f"whole workflow on the local stack: execution {probe['execution_seconds']:.2f} s, "
+        f"run-transfer {wall:.2f} s, timeline {times}, CPU seconds {cpu}")
+    return {"execution_seconds": probe["execution_seconds"], "run_transfer_seconds": wall,
+            "timeline": times, "cpu_seconds": cpu}
 
 
 # ---------------------------------------------------------------- verification
@@ -594,6 +607,31 @@ def versions(s3, movers):
     return found
 
 
+def workflow_lines(w, bare, server):
+    """The whole workflow's paragraph and tables in results.md."""
+    t = w["timeline"]
+    shown = lambda seconds: "-" if seconds is None else f"{seconds:.2f}"  # noqa: E731
+    lines = ["", f"Whole workflow on the local stack (state machine, local Lambda, moto for DynamoDB and "
+                 f"Step Functions, the functions' S3 on {server}), waits 0: the execution took "
+                 f"{w['execution_seconds']:.2f} s (`run-transfer`, start to exit: "
+                 f"{w['run_transfer_seconds']:.2f} s), {w['execution_seconds'] / bare:.2f}× the bare "
+                 f"move's {bare:.2f} s (target: at most 1.2×, {1.2 * bare:.2f} s).", "",
+             "| the run, seconds from the execution's start | s |", "|---|---|",
+             f"| input checked (master's check call, first states) | {shown(t['input_checked'])} |",
+             f"| master hands out the first batch | {shown(t['first_batch_handed_out'])} |",
+             f"| master hands out the last batch | {shown(t['last_batch_handed_out'])} |",
+             f"| master's last call returns: listing done | {shown(t['listing_done'])} |",
+             f"| the last file's outcome is recorded | {shown(t['last_outcome'])} |",
+             f"| status completes the activity task | {shown(t['task_succeeded'])} |",
+             f"| the execution ends | {shown(t['ended'])} |", "",
+             f"CPU seconds during the execution, by process (the S3 server on core {SERVER_CPU}, "
+             f"everything else on core {MOVER_CPU}):", "",
+             "| process | CPU seconds |", "|---|---|"]
+    for name, seconds in sorted(w["cpu_seconds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {seconds:.2f} |")
+    return lines
+
+
 def report(results, out_dir, chart):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -610,13 +648,22 @@ def report(results, out_dir, chart):
         f"This project's mover: `xtask bench-move` with {results['lambdas']} slave invocations at once."
         + "".join(f" {k}: {v}." for k, v in results["versions"].items() if k != "S3 server"),
         "",
-        "| mover | seconds (median) | objects/s | s3-transfer-flow's speed × | S3 requests per object |",
-        "|---|---|---|---|---|",
+        "| mover | seconds (median) | objects/s | s3-transfer-flow's speed × | rate / bare copy's "
+        "| S3 requests per object | S3 server busy | mover busy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    bare = movers.get(BARE_COPY)
     for name, m in movers.items():
         ratio = f"{ours['objects_per_second'] / m['objects_per_second']:.2f}" if ours else "-"
+        floor = f"{m['objects_per_second'] / bare['objects_per_second']:.2f}" if bare else "-"
         per_object = f"{m['requests_per_object']:.3f}" if m["requests_per_object"] is not None else "-"
-        lines.append(f"| {name} | {m['seconds']:.2f} | {m['objects_per_second']:.0f} | {ratio} | {per_object} |")
+        lines.append(f"| {name} | {m['seconds']:.2f} | {m['objects_per_second']:.0f} | {ratio} | {floor} "
+                     f"| {per_object} | {m['server_busy']:.0%} | {m['mover_busy']:.0%} |")
+    if bare:
+        lines += ["", f"The bare copy copies every object (one `CopyObject` each) and deletes nothing: it is the "
+                      f"least a server-side move can ask of the server. \"S3 server busy\" is the server's CPU "
+                      f"time over the run's duration (100% is its whole core); \"mover busy\" is the mover's own "
+                      f"(without this project's status table on moto), on core {MOVER_CPU}."]
     counted = {name: m["requests"] for name, m in movers.items() if m["requests"]}
     if counted:
         lines += ["", "S3 requests of the first run, by operation:", ""]
@@ -644,14 +691,7 @@ def report(results, out_dir, chart):
             lines.append(f"| {label} | {m['seconds']:.2f} | {m['objects_per_second']:.2f} | "
                          f"{m['mib_per_second']:.1f} |")
     if results.get("workflow") and ours:
-        w = results["workflow"]
-        bare = ours["seconds"]
-        lines += ["", f"Whole workflow on the local stack (state machine, local Lambda, moto for "
-                      f"DynamoDB and Step Functions, the functions' S3 on {results['versions']['S3 server']}), "
-                      f"waits 0: the execution took {w['execution_seconds']:.2f} s "
-                      f"(`run-transfer`, start to exit: {w['run_transfer_seconds']:.2f} s); "
-                      f"the bare move took {bare:.2f} s, so the target, 2 s + 1.2 × bare, is "
-                      f"{2 + 1.2 * bare:.2f} s."]
+        lines += workflow_lines(results["workflow"], ours["seconds"], results["versions"]["S3 server"])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

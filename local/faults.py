@@ -202,7 +202,8 @@ class Faults:
             self.dice = random.Random(config.get("seed"))
             self.record = bool(config.get("record_calls"))
             self.calls = {}
-            # When the last call of each kind was decided (time.time()).
+            # When the first and the last call of each kind were decided (time.time()).
+            self.first_at = {}
             self.last_at = {}
             self.duplicated = set(config.get("duplicate_events", []))
             self.injected = {}
@@ -230,7 +231,9 @@ class Faults:
             if self.record:
                 fields = tuple(sorted(call.as_dict().items()))
                 self.calls[fields] = self.calls.get(fields, 0) + 1
-                self.last_at[fields] = time.time()
+                now = time.time()
+                self.first_at.setdefault(fields, now)
+                self.last_at[fields] = now
             latency, answer = 0.0, None
             for position, rule in enumerate(self.rules):
                 if not self.matches(rule, call):
@@ -259,7 +262,7 @@ class Faults:
 
     def recorded(self):
         with self.lock:
-            return [dict(fields, count=n, last_at=self.last_at[fields])
+            return [dict(fields, count=n, first_at=self.first_at[fields], last_at=self.last_at[fields])
                     for fields, n in self.calls.items()]
 
 
