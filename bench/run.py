@@ -5,7 +5,8 @@ whole workflow on the local stack.
 
 Usage: python -m bench.run [--files 10000] [--large 20] [--runs 3] [--movers NAME,...]
                            [--lambdas 8] [--no-functions] [--no-workflow]
-                           [--no-verification]                               (make bench)
+                           [--no-verification] [--no-large] [--large-objects 4]
+                           [--large-mib 1024]                                (make bench)
        python -m bench.run --smoke [--profile debug]                        (make bench-smoke)
 
 The full run starts Garage (a production S3 server) on core 0, and moto for the status
@@ -22,7 +23,11 @@ Lambda runtime API) and peak memory (master listing 1,000 files, slave moving th
 one 1,000-file batch) under local Lambda (local/lambdas.py), and times the whole
 workflow on the local stack (bench/stack.py), state machine included, with the functions'
 S3 on Garage: when each part of the run happened and the CPU each process used.
-Last, it moves objects copied in parts (6 of 24 MiB, 8 MiB parts) on moto's S3, which
+Then it moves a second data set, large objects (4 of 1 GiB by default), on Garage and on
+moto's S3, which copies bytes where Garage copies by reference: this project's mover with
+its multipart threshold and part size at their defaults, and again copying each object
+whole, s5cmd and rclone. Last, it moves objects copied in parts (6 of 24 MiB, 8 MiB
+parts) on moto's S3, which
 copies bytes, twice: verified by the source's full-object checksum, and verified by size
 and ETag. Results go to bench/results/ (results.md, results.json, chart.png) with the
 machine's description.
@@ -298,9 +303,10 @@ class Bench:
             raise RuntimeError(f"{name}: {len(left)} objects left at the source, {missing} missing "
                                f"at the destination, {len(moved)} there")
 
-    def movers(self, which):
+    def movers(self, which, source="raw/", destination="refined/"):
         ours = dict(self.env, AWS_ENDPOINT_URL_DYNAMODB=self.table.endpoint,
                     TABLE_NAME=f"bench-status-{secrets.token_hex(4)}", SOURCE_BUCKET=BUCKET,
+                    SOURCE_PREFIX=source, DESTINATION_PREFIX=destination,
                     SUFFIXES=".csv", S3_FORCE_PATH_STYLE="true", SLAVE_FUNCTION="slave")
         rclone = dict(self.env, RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
                       RCLONE_CONFIG_BENCH_ENDPOINT=self.s3.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
@@ -311,16 +317,26 @@ class Bench:
             "s3-transfer-flow": (lambda run: [binary(self.profile, "xtask"), "bench-move",
                                               f"bench-{run}", str(self.lambdas)], ours),
             "s5cmd": (lambda run: [tool("s5cmd"), "--endpoint-url", self.s3.endpoint, "mv",
-                                   f"s3://{BUCKET}/raw/*", f"s3://{BUCKET}/refined/"], self.env),
-            "rclone": (lambda run: [tool("rclone"), "move", f"bench:{BUCKET}/raw", f"bench:{BUCKET}/refined",
+                                   f"s3://{BUCKET}/{source}*", f"s3://{BUCKET}/{destination}"], self.env),
+            "rclone": (lambda run: [tool("rclone"), "move", f"bench:{BUCKET}/{source.rstrip('/')}",
+                                    f"bench:{BUCKET}/{destination.rstrip('/')}",
                                     "--transfers", "16", "--checkers", "16"], rclone),
             "aws s3 mv": (lambda run: [tool("aws"), "--endpoint-url", self.s3.endpoint, "s3", "mv",
-                                       "--recursive", "--only-show-errors", f"s3://{BUCKET}/raw/",
-                                       f"s3://{BUCKET}/refined/"], self.env),
+                                       "--recursive", "--only-show-errors", f"s3://{BUCKET}/{source}",
+                                       f"s3://{BUCKET}/{destination}"], self.env),
             BARE_COPY: (lambda run: [tool("s5cmd"), "--endpoint-url", self.s3.endpoint, "cp",
-                                     f"s3://{BUCKET}/raw/*", f"s3://{BUCKET}/refined/"], self.env),
+                                     f"s3://{BUCKET}/{source}*", f"s3://{BUCKET}/{destination}"], self.env),
         }
         return {name: everything[name] for name in which}
+
+    def sizes(self, prefix):
+        """Key (under `prefix`) -> size of what the bucket holds."""
+        found = {}
+        for line in self.s5cmd("ls", f"s3://{BUCKET}/{prefix}*").splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                found[parts[-1]] = int(parts[-2])
+        return found
 
     def measure(self, name, command, env, run):
         self.reseed()
@@ -579,6 +595,110 @@ def verification(bench, moto, workdir, objects, runs):
     return results
 
 
+# ---------------------------------------------------------------- large objects
+
+LARGE_MOVERS = ("s3-transfer-flow", "s5cmd", "rclone")
+# This project's mover with MULTIPART_THRESHOLD_BYTES at CopyObject's limit: each object
+# up to 5 GiB copied whole, as s5cmd and rclone copy it.
+WHOLE_COPIES = "s3-transfer-flow, whole copies up to 5 GiB"
+
+
+def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
+    """`count` objects of `size_mib` MiB, above the multipart threshold at its default (256
+    MiB, in 64 MiB parts), moved from large/raw/ to large/refined/ on `s3` by this
+    project's mover (and once more with whole copies up to 5 GiB), s5cmd and rclone;
+    median of `runs` runs each. The objects are seeded once and moved back by s5cmd,
+    untimed, before each run."""
+    source = os.path.join(workdir, f"large-{count}x{size_mib}")
+    if not os.path.exists(source):
+        os.makedirs(source + ".partial", exist_ok=True)
+        for i in range(count):
+            with open(os.path.join(source + ".partial", f"big-{i:03d}.csv"), "wb") as f:
+                for _ in range(size_mib):
+                    f.write(os.urandom(MIB))
+        os.rename(source + ".partial", source)
+    bench = Bench(s3, table, workdir, 0, 0, profile, lambdas)
+    expected = {name: os.path.getsize(os.path.join(source, name)) for name in os.listdir(source)}
+    bench.s5cmd("rm", f"s3://{BUCKET}/large/*")
+    started = time.perf_counter()
+    bench.s5cmd("cp", os.path.join(source, "*"), f"s3://{BUCKET}/large/raw/")
+    log(f"large objects on {s3.version()}: seeded {count} × {size_mib} MiB in "
+        f"{time.perf_counter() - started:.0f} s")
+
+    def where():
+        return ({k.rpartition("/")[2]: v for k, v in bench.sizes("large/raw/").items()},
+                {k.rpartition("/")[2]: v for k, v in bench.sizes("large/refined/").items()})
+
+    results = {"server": s3.version(), "objects": count, "object_mib": size_mib, "movers": {}}
+    movers = bench.movers(LARGE_MOVERS, "large/raw/", "large/refined/")
+    ours, ours_env = movers["s3-transfer-flow"]
+    movers[WHOLE_COPIES] = (lambda run: ours(f"whole-{run}"),
+                            dict(ours_env, MULTIPART_THRESHOLD_BYTES=str(5 * 1024 * MIB)))
+    for name, (command, env) in movers.items():
+        measured = []
+        for run in range(runs):
+            raw, refined = where()
+            if refined:
+                bench.s5cmd("mv", f"s3://{BUCKET}/large/refined/*", f"s3://{BUCKET}/large/raw/")
+                raw, refined = where()
+            if raw != expected or refined:
+                raise RuntimeError(f"large objects: the data set changed before {name}'s run")
+            before = s3.requests()
+            server_before = process_cpu_seconds(s3.pid)
+            begun = time.perf_counter()
+            done = subprocess.run(pinned(MOVER_CPU, command(f"large-{run}")), env=env,
+                                  capture_output=True, text=True)
+            seconds = time.perf_counter() - begun
+            server_cpu = process_cpu_seconds(s3.pid) - server_before
+            after = s3.requests()
+            if done.returncode != 0:
+                raise RuntimeError(f"large objects, {name} failed: {done.stderr[-1000:]}")
+            raw, refined = where()
+            if raw or refined != expected:
+                raise RuntimeError(f"large objects, {name}: {len(raw)} left at the source, "
+                                   f"{len(refined)} of {count} at the destination with their sizes")
+            requests = ({k: after.get(k, 0) - before.get(k, 0) for k in after
+                         if after.get(k, 0) != before.get(k, 0)} if before is not None else None)
+            log(f"large objects on {s3.version()}, {name} run {run + 1}: {seconds:.2f} s, "
+                f"{count * size_mib / seconds:.0f} MiB/s, server CPU {server_cpu:.2f} s"
+                + (f", requests {requests}" if requests else ""))
+            measured.append({"seconds": seconds, "requests": requests, "server_cpu_seconds": server_cpu})
+        seconds = statistics.median(m["seconds"] for m in measured)
+        counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
+        middle = min(measured, key=lambda m: abs(m["seconds"] - seconds))
+        results["movers"][name] = {
+            "seconds": seconds, "runs": [m["seconds"] for m in measured],
+            "mib_per_second": count * size_mib / seconds,
+            "requests_per_object": statistics.median(counted) / count if counted else None,
+            "requests": measured[0]["requests"],
+            "server_busy": middle["server_cpu_seconds"] / middle["seconds"],
+        }
+    bench.s5cmd("rm", f"s3://{BUCKET}/large/*")
+    return results
+
+
+def large_lines(large):
+    """The large objects' tables in results.md, one per server."""
+    lines = []
+    for result in large:
+        lines += ["", f"Large objects on {result['server']}: {result['objects']} objects of "
+                      f"{result['object_mib']} MiB under large/raw/, moved to large/refined/; this project's "
+                      f"multipart threshold and part size at their defaults (256 MiB, 64 MiB parts); "
+                      f"median of {len(next(iter(result['movers'].values()))['runs'])} runs.", "",
+                  "| mover | seconds (median) | MiB/s | S3 requests per object | S3 server busy |",
+                  "|---|---|---|---|---|"]
+        for name, m in result["movers"].items():
+            per_object = f"{m['requests_per_object']:.1f}" if m["requests_per_object"] is not None else "-"
+            lines.append(f"| {name} | {m['seconds']:.2f} | {m['mib_per_second']:.0f} | {per_object} "
+                         f"| {m['server_busy']:.0%} |")
+        counted = {name: m["requests"] for name, m in result["movers"].items() if m["requests"]}
+        if counted:
+            lines += ["", "S3 requests of the first run, by operation:", ""]
+            for name, requests in counted.items():
+                lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(requests.items())))
+    return lines
+
+
 # ---------------------------------------------------------------- report
 
 def machine():
@@ -690,6 +810,8 @@ def report(results, out_dir, chart):
             m = v[mode]
             lines.append(f"| {label} | {m['seconds']:.2f} | {m['objects_per_second']:.2f} | "
                          f"{m['mib_per_second']:.1f} |")
+    if results.get("large"):
+        lines += large_lines(results["large"])
     if results.get("workflow") and ours:
         lines += workflow_lines(results["workflow"], ours["seconds"], results["versions"]["S3 server"])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -723,12 +845,16 @@ def main():
     parser.add_argument("--no-functions", action="store_true")
     parser.add_argument("--no-workflow", action="store_true")
     parser.add_argument("--no-verification", action="store_true")
+    parser.add_argument("--no-large", action="store_true")
+    parser.add_argument("--large-objects", type=int, default=4, help="objects of the large data set")
+    parser.add_argument("--large-mib", type=int, default=1024, help="MiB per large object")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     movers = args.movers.split(",")
     if args.smoke:
         args.files, args.large, args.runs = 200, 0, 1
         movers, args.no_functions, args.no_workflow = ["s3-transfer-flow", "s5cmd"], True, True
+        args.no_large = True
     unknown = set(movers) - set(MOVERS)
     if unknown:
         parser.error(f"unknown movers {sorted(unknown)}; known: {', '.join(MOVERS)}")
@@ -752,9 +878,13 @@ def main():
         }
         results["functions"] = None if args.no_functions else functions_profile(bench, workdir, 5)
         results["workflow"] = None if args.no_workflow else whole_workflow(bench, workdir)
+        if not args.smoke and not (args.no_large and args.no_verification):
+            table.create_bucket()  # moto's S3 copies bytes, where Garage copies by reference
+        if not args.no_large:
+            results["large"] = [large_objects(server, table, workdir, args.profile, args.lambdas,
+                                              args.large_objects, args.large_mib, args.runs)
+                                for server in (s3, table)]
         if not args.no_verification:
-            if not args.smoke:
-                table.create_bucket()
             results["verification"] = verification(bench, table, workdir, 2 if args.smoke else 6,
                                                    1 if args.smoke else args.runs)
     finally:
