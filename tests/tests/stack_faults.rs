@@ -946,6 +946,11 @@ const GRANTED_FOR_RARE_PATHS: &[(&str, &str, &str)] = &[
         "HeadObject of a missing key answers 404, not 403, only to a caller that may list",
     ),
     (
+        "slave",
+        "s3:ListMultipartUploadParts",
+        "a copy in parts lists the parts of an upload an earlier invocation began, to copy only the rest",
+    ),
+    (
         "master",
         "dynamodb:Query",
         "a call that stopped between recording batches and handing them out reads them back",

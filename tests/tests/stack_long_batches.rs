@@ -125,8 +125,8 @@ async fn a_multipart_copy_that_outlasts_an_invocation_resumes_with_its_parts_and
     stack.set_faults(&json!({}));
 
     // THEN it took more than one invocation, each part was copied exactly once (the next
-    // invocation found the first one's parts), and the object arrived whole with its
-    // metadata and tags
+    // invocation found the first one's parts, and only an invocation that took the
+    // upload over listed them), and the object arrived whole with its metadata and tags
     assert_eq!(
         described.status,
         ExecutionStatus::Succeeded,
@@ -138,6 +138,10 @@ async fn a_multipart_copy_that_outlasts_an_invocation_resumes_with_its_parts_and
     );
     assert_eq!(count(&calls, "slave", "s3", "UploadPartCopy"), 12);
     assert_eq!(count(&calls, "slave", "s3", "CreateMultipartUpload"), 1);
+    assert_eq!(
+        count(&calls, "slave", "s3", "ListParts"),
+        count(&calls, "slave", "lambda", "Invoke")
+    );
     let copied = s3
         .get_object()
         .bucket(&bucket)

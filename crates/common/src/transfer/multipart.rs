@@ -36,8 +36,9 @@ impl Mover<'_> {
         // An upload that vanishes under us (aborted by a lifecycle rule, say) is started
         // once more.
         for _ in 0..2 {
-            let upload = match self.recorded_upload(file).await? {
-                Some(upload) => upload,
+            // An upload this call began holds no part yet: it is not listed.
+            let (upload, fresh) = match self.recorded_upload(file).await? {
+                Some(upload) => (upload, false),
                 // A run that keeps existing destinations copies no part toward one that
                 // exists; the conditional completion still guards against a racing writer.
                 None if spec.if_destination_exists.keeps_existing()
@@ -49,11 +50,11 @@ impl Mover<'_> {
                     return Ok(Copied::DestinationTaken);
                 }
                 None => match self.begin_upload(spec, planned).await? {
-                    Ok(upload) => upload,
+                    Ok(begun) => begun,
                     Err(copied) => return Ok(copied),
                 },
             };
-            let parts = match self.copy_parts(spec, planned, &upload).await {
+            let parts = match self.copy_parts(spec, planned, &upload, fresh).await {
                 Ok(PartsCopied::All(parts)) => parts,
                 Ok(PartsCopied::Unfinished { progressed }) => {
                     return Ok(Copied::Unfinished { progressed });
@@ -171,12 +172,13 @@ impl Mover<'_> {
     /// Starts and records a multipart upload with the source's metadata, content headers
     /// and tags (S3 does not carry them over to an upload), and with the source's
     /// full-object checksum where its algorithm combines across parts. When another
-    /// delivery has recorded one first, this one is aborted and theirs is used.
+    /// delivery has recorded one first, this one is aborted and theirs is used. The
+    /// upload comes with whether this call began it (then it holds no part yet).
     async fn begin_upload(
         &self,
         spec: &RunSpec,
         planned: &PlannedMove,
-    ) -> Result<Result<UploadRecord, Copied>, MoveFailure> {
+    ) -> Result<Result<(UploadRecord, bool), Copied>, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
         let head = match self.head_listed_source(spec, file, true).await {
             Ok(head) => head,
@@ -283,10 +285,10 @@ impl Mover<'_> {
             .begin_upload(self.run, &file.key, &upload)
             .await
         {
-            Ok(None) => Ok(Ok(upload)),
+            Ok(None) => Ok(Ok((upload, true))),
             Ok(Some(theirs)) => {
                 self.abort(spec, destination_key, &upload.upload_id).await;
-                Ok(Ok(theirs))
+                Ok(Ok((theirs, false)))
             }
             Err(e) => {
                 self.abort(spec, destination_key, &upload.upload_id).await;
@@ -295,16 +297,23 @@ impl Mover<'_> {
         }
     }
 
-    /// Copies the parts the upload does not have yet.
+    /// Copies the parts the upload does not have yet: all of them for a `fresh` upload,
+    /// which this call began; otherwise those `ListParts` does not show.
     async fn copy_parts(
         &self,
         spec: &RunSpec,
         planned: &PlannedMove,
         upload: &UploadRecord,
+        fresh: bool,
     ) -> Result<PartsCopied, MoveFailure> {
         let (file, destination_key) = (&planned.file, planned.destination_key.as_str());
-        let Some(mut done) = self.listed_parts(spec, destination_key, upload).await? else {
-            return Ok(PartsCopied::UploadGone);
+        let mut done = if fresh {
+            BTreeMap::new()
+        } else {
+            match self.listed_parts(spec, destination_key, upload).await? {
+                Some(done) => done,
+                None => return Ok(PartsCopied::UploadGone),
+            }
         };
         let missing: Vec<(i32, (u64, u64))> = part_ranges(file.size, upload.part_size)
             .into_iter()
