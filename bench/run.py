@@ -810,8 +810,8 @@ def report(results, out_dir, chart):
             m = v[mode]
             lines.append(f"| {label} | {m['seconds']:.2f} | {m['objects_per_second']:.2f} | "
                          f"{m['mib_per_second']:.1f} |")
-    if results.get("large"):
-        lines += large_lines(results["large"])
+    if results.get("large_objects"):
+        lines += large_lines(results["large_objects"])
     if results.get("workflow") and ours:
         lines += workflow_lines(results["workflow"], ours["seconds"], results["versions"]["S3 server"])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -881,9 +881,9 @@ def main():
         if not args.smoke and not (args.no_large and args.no_verification):
             table.create_bucket()  # moto's S3 copies bytes, where Garage copies by reference
         if not args.no_large:
-            results["large"] = [large_objects(server, table, workdir, args.profile, args.lambdas,
-                                              args.large_objects, args.large_mib, args.runs)
-                                for server in (s3, table)]
+            results["large_objects"] = [large_objects(server, table, workdir, args.profile, args.lambdas,
+                                                      args.large_objects, args.large_mib, args.runs)
+                                        for server in (s3, table)]
         if not args.no_verification:
             results["verification"] = verification(bench, table, workdir, 2 if args.smoke else 6,
                                                    1 if args.smoke else args.runs)
