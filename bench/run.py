@@ -99,6 +99,13 @@ def process_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def median_run(measured):
+    """The run whose seconds are the median, the lower of the middle two for an even
+    count, so that its other figures are of the same run."""
+    seconds = statistics.median_low(m["seconds"] for m in measured)
+    return next(m for m in measured if m["seconds"] == seconds)
+
+
 class Processes:
     """Children started by the benchmark, stopped together."""
 
@@ -367,10 +374,11 @@ class Bench:
 
     def median_of(self, name, command, env, runs):
         measured = [self.measure(name, command, env, run) for run in range(runs)]
-        seconds = statistics.median(m["seconds"] for m in measured)
+        # The run whose time is the median (the lower one of an even count): its server
+        # and mover CPU go with it.
+        middle = median_run(measured)
+        seconds = middle["seconds"]
         counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
-        # The run whose time is the median: its server and mover CPU go with it.
-        middle = min(measured, key=lambda m: abs(m["seconds"] - seconds))
         return {
             "seconds": seconds,
             "runs": [m["seconds"] for m in measured],
@@ -607,8 +615,9 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
     """`count` objects of `size_mib` MiB, above the multipart threshold at its default (256
     MiB, in 64 MiB parts), moved from large/raw/ to large/refined/ on `s3` by this
     project's mover (and once more with whole copies up to 5 GiB), s5cmd and rclone;
-    median of `runs` runs each. The objects are seeded once and moved back by s5cmd,
-    untimed, before each run."""
+    median of `runs` runs each. The objects are uploaded once under large/seed/ and
+    copied from there to large/raw/ (server-side, untimed) before each run, so every run
+    moves the same objects."""
     source = os.path.join(workdir, f"large-{count}x{size_mib}")
     if not os.path.exists(source):
         os.makedirs(source + ".partial", exist_ok=True)
@@ -621,7 +630,7 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
     expected = {name: os.path.getsize(os.path.join(source, name)) for name in os.listdir(source)}
     bench.s5cmd("rm", f"s3://{BUCKET}/large/*")
     started = time.perf_counter()
-    bench.s5cmd("cp", os.path.join(source, "*"), f"s3://{BUCKET}/large/raw/")
+    bench.s5cmd("cp", os.path.join(source, "*"), f"s3://{BUCKET}/large/seed/")
     log(f"large objects on {s3.version()}: seeded {count} × {size_mib} MiB in "
         f"{time.perf_counter() - started:.0f} s")
 
@@ -629,7 +638,22 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
         return ({k.rpartition("/")[2]: v for k, v in bench.sizes("large/raw/").items()},
                 {k.rpartition("/")[2]: v for k, v in bench.sizes("large/refined/").items()})
 
-    results = {"server": s3.version(), "objects": count, "object_mib": size_mib, "movers": {}}
+    seeded_etags = None
+
+    def reseed():
+        """large/raw/ as seeded, large/refined/ empty; the same objects every run."""
+        nonlocal seeded_etags
+        bench.s5cmd("rm", f"s3://{BUCKET}/large/raw/*")
+        bench.s5cmd("rm", f"s3://{BUCKET}/large/refined/*")
+        bench.s5cmd("cp", f"s3://{BUCKET}/large/seed/*", f"s3://{BUCKET}/large/raw/")
+        raw, refined = where()
+        etags = bench.listing("large/raw/")
+        seeded_etags = seeded_etags or etags
+        if raw != expected or refined or etags != seeded_etags:
+            raise RuntimeError("large objects: the data set changed between runs")
+
+    results = {"server": s3.version(), "server_core": s3.core, "objects": count, "object_mib": size_mib,
+               "movers": {}}
     movers = bench.movers(LARGE_MOVERS, "large/raw/", "large/refined/")
     ours, ours_env = movers["s3-transfer-flow"]
     movers[WHOLE_COPIES] = (lambda run: ours(f"whole-{run}"),
@@ -637,12 +661,7 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
     for name, (command, env) in movers.items():
         measured = []
         for run in range(runs):
-            raw, refined = where()
-            if refined:
-                bench.s5cmd("mv", f"s3://{BUCKET}/large/refined/*", f"s3://{BUCKET}/large/raw/")
-                raw, refined = where()
-            if raw != expected or refined:
-                raise RuntimeError(f"large objects: the data set changed before {name}'s run")
+            reseed()
             before = s3.requests()
             server_before = process_cpu_seconds(s3.pid)
             begun = time.perf_counter()
@@ -663,9 +682,9 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
                 f"{count * size_mib / seconds:.0f} MiB/s, server CPU {server_cpu:.2f} s"
                 + (f", requests {requests}" if requests else ""))
             measured.append({"seconds": seconds, "requests": requests, "server_cpu_seconds": server_cpu})
-        seconds = statistics.median(m["seconds"] for m in measured)
+        middle = median_run(measured)
+        seconds = middle["seconds"]
         counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
-        middle = min(measured, key=lambda m: abs(m["seconds"] - seconds))
         results["movers"][name] = {
             "seconds": seconds, "runs": [m["seconds"] for m in measured],
             "mib_per_second": count * size_mib / seconds,
@@ -681,8 +700,10 @@ def large_lines(large):
     """The large objects' tables in results.md, one per server."""
     lines = []
     for result in large:
-        lines += ["", f"Large objects on {result['server']}: {result['objects']} objects of "
-                      f"{result['object_mib']} MiB under large/raw/, moved to large/refined/; this project's "
+        shared = " (beside the movers and this project's status table)" if result["server_core"] == MOVER_CPU else ""
+        lines += ["", f"Large objects on {result['server']}, on core {result['server_core']}{shared}: "
+                      f"{result['objects']} objects of {result['object_mib']} MiB under large/raw/, copied "
+                      f"there from large/seed/ before each run and moved to large/refined/; this project's "
                       f"multipart threshold and part size at their defaults (256 MiB, 64 MiB parts); "
                       f"median of {len(next(iter(result['movers'].values()))['runs'])} runs.", "",
                   "| mover | seconds (median) | MiB/s | S3 requests per object | S3 server busy |",
@@ -727,15 +748,18 @@ def versions(s3, movers):
     return found
 
 
-def workflow_lines(w, bare, server):
-    """The whole workflow's paragraph and tables in results.md."""
+def workflow_lines(w, bare_move, server):
+    """The whole workflow's paragraph and tables in results.md; `bare_move` is this
+    project's move without the state machine (`xtask bench-move`), in seconds."""
     t = w["timeline"]
-    shown = lambda seconds: "-" if seconds is None else f"{seconds:.2f}"  # noqa: E731
+
+    def shown(seconds):
+        return "-" if seconds is None else f"{seconds:.2f}"
     lines = ["", f"Whole workflow on the local stack (state machine, local Lambda, moto for DynamoDB and "
                  f"Step Functions, the functions' S3 on {server}), waits 0: the execution took "
                  f"{w['execution_seconds']:.2f} s (`run-transfer`, start to exit: "
-                 f"{w['run_transfer_seconds']:.2f} s), {w['execution_seconds'] / bare:.2f}× the bare "
-                 f"move's {bare:.2f} s (target: at most 1.2×, {1.2 * bare:.2f} s).", "",
+                 f"{w['run_transfer_seconds']:.2f} s), {w['execution_seconds'] / bare_move:.2f}× the bare "
+                 f"move's {bare_move:.2f} s (target: at most 1.2×, {1.2 * bare_move:.2f} s).", "",
              "| the run, seconds from the execution's start | s |", "|---|---|",
              f"| input checked (master's check call, first states) | {shown(t['input_checked'])} |",
              f"| master hands out the first batch | {shown(t['first_batch_handed_out'])} |",
@@ -855,6 +879,8 @@ def main():
         args.files, args.large, args.runs = 200, 0, 1
         movers, args.no_functions, args.no_workflow = ["s3-transfer-flow", "s5cmd"], True, True
         args.no_large = True
+    if args.large_objects < 1 or args.large_mib < 1:
+        parser.error("--large-objects and --large-mib must be at least 1")
     unknown = set(movers) - set(MOVERS)
     if unknown:
         parser.error(f"unknown movers {sorted(unknown)}; known: {', '.join(MOVERS)}")

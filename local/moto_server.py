@@ -373,6 +373,8 @@ def queue_tasks_once_answerable() -> None:
             raise ValueError("Duplicate callback token id value.")
         activity = self._activity_store.get(activity_arn)
         if activity is None:
+            # moto raises it without a message, which its error class refuses; the
+            # execution fails with States.Runtime either way.
             raise ActivityDoesNotExist(f"Activity Does Not Exist: {activity_arn}")
         endpoint = ActivityCallbackEndpoint(callback_id=callback_id, activity_input=activity_input)
         self._pool[callback_id] = endpoint

@@ -48,6 +48,7 @@ class ActivityTaskTest(unittest.TestCase):
         with self.assertRaises(moto_server.ActivityDoesNotExist):
             pool.add_activity_task("token-2", "arn:aws:states:us-east-1:1:activity:gone", "{}")
         self.assertIsNone(pool.get("token-2"))
+        self.assertFalse(moto_server.TASK_TOKENS.take_answer("token-2"), "no token opened")
 
 
 if __name__ == "__main__":
