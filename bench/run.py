@@ -378,15 +378,15 @@ class Bench:
         # and mover CPU go with it.
         middle = median_run(measured)
         seconds = middle["seconds"]
-        counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
+        requests = middle["requests"]
         return {
             "seconds": seconds,
             "runs": [m["seconds"] for m in measured],
             "server_busy": middle["server_cpu_seconds"] / middle["seconds"],
             "mover_busy": middle["mover_cpu_seconds"] / middle["seconds"],
             "objects_per_second": self.objects / seconds,
-            "requests_per_object": statistics.median(counted) / self.objects if counted else None,
-            "requests": measured[0]["requests"],
+            "requests_per_object": sum(requests.values()) / self.objects if requests else None,
+            "requests": requests,
         }
 
 
@@ -684,12 +684,12 @@ def large_objects(s3, table, workdir, profile, lambdas, count, size_mib, runs):
             measured.append({"seconds": seconds, "requests": requests, "server_cpu_seconds": server_cpu})
         middle = median_run(measured)
         seconds = middle["seconds"]
-        counted = [sum(m["requests"].values()) for m in measured if m["requests"]]
+        requests = middle["requests"]
         results["movers"][name] = {
             "seconds": seconds, "runs": [m["seconds"] for m in measured],
             "mib_per_second": count * size_mib / seconds,
-            "requests_per_object": statistics.median(counted) / count if counted else None,
-            "requests": measured[0]["requests"],
+            "requests_per_object": sum(requests.values()) / count if requests else None,
+            "requests": requests,
             "server_busy": middle["server_cpu_seconds"] / middle["seconds"],
         }
     bench.s5cmd("rm", f"s3://{BUCKET}/large/*")
@@ -715,7 +715,7 @@ def large_lines(large):
             lines.append(f"| {name} | {m['seconds']:.2f} | {m['mib_per_second']:.0f} | {per_object} | {busy} |")
         counted = {name: m["requests"] for name, m in result["movers"].items() if m["requests"]}
         if counted:
-            lines += ["", "S3 requests of the first run, by operation:", ""]
+            lines += ["", "S3 requests of the median run, by operation:", ""]
             for name, requests in counted.items():
                 lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(requests.items())))
     return lines
@@ -811,7 +811,7 @@ def report(results, out_dir, chart):
                       f"(without this project's status table on moto), on core {MOVER_CPU}."]
     counted = {name: m["requests"] for name, m in movers.items() if m["requests"]}
     if counted:
-        lines += ["", "S3 requests of the first run, by operation:", ""]
+        lines += ["", "S3 requests of the median run, by operation:", ""]
         for name, requests in counted.items():
             lines.append(f"- {name}: " + ", ".join(f"{op} {n}" for op, n in sorted(requests.items())))
     if results.get("functions"):

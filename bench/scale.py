@@ -45,6 +45,9 @@ def count_objects(garage, env, prefix):
 def seed(garage, env, workdir, files):
     source = data_set(workdir, files, 0)
     prefix = f"n{files}/raw/"
+    # The run's check counts what arrives: nothing may be there before it.
+    if count_objects(garage, env, f"n{files}/refined/"):
+        raise RuntimeError(f"n{files}/refined/ is not empty before the run")
     if count_objects(garage, env, prefix) == files:
         return
     started = time.perf_counter()

@@ -201,6 +201,73 @@ async fn a_call_waits_for_files_still_moving_and_answers_as_soon_as_they_are_don
     );
 }
 
+/// Counts the requests a DynamoDB client sends.
+#[derive(Debug, Default, Clone)]
+struct RequestCount(Arc<Mutex<usize>>);
+
+impl aws_sdk_dynamodb::config::Intercept for RequestCount {
+    fn name(&self) -> &'static str {
+        "RequestCount"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<
+            '_,
+        >,
+        _config: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        *self.0.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_run_in_which_no_file_finishes_is_read_once_a_check_interval() {
+    // GIVEN a run whose two files never get an outcome, and a status call that may wait
+    // 3 s, reading the counters at most every second
+    let mut f = Fixture::new().await;
+    for key in ["raw/a.csv", "raw/b.csv"] {
+        f.put(key, body_of(key)).await;
+    }
+    f.run_master("stalled").await;
+    let reads = RequestCount::default();
+    f.clients.dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        f.clients
+            .dynamodb
+            .config()
+            .to_builder()
+            .interceptor(reads.clone())
+            .build(),
+    );
+    let settings = StatusSettings::from_lookup(&[
+        ("ACTIVITY_ARN", ACTIVITY),
+        ("ACTIVITY_POLL_SECONDS", "1"),
+        ("STATUS_WAIT_SECONDS", "3"),
+        ("STATUS_CHECK_INTERVAL_MS", "1000"),
+    ])
+    .unwrap();
+    let calls = Calls::default();
+    let status = status_with_settings(&f, vec![], &calls, settings);
+
+    // WHEN the call waits out its 3 s
+    let err = status
+        .handle(
+            json!({"run_id": "stalled"}),
+            Some(SystemTime::now() + Duration::from_secs(120)),
+        )
+        .await
+        .unwrap_err();
+
+    // THEN it answered TransferIncomplete having read the run a few times (once, again
+    // 0.1 s later to see the rate, then once a second since nothing finished), not ten
+    // times a second, and it touched no activity task
+    assert_eq!(err.error_type(), "TransferIncomplete");
+    let reads = *reads.0.lock().unwrap();
+    assert!((3..=6).contains(&reads), "{reads} reads");
+    assert!(calls.list().is_empty(), "{:?}", calls.list());
+}
+
 #[tokio::test]
 async fn a_token_for_another_run_is_recorded_there_and_delivered_by_that_run() {
     // GIVEN two finished runs; the activity hands out run-b's task before run-a's
